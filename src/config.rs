@@ -1,0 +1,387 @@
+//! The service's configuration: command-line flags, then `P11VAULT_*` environment variables,
+//! then the config file, then defaults — validated once, here. This is the only module that
+//! reads the environment.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::hsm::templates::Extraction;
+use crate::model::Retention;
+
+/// Where the embedded default finds SoftHSM2 (Debian's package puts it here).
+pub const SOFTHSM2_CANDIDATES: &[&str] = &[
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/local/lib/softhsm/libsofthsm2.so",
+];
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+pub const DEFAULT_DATA_DIR: &str = "./p11vault-data";
+pub const DEFAULT_TOKEN_LABEL: &str = "p11vault";
+pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
+pub const DEFAULT_SESSIONS: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the config file {path} is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid setting {setting}: {message}")]
+    Invalid {
+        setting: &'static str,
+        message: String,
+    },
+}
+
+/// Flags of `p11vault serve`. Each also reads a `P11VAULT_*` variable.
+#[derive(Clone, Debug, Default, clap::Args)]
+pub struct ServeArgs {
+    /// Directory for the database, TLS files, PINs and (embedded default) the SoftHSM2 token.
+    #[arg(long, env = "P11VAULT_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Address to listen on; port 0 picks a free port (the URL is printed).
+    #[arg(long, env = "P11VAULT_LISTEN")]
+    pub listen: Option<String>,
+    /// The externally reachable base URL, used in key ids and paging links.
+    #[arg(long, env = "P11VAULT_PUBLIC_URL")]
+    pub public_url: Option<String>,
+    /// Config file (TOML). Default: DATA_DIR/p11vault.toml if it exists.
+    #[arg(long, env = "P11VAULT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// PKCS#11 module of a vendor HSM. Unset: the embedded SoftHSM2 token under DATA_DIR.
+    #[arg(long, env = "P11VAULT_PKCS11_MODULE")]
+    pub pkcs11_module: Option<PathBuf>,
+    /// Label of the token to use.
+    #[arg(long, env = "P11VAULT_TOKEN_LABEL")]
+    pub token_label: Option<String>,
+    /// File holding the token user PIN. Default (embedded): DATA_DIR/user.pin.
+    #[arg(long, env = "P11VAULT_PIN_FILE")]
+    pub pin_file: Option<PathBuf>,
+    /// Soft-delete retention in days (7–90), fixed when the service is first initialised.
+    #[arg(long, env = "P11VAULT_RETENTION_DAYS")]
+    pub retention_days: Option<u32>,
+}
+
+/// The config file's shape. Every field is optional; flags and environment win over it.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<String>,
+    public_url: Option<String>,
+    #[serde(default)]
+    pkcs11: FilePkcs11,
+    #[serde(default)]
+    keys: FileKeys,
+    #[serde(default)]
+    http: FileHttp,
+    #[serde(default)]
+    auth: FileAuth,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FilePkcs11 {
+    module: Option<PathBuf>,
+    token_label: Option<String>,
+    pin_file: Option<PathBuf>,
+    /// Needed only on the first start against a vendor token, to create the security domain.
+    so_pin_file: Option<PathBuf>,
+    sessions: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileKeys {
+    /// `true` (default): keys are extractable only wrapped under the trusted security-domain
+    /// key, so key backups work. `false`: strict, nothing ever leaves the token.
+    backups: Option<bool>,
+    retention_days: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileHttp {
+    max_body_bytes: Option<usize>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileAuth {
+    challenge_authority: Option<String>,
+    challenge_resource: Option<String>,
+}
+
+/// Which PKCS#11 token the service uses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TokenSource {
+    /// A SoftHSM2 token under the data dir, created on first start.
+    Embedded { module: PathBuf },
+    /// An operator-provided module and token (a vendor HSM).
+    External {
+        module: PathBuf,
+        pin_file: PathBuf,
+        so_pin_file: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    /// `None`: derived from the bound address at start-up.
+    pub public_url: Option<String>,
+    pub token: TokenSource,
+    pub token_label: String,
+    pub sessions: usize,
+    pub extraction: Extraction,
+    pub retention_days: u32,
+    pub max_body_bytes: usize,
+    pub challenge_authority: Option<String>,
+    pub challenge_resource: String,
+}
+
+impl Config {
+    pub fn load(args: &ServeArgs) -> Result<Self, ConfigError> {
+        let data_dir = args
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let file = match &args.config {
+            Some(path) => read_file(path)?,
+            None => {
+                let default = data_dir.join("p11vault.toml");
+                if default.exists() {
+                    read_file(&default)?
+                } else {
+                    FileConfig::default()
+                }
+            }
+        };
+
+        let listen_raw = args
+            .listen
+            .clone()
+            .or(file.listen)
+            .unwrap_or_else(|| DEFAULT_LISTEN.to_owned());
+        let listen: SocketAddr = listen_raw.parse().map_err(|_| ConfigError::Invalid {
+            setting: "listen",
+            message: format!(
+                "'{listen_raw}' is not HOST:PORT with a numeric host, e.g. 127.0.0.1:8443"
+            ),
+        })?;
+
+        let public_url = args.public_url.clone().or(file.public_url);
+        if let Some(url) = &public_url {
+            validate_public_url(url)?;
+        }
+
+        let pin_file = args.pin_file.clone().or(file.pkcs11.pin_file);
+        let token = match args.pkcs11_module.clone().or(file.pkcs11.module) {
+            Some(module) => TokenSource::External {
+                module,
+                pin_file: pin_file.ok_or(ConfigError::Invalid {
+                    setting: "pkcs11.pin_file",
+                    message: "a PIN file is required with an external PKCS#11 module".into(),
+                })?,
+                so_pin_file: file.pkcs11.so_pin_file,
+            },
+            None => TokenSource::Embedded {
+                module: find_softhsm2().ok_or_else(|| ConfigError::Invalid {
+                    setting: "pkcs11.module",
+                    message: format!(
+                        "no PKCS#11 module configured and SoftHSM2 not found (looked in {}); install softhsm2 or set P11VAULT_PKCS11_MODULE",
+                        SOFTHSM2_CANDIDATES.join(", ")
+                    ),
+                })?,
+            },
+        };
+
+        let token_label = args
+            .token_label
+            .clone()
+            .or(file.pkcs11.token_label)
+            .unwrap_or_else(|| DEFAULT_TOKEN_LABEL.to_owned());
+        if token_label.is_empty() || token_label.len() > 32 {
+            return Err(ConfigError::Invalid {
+                setting: "pkcs11.token_label",
+                message: "a token label is 1 to 32 bytes".into(),
+            });
+        }
+
+        let sessions = file.pkcs11.sessions.unwrap_or(DEFAULT_SESSIONS);
+        if !(1..=256).contains(&sessions) {
+            return Err(ConfigError::Invalid {
+                setting: "pkcs11.sessions",
+                message: "between 1 and 256".into(),
+            });
+        }
+
+        let retention_days = args
+            .retention_days
+            .or(file.keys.retention_days)
+            .unwrap_or(Retention::DEFAULT_DAYS);
+        if !(Retention::MIN_DAYS..=Retention::MAX_DAYS).contains(&retention_days) {
+            return Err(ConfigError::Invalid {
+                setting: "keys.retention_days",
+                message: format!(
+                    "{retention_days} is outside {}..={}",
+                    Retention::MIN_DAYS,
+                    Retention::MAX_DAYS
+                ),
+            });
+        }
+
+        let extraction = if file.keys.backups.unwrap_or(true) {
+            Extraction::WrappedByTrustedOnly
+        } else {
+            Extraction::Never
+        };
+
+        let max_body_bytes = file.http.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY);
+        if !(4096..=64 * 1024 * 1024).contains(&max_body_bytes) {
+            return Err(ConfigError::Invalid {
+                setting: "http.max_body_bytes",
+                message: "between 4096 and 67108864".into(),
+            });
+        }
+
+        Ok(Self {
+            data_dir,
+            listen,
+            public_url,
+            token,
+            token_label,
+            sessions,
+            extraction,
+            retention_days,
+            max_body_bytes,
+            challenge_authority: file.auth.challenge_authority,
+            challenge_resource: file
+                .auth
+                .challenge_resource
+                .unwrap_or_else(|| "https://managedhsm.azure.net".to_owned()),
+        })
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+fn find_softhsm2() -> Option<PathBuf> {
+    SOFTHSM2_CANDIDATES
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+}
+
+/// A public URL is `https://host[:port]` with no path, query or fragment.
+pub fn validate_public_url(url: &str) -> Result<(), ConfigError> {
+    let invalid = |message: &str| ConfigError::Invalid {
+        setting: "public_url",
+        message: format!("'{url}': {message}"),
+    };
+    let rest = url
+        .strip_prefix("https://")
+        .ok_or_else(|| invalid("must start with https:// (the Azure SDKs refuse plain http)"))?;
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.is_empty() || authority.contains(['/', '?', '#', '\\', '@', ' ']) {
+        return Err(invalid("must be https://host[:port] with no path"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn public_urls_must_be_bare_https_origins() {
+        assert!(validate_public_url("https://hsm.example:8443").is_ok());
+        assert!(validate_public_url("https://127.0.0.1:8443/").is_ok());
+        assert!(validate_public_url("http://hsm.example").is_err());
+        assert!(validate_public_url("https://hsm.example/keys").is_err());
+        assert!(validate_public_url("https://").is_err());
+    }
+
+    #[test]
+    fn the_config_file_is_read_and_flags_win() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("c.toml");
+        std::fs::write(
+            &file,
+            "listen = \"127.0.0.1:9000\"\n[keys]\nretention_days = 30\nbackups = false\n",
+        )
+        .expect("write config");
+        let args = ServeArgs {
+            data_dir: Some(dir.path().to_owned()),
+            config: Some(file.clone()),
+            retention_days: Some(14),
+            pkcs11_module: Some("/x/module.so".into()),
+            pin_file: Some("/x/pin".into()),
+            ..ServeArgs::default()
+        };
+        let cfg = Config::load(&args).expect("valid config");
+        assert_eq!(cfg.listen, "127.0.0.1:9000".parse().expect("addr"));
+        assert_eq!(cfg.retention_days, 14);
+        assert_eq!(cfg.extraction, Extraction::Never);
+        assert!(matches!(cfg.token, TokenSource::External { .. }));
+    }
+
+    #[test]
+    fn out_of_range_settings_are_refused() {
+        let args = ServeArgs {
+            retention_days: Some(3),
+            pkcs11_module: Some("/x/module.so".into()),
+            pin_file: Some("/x/pin".into()),
+            ..ServeArgs::default()
+        };
+        assert!(matches!(
+            Config::load(&args),
+            Err(ConfigError::Invalid {
+                setting: "keys.retention_days",
+                ..
+            })
+        ));
+        let args = ServeArgs {
+            listen: Some("localhost".into()),
+            pkcs11_module: Some("/x/module.so".into()),
+            pin_file: Some("/x/pin".into()),
+            ..ServeArgs::default()
+        };
+        assert!(matches!(
+            Config::load(&args),
+            Err(ConfigError::Invalid {
+                setting: "listen",
+                ..
+            })
+        ));
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = dir.path().join("c.toml");
+        std::fs::write(&file, "unknown_setting = 1\n").expect("write config");
+        let args = ServeArgs {
+            config: Some(file),
+            pkcs11_module: Some("/x/module.so".into()),
+            pin_file: Some("/x/pin".into()),
+            ..ServeArgs::default()
+        };
+        assert!(matches!(
+            Config::load(&args),
+            Err(ConfigError::Parse { .. })
+        ));
+    }
+}

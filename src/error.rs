@@ -1,0 +1,55 @@
+//! The service's one error type. It says what went wrong in domain terms; `http/error.rs` alone
+//! turns it into a status code and an Azure error body. Internal detail (a PKCS#11 return code, a
+//! SQLite message) is kept for the log and never sent to the client.
+
+use crate::{hsm, store};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The request is malformed or names something unsupported (400 BadParameter).
+    #[error("{0}")]
+    BadParameter(String),
+    /// The body is larger than the service accepts (413).
+    #[error("the request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    /// No key, or no such version of a key (404 KeyNotFound).
+    #[error("{0}")]
+    KeyNotFound(String),
+    /// The request conflicts with the key's current state (409 Conflict).
+    #[error("{message}")]
+    Conflict {
+        message: String,
+        inner: Option<&'static str>,
+    },
+    /// The operation is not allowed on the key as it is (403 Forbidden).
+    #[error("{message}")]
+    Forbidden {
+        message: String,
+        inner: Option<&'static str>,
+    },
+    /// No valid credential came with the request (401).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The token cannot be reached right now; the service is reconnecting (503).
+    #[error("the HSM is unavailable: {0}")]
+    Unavailable(String),
+    /// A fault inside the service (500). The detail is logged, not returned.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl From<hsm::Error> for Error {
+    fn from(err: hsm::Error) -> Self {
+        if err.is_token_gone() {
+            Error::Unavailable(err.to_string())
+        } else {
+            Error::Internal(format!("HSM: {err}"))
+        }
+    }
+}
+
+impl From<store::Error> for Error {
+    fn from(err: store::Error) -> Self {
+        Error::Internal(format!("store: {err}"))
+    }
+}

@@ -1,0 +1,890 @@
+//! PKCS#11: the one context of the process, login, the session pool, the `CKA_ID → handle`
+//! cache, and the key-object operations the key service needs. Every call here blocks; the async
+//! entry point [`Hsm::call`] runs it on a blocking thread with a pooled session (DESIGN §7).
+
+pub mod templates;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Function, Pkcs11};
+use cryptoki::error::RvError;
+use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+use tokio::sync::Semaphore;
+use zeroize::Zeroizing;
+
+use crate::model::{Curve, KeyFamily, KeyKind, KeyOps, PublicKey, VersionId};
+use templates::Extraction;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot load the PKCS#11 module {path}: {source}")]
+    Load {
+        path: PathBuf,
+        source: cryptoki::error::Error,
+    },
+    #[error("no token labelled '{0}' is present")]
+    TokenNotFound(String),
+    #[error("{0}")]
+    Cryptoki(#[from] cryptoki::error::Error),
+    #[error("the token holds no object for key version {0}")]
+    ObjectMissing(VersionId),
+    #[error("{0}")]
+    Unexpected(String),
+}
+
+impl Error {
+    /// The PKCS#11 return value, if the token gave one.
+    pub fn rv(&self) -> Option<RvError> {
+        match self {
+            Error::Cryptoki(cryptoki::error::Error::Pkcs11(rv, _)) => Some(*rv),
+            _ => None,
+        }
+    }
+
+    /// Errors that mean the session, the login or the token itself is gone: the service answers
+    /// 503 and reconnects.
+    pub fn is_token_gone(&self) -> bool {
+        matches!(
+            self.rv(),
+            Some(
+                RvError::SessionHandleInvalid
+                    | RvError::SessionClosed
+                    | RvError::UserNotLoggedIn
+                    | RvError::DeviceRemoved
+                    | RvError::DeviceError
+                    | RvError::TokenNotPresent
+                    | RvError::TokenNotRecognized
+                    | RvError::CryptokiNotInitialized
+            )
+        ) || matches!(self, Error::TokenNotFound(_))
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A token PIN. Zeroized on drop, no `Debug`, handed to the token at one call site each.
+pub struct Pin(Zeroizing<String>);
+
+impl Pin {
+    pub fn new(pin: String) -> Self {
+        Self(Zeroizing::new(pin))
+    }
+
+    fn auth(&self) -> AuthPin {
+        // The only place a PIN leaves this wrapper: cryptoki's AuthPin zeroizes it again.
+        AuthPin::new(self.0.as_str().into())
+    }
+}
+
+/// A loaded, initialised PKCS#11 module: one per process.
+pub struct Module {
+    ctx: Pkcs11,
+    path: PathBuf,
+}
+
+impl Module {
+    /// Loads the module and calls `C_Initialize` with OS locking.
+    pub fn load(path: &Path) -> Result<Self> {
+        let load_err = |source| Error::Load {
+            path: path.to_owned(),
+            source,
+        };
+        let ctx = Pkcs11::new(path).map_err(load_err)?;
+        match ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
+            Ok(())
+            | Err(cryptoki::error::Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
+            Err(e) => return Err(load_err(e)),
+        }
+        Ok(Self {
+            ctx,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The slot holding the token with this label. Slot ids change between processes on
+    /// SoftHSM2, so the label is the stable name.
+    pub fn find_token(&self, label: &str) -> Result<Option<Slot>> {
+        for slot in self.ctx.get_slots_with_token()? {
+            let info = self.ctx.get_token_info(slot)?;
+            if info.token_initialized() && info.label().trim_end() == label {
+                return Ok(Some(slot));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Initialises a fresh token on the first free slot and sets its user PIN.
+    pub fn init_token(&self, label: &str, so_pin: &Pin, user_pin: &Pin) -> Result<Slot> {
+        let free = self
+            .ctx
+            .get_slots_with_token()?
+            .into_iter()
+            .find(|slot| {
+                self.ctx
+                    .get_token_info(*slot)
+                    .map(|info| !info.token_initialized())
+                    .unwrap_or(false)
+            })
+            .ok_or_else(|| {
+                Error::Unexpected("the module has no free slot for a new token".into())
+            })?;
+        self.ctx.init_token(free, &so_pin.auth(), label)?;
+        let session = self.ctx.open_rw_session(free)?;
+        session.login(UserType::So, Some(&so_pin.auth()))?;
+        session.init_pin(&user_pin.auth())?;
+        session.logout()?;
+        drop(session);
+        // The slot may be renumbered once the token is initialised; look it up again.
+        self.find_token(label)?
+            .ok_or_else(|| Error::TokenNotFound(label.to_owned()))
+    }
+
+    /// Sets the user PIN if the token has none yet: a first start that died between
+    /// `C_InitToken` and `C_InitPIN` is finished here.
+    pub fn ensure_user_pin(&self, slot: Slot, so_pin: &Pin, user_pin: &Pin) -> Result<()> {
+        if self.ctx.get_token_info(slot)?.user_pin_initialized() {
+            return Ok(());
+        }
+        let session = self.ctx.open_rw_session(slot)?;
+        session.login(UserType::So, Some(&so_pin.auth()))?;
+        session.init_pin(&user_pin.auth())?;
+        session.logout()?;
+        Ok(())
+    }
+
+    /// Creates the security domain (DESIGN §8): a trusted, wrap-only public object made by the
+    /// SO, and a private unwrap-only object made by the user, both holding one random AES-256
+    /// value that exists in this process only for the length of this call. Leftovers of an
+    /// earlier, interrupted attempt are destroyed first. Must run before [`Module::open`]
+    /// logs the user in: the SO cannot log in while user sessions exist.
+    pub fn create_security_domain(
+        &self,
+        slot: Slot,
+        so_pin: &Pin,
+        user_pin: &Pin,
+    ) -> Result<VersionId> {
+        let domain = VersionId::random();
+        {
+            let so = self.ctx.open_rw_session(slot)?;
+            so.login(UserType::So, Some(&so_pin.auth()))?;
+            destroy_domain_leftovers(&so)?;
+            let value = Zeroizing::new(so.generate_random_vec(32)?);
+            so.create_object(&templates::domain_wrap_half(domain, &value))?;
+            so.logout()?;
+            drop(so);
+
+            let user = self.ctx.open_rw_session(slot)?;
+            login_user(&user, user_pin)?;
+            destroy_domain_leftovers_except(&user, domain)?;
+            user.create_object(&templates::domain_unwrap_half(domain, &value))?;
+            user.logout()?;
+        }
+        Ok(domain)
+    }
+
+    /// Logs in as the token user and builds the session pool and the handle cache.
+    pub fn open(
+        self,
+        slot: Slot,
+        token_label: &str,
+        pin: Pin,
+        settings: HsmSettings,
+    ) -> Result<Hsm> {
+        let anchor = self.ctx.open_rw_session(slot)?;
+        login_user(&anchor, &pin)?;
+        let mechanisms = self.ctx.get_mechanism_list(slot).unwrap_or_default();
+        let hsm = Hsm {
+            module: self,
+            token_label: token_label.to_owned(),
+            pin,
+            settings,
+            state: Mutex::new(Connection {
+                slot,
+                anchor: Some(anchor),
+                idle: Vec::new(),
+                generation: 0,
+            }),
+            cache: RwLock::new(HashMap::new()),
+            permits: Arc::new(Semaphore::new(settings.sessions)),
+            mechanisms,
+            last_reconnect: Mutex::new(None),
+        };
+        hsm.rebuild_cache()?;
+        Ok(hsm)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn login_user(session: &Session, pin: &Pin) -> Result<()> {
+    match session.login(UserType::User, Some(&pin.auth())) {
+        Ok(()) | Err(cryptoki::error::Error::Pkcs11(RvError::UserAlreadyLoggedIn, _)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Reads the label of an object; objects without one read as empty.
+fn label_of(session: &Session, handle: ObjectHandle) -> Result<Vec<u8>> {
+    Ok(session
+        .get_attributes(handle, &[AttributeType::Label])?
+        .into_iter()
+        .find_map(|a| match a {
+            Attribute::Label(l) => Some(l),
+            _ => None,
+        })
+        .unwrap_or_default())
+}
+
+fn destroy_domain_leftovers(session: &Session) -> Result<()> {
+    for handle in session.find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY)])? {
+        if label_of(session, handle)?.starts_with(templates::DOMAIN_PREFIX.as_bytes()) {
+            session.destroy_object(handle)?;
+        }
+    }
+    Ok(())
+}
+
+fn destroy_domain_leftovers_except(session: &Session, keep: VersionId) -> Result<()> {
+    let keep_id = keep.as_bytes().to_vec();
+    for handle in session.find_objects(&[
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::Private(true),
+    ])? {
+        let attrs = session.get_attributes(handle, &[AttributeType::Label, AttributeType::Id])?;
+        let is_domain = attrs.iter().any(|a| matches!(a, Attribute::Label(l) if l.starts_with(templates::DOMAIN_PREFIX.as_bytes())));
+        let is_kept = attrs
+            .iter()
+            .any(|a| matches!(a, Attribute::Id(id) if *id == keep_id));
+        if is_domain && !is_kept {
+            session.destroy_object(handle)?;
+        }
+    }
+    Ok(())
+}
+
+/// Tunables of the token connection.
+#[derive(Clone, Copy, Debug)]
+pub struct HsmSettings {
+    /// At most this many PKCS#11 calls run at once, each on its own session.
+    pub sessions: usize,
+    /// How key material may leave the token (backups on or off).
+    pub extraction: Extraction,
+}
+
+/// The token objects of one key version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyHandles {
+    /// The AES key or the private key.
+    pub secret: ObjectHandle,
+    /// The public key, for RSA and EC.
+    pub public: Option<ObjectHandle>,
+}
+
+/// A p11vault key object found on the token by the start-up scan.
+#[derive(Clone, Debug)]
+pub struct ScannedObject {
+    pub class: ObjectClass,
+    pub id: Option<VersionId>,
+    pub label: String,
+    pub handle: ObjectHandle,
+}
+
+/// Private key material arriving with an import, zeroized when dropped.
+pub enum ImportMaterial {
+    Rsa {
+        n: Vec<u8>,
+        e: Vec<u8>,
+        d: Zeroizing<Vec<u8>>,
+        p: Zeroizing<Vec<u8>>,
+        q: Zeroizing<Vec<u8>>,
+        dp: Zeroizing<Vec<u8>>,
+        dq: Zeroizing<Vec<u8>>,
+        qi: Zeroizing<Vec<u8>>,
+    },
+    Ec {
+        curve: Curve,
+        d: Zeroizing<Vec<u8>>,
+        x: Vec<u8>,
+        y: Vec<u8>,
+    },
+    Oct {
+        k: Zeroizing<Vec<u8>>,
+    },
+}
+
+impl ImportMaterial {
+    pub fn family(&self) -> KeyFamily {
+        match self {
+            ImportMaterial::Rsa { .. } => KeyFamily::Rsa,
+            ImportMaterial::Ec { .. } => KeyFamily::Ec,
+            ImportMaterial::Oct { .. } => KeyFamily::Oct,
+        }
+    }
+}
+
+struct Connection {
+    slot: Slot,
+    /// Held for the life of the connection: closing the last session logs the application out,
+    /// and SoftHSM2 then invalidates every private-object handle.
+    anchor: Option<Session>,
+    idle: Vec<Session>,
+    /// Bumped on every reconnect, so sessions from before it are not returned to the pool.
+    generation: u64,
+}
+
+/// The logged-in token: a bounded session pool and the handle cache.
+pub struct Hsm {
+    module: Module,
+    token_label: String,
+    pin: Pin,
+    settings: HsmSettings,
+    state: Mutex<Connection>,
+    cache: RwLock<HashMap<VersionId, KeyHandles>>,
+    permits: Arc<Semaphore>,
+    mechanisms: Vec<MechanismType>,
+    last_reconnect: Mutex<Option<Instant>>,
+}
+
+/// The shortest time between two reconnect attempts.
+const RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
+
+impl Hsm {
+    /// Runs `f` with a pooled session on a blocking thread. At most `sessions` calls run at once.
+    /// When the token reports that the session, login or device is gone, the session is dropped
+    /// and a reconnect is attempted, and the caller gets the error (the service answers 503).
+    pub async fn call<R, F>(self: &Arc<Self>, f: F) -> Result<R>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Hsm, &Session) -> Result<R> + Send + 'static,
+    {
+        let permit = Arc::clone(&self.permits)
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Unexpected("the session pool is closed".into()))?;
+        let hsm = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            hsm.call_blocking(f)
+        })
+        .await
+        .map_err(|e| Error::Unexpected(format!("a token call panicked: {e}")))?
+    }
+
+    /// The blocking form of [`Hsm::call`], for start-up and background work already on a
+    /// blocking thread.
+    pub fn call_blocking<R>(&self, f: impl FnOnce(&Hsm, &Session) -> Result<R>) -> Result<R> {
+        let (session, generation) = self.checkout()?;
+        let result = f(self, &session);
+        match &result {
+            Err(e) if e.is_token_gone() => {
+                drop(session);
+                self.reconnect_with_backoff();
+            }
+            _ => self.checkin(session, generation),
+        }
+        result
+    }
+
+    fn checkout(&self) -> Result<(Session, u64)> {
+        let mut state = self.lock_state();
+        if let Some(session) = state.idle.pop() {
+            return Ok((session, state.generation));
+        }
+        if state.anchor.is_none() {
+            drop(state);
+            self.reconnect_with_backoff();
+            return Err(Error::TokenNotFound(self.token_label.clone()));
+        }
+        let session = self.module.ctx.open_rw_session(state.slot)?;
+        Ok((session, state.generation))
+    }
+
+    fn checkin(&self, session: Session, generation: u64) {
+        let mut state = self.lock_state();
+        if state.generation == generation && state.idle.len() < self.settings.sessions {
+            state.idle.push(session);
+        }
+    }
+
+    fn lock_state(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding this lock cannot leave the pool half-updated: every critical
+        // section is a single push, pop or replace, so a poisoned lock is still consistent.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Drops every session, finds the token again by label, logs in and rebuilds the cache.
+    /// Attempts are at least [`RECONNECT_BACKOFF`] apart.
+    fn reconnect_with_backoff(&self) {
+        {
+            let mut last = self
+                .last_reconnect
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if last.is_some_and(|t| t.elapsed() < RECONNECT_BACKOFF) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        match self.reconnect() {
+            Ok(()) => tracing::info!(token = %self.token_label, "reconnected to the token"),
+            Err(e) => {
+                tracing::warn!(token = %self.token_label, error = %e, "reconnect to the token failed; will retry")
+            }
+        }
+    }
+
+    fn reconnect(&self) -> Result<()> {
+        {
+            let mut state = self.lock_state();
+            state.generation += 1;
+            state.idle.clear();
+            state.anchor = None;
+        }
+        let slot = self
+            .module
+            .find_token(&self.token_label)?
+            .ok_or_else(|| Error::TokenNotFound(self.token_label.clone()))?;
+        let anchor = self.module.ctx.open_rw_session(slot)?;
+        login_user(&anchor, &self.pin)?;
+        {
+            let mut state = self.lock_state();
+            state.slot = slot;
+            state.anchor = Some(anchor);
+        }
+        self.rebuild_cache()
+    }
+
+    /// Fills the handle cache from one scan of the token. Runs at start-up and after a
+    /// reconnect, never on a request path.
+    pub fn rebuild_cache(&self) -> Result<()> {
+        let objects = self.call_blocking(|hsm, s| hsm.scan(s))?;
+        let mut pairs: HashMap<VersionId, (Option<ObjectHandle>, Option<ObjectHandle>)> =
+            HashMap::new();
+        for obj in &objects {
+            let Some(id) = obj.id else { continue };
+            let entry = pairs.entry(id).or_default();
+            if obj.class == ObjectClass::PUBLIC_KEY {
+                entry.1 = Some(obj.handle);
+            } else {
+                entry.0 = Some(obj.handle);
+            }
+        }
+        let cache = pairs
+            .into_iter()
+            .filter_map(|(id, (secret, public))| {
+                secret.map(|secret| (id, KeyHandles { secret, public }))
+            })
+            .collect();
+        *self.cache.write().unwrap_or_else(|p| p.into_inner()) = cache;
+        Ok(())
+    }
+
+    /// Every key object carrying a p11vault label (live or soft-deleted). This searches the
+    /// whole token: start-up and reconciliation only.
+    pub fn scan(&self, session: &Session) -> Result<Vec<ScannedObject>> {
+        let mut found = Vec::new();
+        for class in [
+            ObjectClass::SECRET_KEY,
+            ObjectClass::PRIVATE_KEY,
+            ObjectClass::PUBLIC_KEY,
+        ] {
+            for handle in session.find_objects(&[Attribute::Class(class)])? {
+                let attrs =
+                    session.get_attributes(handle, &[AttributeType::Label, AttributeType::Id])?;
+                let mut label = Vec::new();
+                let mut id = None;
+                for a in attrs {
+                    match a {
+                        Attribute::Label(l) => label = l,
+                        Attribute::Id(raw) => id = VersionId::from_bytes(&raw),
+                        _ => {}
+                    }
+                }
+                let label = String::from_utf8_lossy(&label).into_owned();
+                if label.starts_with(templates::LIVE_PREFIX)
+                    || label.starts_with(templates::DELETED_PREFIX)
+                {
+                    found.push(ScannedObject {
+                        class,
+                        id,
+                        label,
+                        handle,
+                    });
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// The cached handles of a version. Never searches the token.
+    pub fn handles(&self, id: VersionId) -> Result<KeyHandles> {
+        self.cache
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .copied()
+            .ok_or(Error::ObjectMissing(id))
+    }
+
+    pub fn is_cached(&self, id: VersionId) -> bool {
+        self.handles(id).is_ok()
+    }
+
+    fn remember(&self, id: VersionId, handles: KeyHandles) {
+        self.cache
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, handles);
+    }
+
+    fn forget(&self, id: VersionId) {
+        self.cache
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
+    }
+
+    /// Mechanisms the token reported at start-up.
+    pub fn mechanisms(&self) -> &[MechanismType] {
+        &self.mechanisms
+    }
+
+    /// Generates a key version in the token and reads back its public part.
+    pub fn generate(
+        &self,
+        session: &Session,
+        id: VersionId,
+        label: &[u8],
+        kind: KeyKind,
+        ops: &KeyOps,
+    ) -> Result<(KeyHandles, PublicKey)> {
+        let extraction = self.settings.extraction;
+        let (handles, public) = match kind {
+            KeyKind::Oct { bits } => {
+                let tmpl = templates::aes_generate(id, label, bits, ops, extraction);
+                let secret = session.generate_key(&Mechanism::AesKeyGen, &tmpl)?;
+                (
+                    KeyHandles {
+                        secret,
+                        public: None,
+                    },
+                    PublicKey::Oct,
+                )
+            }
+            KeyKind::Rsa { bits } => {
+                let params = vec![
+                    Attribute::ModulusBits(u64::from(bits).into()),
+                    Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
+                ];
+                let (pub_t, priv_t) =
+                    templates::pair_generate(id, label, KeyFamily::Rsa, params, ops, extraction);
+                let (public, secret) =
+                    session.generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &pub_t, &priv_t)?;
+                let key = read_rsa_public(session, public)?;
+                (
+                    KeyHandles {
+                        secret,
+                        public: Some(public),
+                    },
+                    key,
+                )
+            }
+            KeyKind::Ec { curve } => {
+                let params = vec![Attribute::EcParams(curve.der_oid().to_vec())];
+                let (pub_t, priv_t) =
+                    templates::pair_generate(id, label, KeyFamily::Ec, params, ops, extraction);
+                let (public, secret) =
+                    session.generate_key_pair(&Mechanism::EccKeyPairGen, &pub_t, &priv_t)?;
+                let key = read_ec_public(session, public, curve)?;
+                (
+                    KeyHandles {
+                        secret,
+                        public: Some(public),
+                    },
+                    key,
+                )
+            }
+        };
+        self.remember(id, handles);
+        Ok((handles, public))
+    }
+
+    /// Creates a key version from imported material.
+    pub fn import(
+        &self,
+        session: &Session,
+        id: VersionId,
+        label: &[u8],
+        material: &ImportMaterial,
+        ops: &KeyOps,
+    ) -> Result<KeyHandles> {
+        let extraction = self.settings.extraction;
+        let family = material.family();
+        let (secret_components, public_components) = match material {
+            ImportMaterial::Oct { k } => (vec![Attribute::Value(k.to_vec())], None),
+            ImportMaterial::Rsa {
+                n,
+                e,
+                d,
+                p,
+                q,
+                dp,
+                dq,
+                qi,
+            } => (
+                vec![
+                    Attribute::Modulus(n.clone()),
+                    Attribute::PublicExponent(e.clone()),
+                    Attribute::PrivateExponent(d.to_vec()),
+                    Attribute::Prime1(p.to_vec()),
+                    Attribute::Prime2(q.to_vec()),
+                    Attribute::Exponent1(dp.to_vec()),
+                    Attribute::Exponent2(dq.to_vec()),
+                    Attribute::Coefficient(qi.to_vec()),
+                ],
+                Some(vec![
+                    Attribute::Modulus(n.clone()),
+                    Attribute::PublicExponent(e.clone()),
+                ]),
+            ),
+            ImportMaterial::Ec { curve, d, x, y } => (
+                vec![
+                    Attribute::EcParams(curve.der_oid().to_vec()),
+                    Attribute::Value(d.to_vec()),
+                ],
+                Some(vec![
+                    Attribute::EcParams(curve.der_oid().to_vec()),
+                    Attribute::EcPoint(encode_ec_point(x, y)),
+                ]),
+            ),
+        };
+        // The template holds copies of secret bytes; they are wiped as soon as the token has
+        // them, whatever the outcome.
+        let mut secret_tmpl =
+            templates::secret_import(id, label, family, secret_components, ops, extraction);
+        let created = session.create_object(&secret_tmpl);
+        wipe_template(&mut secret_tmpl);
+        let secret = created?;
+        let public = match public_components {
+            Some(components) => {
+                let tmpl = templates::public_import(id, label, family, components, ops);
+                match session.create_object(&tmpl) {
+                    Ok(h) => Some(h),
+                    Err(e) => {
+                        // Do not leave half a key behind.
+                        let _ = session.destroy_object(secret);
+                        return Err(e.into());
+                    }
+                }
+            }
+            None => None,
+        };
+        let handles = KeyHandles { secret, public };
+        self.remember(id, handles);
+        Ok(handles)
+    }
+
+    /// Sets the usage flags of a version's objects to match `ops`.
+    pub fn set_usage(
+        &self,
+        session: &Session,
+        id: VersionId,
+        family: KeyFamily,
+        ops: &KeyOps,
+    ) -> Result<()> {
+        let handles = self.handles(id)?;
+        session.update_attributes(handles.secret, &templates::secret_usage(family, ops))?;
+        if let Some(public) = handles.public {
+            session.update_attributes(public, &templates::public_usage(family, ops))?;
+        }
+        Ok(())
+    }
+
+    /// Destroys every object carrying this `CKA_ID`. Finds by id rather than trusting the
+    /// cache, because it also cleans up objects the cache never saw (a half-made key).
+    pub fn destroy_by_id(&self, session: &Session, id: VersionId) -> Result<usize> {
+        let handles = session.find_objects(&[Attribute::Id(id.as_bytes().to_vec())])?;
+        let mut destroyed = 0;
+        for handle in handles {
+            let label = label_of(session, handle)?;
+            // Only objects we made: never touch the security domain or foreign objects.
+            let ours = label.starts_with(templates::LIVE_PREFIX.as_bytes())
+                || label.starts_with(templates::DELETED_PREFIX.as_bytes());
+            if ours {
+                session.destroy_object(handle)?;
+                destroyed += 1;
+            }
+        }
+        self.forget(id);
+        Ok(destroyed)
+    }
+
+    /// Reads the attributes that make a key safe, for diagnostics and tests of the templates.
+    pub fn object_attributes(
+        &self,
+        session: &Session,
+        handle: ObjectHandle,
+    ) -> Result<Vec<Attribute>> {
+        Ok(session.get_attributes(
+            handle,
+            &[
+                AttributeType::Sensitive,
+                AttributeType::Extractable,
+                AttributeType::Copyable,
+                AttributeType::Private,
+            ],
+        )?)
+    }
+}
+
+/// Overwrites the byte-valued attributes of a template that held key material.
+fn wipe_template(tmpl: &mut [Attribute]) {
+    use zeroize::Zeroize;
+    for attr in tmpl.iter_mut() {
+        match attr {
+            Attribute::Value(v)
+            | Attribute::PrivateExponent(v)
+            | Attribute::Prime1(v)
+            | Attribute::Prime2(v)
+            | Attribute::Exponent1(v)
+            | Attribute::Exponent2(v)
+            | Attribute::Coefficient(v) => v.zeroize(),
+            _ => {}
+        }
+    }
+}
+
+fn read_rsa_public(session: &Session, handle: ObjectHandle) -> Result<PublicKey> {
+    let mut n = None;
+    let mut e = None;
+    for a in session.get_attributes(
+        handle,
+        &[AttributeType::Modulus, AttributeType::PublicExponent],
+    )? {
+        match a {
+            Attribute::Modulus(v) => n = Some(v),
+            Attribute::PublicExponent(v) => e = Some(v),
+            _ => {}
+        }
+    }
+    match (n, e) {
+        (Some(n), Some(e)) => Ok(PublicKey::Rsa {
+            n: strip_leading_zeros(n),
+            e: strip_leading_zeros(e),
+        }),
+        _ => Err(Error::Unexpected(
+            "an RSA public key without modulus or exponent".into(),
+        )),
+    }
+}
+
+fn read_ec_public(session: &Session, handle: ObjectHandle, curve: Curve) -> Result<PublicKey> {
+    let point = session
+        .get_attributes(handle, &[AttributeType::EcPoint])?
+        .into_iter()
+        .find_map(|a| match a {
+            Attribute::EcPoint(p) => Some(p),
+            _ => None,
+        })
+        .ok_or_else(|| Error::Unexpected("an EC public key without CKA_EC_POINT".into()))?;
+    let (x, y) = decode_ec_point(&point, curve)
+        .ok_or_else(|| Error::Unexpected("CKA_EC_POINT is not an uncompressed point".into()))?;
+    Ok(PublicKey::Ec { curve, x, y })
+}
+
+fn strip_leading_zeros(mut v: Vec<u8>) -> Vec<u8> {
+    let zeros = v
+        .iter()
+        .take_while(|b| **b == 0)
+        .count()
+        .min(v.len().saturating_sub(1));
+    v.drain(..zeros);
+    v
+}
+
+/// `CKA_EC_POINT` is a DER OCTET STRING holding `04 || x || y`.
+pub fn encode_ec_point(x: &[u8], y: &[u8]) -> Vec<u8> {
+    let len = 1 + x.len() + y.len();
+    let mut out = vec![0x04];
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        // Points of our curves are at most 133 bytes, so one length byte always suffices.
+        out.extend([0x81, len as u8]);
+    }
+    out.push(0x04);
+    out.extend_from_slice(x);
+    out.extend_from_slice(y);
+    out
+}
+
+/// Accepts the DER-wrapped form and, as some tokens return, the bare point.
+pub fn decode_ec_point(raw: &[u8], curve: Curve) -> Option<(Vec<u8>, Vec<u8>)> {
+    let c = curve.coordinate_len();
+    let point = if raw.len() == 1 + 2 * c && raw[0] == 0x04 {
+        raw
+    } else {
+        let (len, header) = match raw {
+            [0x04, l, ..] if *l < 0x80 => (usize::from(*l), 2),
+            [0x04, 0x81, l, ..] => (usize::from(*l), 3),
+            _ => return None,
+        };
+        let body = raw.get(header..)?;
+        if body.len() != len {
+            return None;
+        }
+        body
+    };
+    if point.len() != 1 + 2 * c || point[0] != 0x04 {
+        return None;
+    }
+    Some((point[1..1 + c].to_vec(), point[1 + c..].to_vec()))
+}
+
+/// For a function of cryptoki that reported an error, whether it was this return value.
+pub fn is_rv(err: &cryptoki::error::Error, rv: RvError) -> bool {
+    matches!(err, cryptoki::error::Error::Pkcs11(r, _) if *r == rv)
+}
+
+/// Re-exported for callers that classify errors by function.
+pub type TokenFunction = Function;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ec_points_round_trip_for_every_curve() {
+        for curve in Curve::ALL {
+            let c = curve.coordinate_len();
+            let x: Vec<u8> = (0..c).map(|i| i as u8).collect();
+            let y: Vec<u8> = (0..c).map(|i| (i * 3) as u8).collect();
+            let der = encode_ec_point(&x, &y);
+            assert_eq!(decode_ec_point(&der, curve), Some((x.clone(), y.clone())));
+            assert_eq!(
+                decode_ec_point(&der[der.len() - (1 + 2 * c)..], curve),
+                Some((x, y))
+            );
+        }
+        assert_eq!(
+            decode_ec_point(&[0x04, 0x03, 0x04, 0x01, 0x02], Curve::P256),
+            None
+        );
+        assert_eq!(decode_ec_point(&[], Curve::P256), None);
+    }
+
+    #[test]
+    fn leading_zeros_are_stripped_but_zero_stays() {
+        assert_eq!(strip_leading_zeros(vec![0, 0, 1, 0]), vec![1, 0]);
+        assert_eq!(strip_leading_zeros(vec![0]), vec![0]);
+    }
+}

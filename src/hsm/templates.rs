@@ -1,0 +1,289 @@
+//! Object templates: the one place that decides which attributes our token objects carry
+//! (DESIGN §4, §5, §8). Every key object is a private, sensitive token object that cannot be
+//! copied; its usage flags follow `key_ops`.
+
+use cryptoki::object::{Attribute, KeyType, ObjectClass};
+
+use crate::model::{KeyFamily, KeyOp, KeyOps, VersionId};
+
+/// Label prefixes. A live version's objects are `p11vault/{name}/{version}`; a soft-deleted
+/// version's objects are relabelled `p11vault-deleted/{name}/{version}`; the security domain's
+/// objects are `p11vault-sd/{domain}/wrap|unwrap`.
+pub const LIVE_PREFIX: &str = "p11vault/";
+pub const DELETED_PREFIX: &str = "p11vault-deleted/";
+pub const DOMAIN_PREFIX: &str = "p11vault-sd/";
+
+pub fn live_label(name: &str, version: VersionId) -> Vec<u8> {
+    format!("{LIVE_PREFIX}{name}/{version}").into_bytes()
+}
+
+/// How key material may leave the token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Extraction {
+    /// `CKA_EXTRACTABLE=true` with `CKA_WRAP_WITH_TRUSTED=true`: the material can leave only
+    /// wrapped under a trusted key, which only the SO can create. Needed for key backups.
+    WrappedByTrustedOnly,
+    /// `CKA_EXTRACTABLE=false`: nothing ever leaves; key backups are impossible.
+    Never,
+}
+
+/// Attributes every key object shares.
+fn common(id: VersionId, label: &[u8], extraction: Extraction) -> Vec<Attribute> {
+    let mut attrs = vec![
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Modifiable(true),
+        Attribute::Destroyable(true),
+        // A copyable key defeats soft-delete: C_CopyObject with usage flags set yields a
+        // working copy of a deleted key.
+        Attribute::Copyable(false),
+        Attribute::Id(id.as_bytes().to_vec()),
+        Attribute::Label(label.to_vec()),
+    ];
+    attrs.extend(extraction_attrs(extraction));
+    attrs
+}
+
+fn extraction_attrs(extraction: Extraction) -> Vec<Attribute> {
+    match extraction {
+        Extraction::WrappedByTrustedOnly => vec![
+            Attribute::Extractable(true),
+            Attribute::WrapWithTrusted(true),
+        ],
+        Extraction::Never => vec![Attribute::Extractable(false)],
+    }
+}
+
+/// The usage flags of the object holding the secret half (AES key or private key).
+pub fn secret_usage(family: KeyFamily, ops: &KeyOps) -> Vec<Attribute> {
+    let on = |op| ops.contains(op);
+    match family {
+        KeyFamily::Oct => vec![
+            Attribute::Encrypt(on(KeyOp::Encrypt)),
+            Attribute::Decrypt(on(KeyOp::Decrypt)),
+            Attribute::Wrap(on(KeyOp::WrapKey)),
+            Attribute::Unwrap(on(KeyOp::UnwrapKey)),
+            Attribute::Sign(false),
+            Attribute::Verify(false),
+            Attribute::Derive(false),
+        ],
+        KeyFamily::Rsa => vec![
+            Attribute::Sign(on(KeyOp::Sign)),
+            Attribute::Decrypt(on(KeyOp::Decrypt)),
+            Attribute::Unwrap(on(KeyOp::UnwrapKey)),
+            Attribute::Derive(false),
+        ],
+        KeyFamily::Ec => vec![Attribute::Sign(on(KeyOp::Sign)), Attribute::Derive(false)],
+    }
+}
+
+/// The usage flags of the public-key object (RSA and EC only).
+pub fn public_usage(family: KeyFamily, ops: &KeyOps) -> Vec<Attribute> {
+    let on = |op| ops.contains(op);
+    match family {
+        KeyFamily::Rsa => vec![
+            Attribute::Verify(on(KeyOp::Verify)),
+            Attribute::Encrypt(on(KeyOp::Encrypt)),
+            Attribute::Wrap(on(KeyOp::WrapKey)),
+        ],
+        KeyFamily::Ec => vec![Attribute::Verify(on(KeyOp::Verify))],
+        KeyFamily::Oct => Vec::new(),
+    }
+}
+
+/// Template for an AES key generated in the token.
+pub fn aes_generate(
+    id: VersionId,
+    label: &[u8],
+    bits: u32,
+    ops: &KeyOps,
+    extraction: Extraction,
+) -> Vec<Attribute> {
+    let mut attrs = common(id, label, extraction);
+    attrs.push(Attribute::Sensitive(true));
+    attrs.push(Attribute::ValueLen(u64::from(bits / 8).into()));
+    attrs.extend(secret_usage(KeyFamily::Oct, ops));
+    attrs
+}
+
+/// Templates (public, private) for an RSA or EC key pair generated in the token. `params` is
+/// `ModulusBits`/`PublicExponent` for RSA or `EcParams` for EC.
+pub fn pair_generate(
+    id: VersionId,
+    label: &[u8],
+    family: KeyFamily,
+    params: Vec<Attribute>,
+    ops: &KeyOps,
+    extraction: Extraction,
+) -> (Vec<Attribute>, Vec<Attribute>) {
+    let mut public = public_common(id, label);
+    public.extend(params);
+    public.extend(public_usage(family, ops));
+
+    let mut private = common(id, label, extraction);
+    private.push(Attribute::Sensitive(true));
+    private.extend(secret_usage(family, ops));
+    (public, private)
+}
+
+/// The public-key object: private to the token user (invisible without login), not copyable.
+fn public_common(id: VersionId, label: &[u8]) -> Vec<Attribute> {
+    vec![
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Modifiable(true),
+        Attribute::Destroyable(true),
+        Attribute::Copyable(false),
+        Attribute::Id(id.as_bytes().to_vec()),
+        Attribute::Label(label.to_vec()),
+    ]
+}
+
+/// Template for importing a secret (AES) or private key: the component attributes come from the
+/// caller, the policy attributes from here.
+pub fn secret_import(
+    id: VersionId,
+    label: &[u8],
+    family: KeyFamily,
+    components: Vec<Attribute>,
+    ops: &KeyOps,
+    extraction: Extraction,
+) -> Vec<Attribute> {
+    let (class, key_type) = match family {
+        KeyFamily::Oct => (ObjectClass::SECRET_KEY, KeyType::AES),
+        KeyFamily::Rsa => (ObjectClass::PRIVATE_KEY, KeyType::RSA),
+        KeyFamily::Ec => (ObjectClass::PRIVATE_KEY, KeyType::EC),
+    };
+    let mut attrs = vec![Attribute::Class(class), Attribute::KeyType(key_type)];
+    attrs.extend(common(id, label, extraction));
+    attrs.push(Attribute::Sensitive(true));
+    attrs.extend(components);
+    attrs.extend(secret_usage(family, ops));
+    attrs
+}
+
+/// Template for importing the public half of an RSA or EC key.
+pub fn public_import(
+    id: VersionId,
+    label: &[u8],
+    family: KeyFamily,
+    components: Vec<Attribute>,
+    ops: &KeyOps,
+) -> Vec<Attribute> {
+    let key_type = match family {
+        KeyFamily::Rsa => KeyType::RSA,
+        _ => KeyType::EC,
+    };
+    let mut attrs = vec![
+        Attribute::Class(ObjectClass::PUBLIC_KEY),
+        Attribute::KeyType(key_type),
+    ];
+    attrs.extend(public_common(id, label));
+    attrs.extend(components);
+    attrs.extend(public_usage(family, ops));
+    attrs
+}
+
+/// The security domain's trusted half, created by the SO (SoftHSM lets only the SO create a
+/// trusted key, and only as a public object). It may wrap and nothing else, and it can never be
+/// modified, so nobody can switch on `CKA_UNWRAP` and use it to open backups.
+pub fn domain_wrap_half(domain: VersionId, value: &[u8]) -> Vec<Attribute> {
+    let mut attrs = domain_half_common(domain, "wrap", value);
+    attrs.extend([
+        Attribute::Private(false),
+        Attribute::Trusted(true),
+        Attribute::Wrap(true),
+        Attribute::Unwrap(false),
+    ]);
+    attrs
+}
+
+/// The security domain's unwrap half, created by the user: a private, login-protected object
+/// holding the same value, which may unwrap and nothing else.
+pub fn domain_unwrap_half(domain: VersionId, value: &[u8]) -> Vec<Attribute> {
+    let mut attrs = domain_half_common(domain, "unwrap", value);
+    attrs.extend([
+        Attribute::Private(true),
+        Attribute::Wrap(false),
+        Attribute::Unwrap(true),
+    ]);
+    attrs
+}
+
+fn domain_half_common(domain: VersionId, role: &str, value: &[u8]) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Token(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Modifiable(false),
+        Attribute::Copyable(false),
+        Attribute::Destroyable(true),
+        Attribute::Encrypt(false),
+        Attribute::Decrypt(false),
+        Attribute::Sign(false),
+        Attribute::Verify(false),
+        Attribute::Derive(false),
+        Attribute::Id(domain.as_bytes().to_vec()),
+        Attribute::Label(format!("{DOMAIN_PREFIX}{domain}/{role}").into_bytes()),
+        Attribute::Value(value.to_vec()),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn has(attrs: &[Attribute], wanted: &Attribute) -> bool {
+        attrs.iter().any(|a| a == wanted)
+    }
+
+    #[test]
+    fn every_key_object_is_private_sensitive_and_not_copyable() {
+        let id = VersionId::random();
+        let ops = KeyOps::all_for(KeyFamily::Rsa);
+        for extraction in [Extraction::WrappedByTrustedOnly, Extraction::Never] {
+            let (public, private) =
+                pair_generate(id, b"l", KeyFamily::Rsa, vec![], &ops, extraction);
+            let aes = aes_generate(id, b"l", 256, &KeyOps::all_for(KeyFamily::Oct), extraction);
+            for secret in [&private, &aes] {
+                assert!(has(secret, &Attribute::Sensitive(true)));
+                assert!(has(secret, &Attribute::Private(true)));
+                assert!(has(secret, &Attribute::Copyable(false)));
+                assert!(has(secret, &Attribute::Modifiable(true)));
+            }
+            assert!(has(&public, &Attribute::Copyable(false)));
+            let extractable = extraction == Extraction::WrappedByTrustedOnly;
+            assert!(has(&private, &Attribute::Extractable(extractable)));
+            assert_eq!(
+                has(&private, &Attribute::WrapWithTrusted(true)),
+                extractable
+            );
+        }
+    }
+
+    #[test]
+    fn usage_flags_follow_key_ops() {
+        let ops = KeyOps::parse(&["sign".into()], KeyFamily::Rsa).expect("sign fits RSA");
+        let secret = secret_usage(KeyFamily::Rsa, &ops);
+        assert!(has(&secret, &Attribute::Sign(true)));
+        assert!(has(&secret, &Attribute::Decrypt(false)));
+        assert!(has(&secret, &Attribute::Unwrap(false)));
+        let public = public_usage(KeyFamily::Rsa, &ops);
+        assert!(has(&public, &Attribute::Verify(false)));
+        assert!(has(&public, &Attribute::Encrypt(false)));
+    }
+
+    #[test]
+    fn the_domain_halves_split_wrap_from_unwrap() {
+        let d = VersionId::random();
+        let wrap = domain_wrap_half(d, &[0u8; 32]);
+        let unwrap = domain_unwrap_half(d, &[0u8; 32]);
+        assert!(has(&wrap, &Attribute::Trusted(true)) && has(&wrap, &Attribute::Unwrap(false)));
+        assert!(has(&unwrap, &Attribute::Private(true)) && has(&unwrap, &Attribute::Wrap(false)));
+        for half in [&wrap, &unwrap] {
+            assert!(has(half, &Attribute::Modifiable(false)));
+        }
+    }
+}

@@ -1,0 +1,153 @@
+//! The one place that turns a service error into an HTTP status and an Azure error body
+//! (`{"error":{"code","message","innererror"}}`). It matches on variants, never on message text,
+//! and a 5xx says nothing about the inside: the detail goes to the log.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::error::Error;
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: Detail<'a>,
+}
+
+#[derive(Serialize)]
+struct Detail<'a> {
+    code: &'a str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    innererror: Option<Inner<'a>>,
+}
+
+#[derive(Serialize)]
+struct Inner<'a> {
+    code: &'a str,
+}
+
+/// An Azure error response.
+pub fn error_response(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    inner: Option<&str>,
+) -> Response {
+    let body = Body {
+        error: Detail {
+            code,
+            message,
+            innererror: inner.map(|code| Inner { code }),
+        },
+    };
+    (status, Json(body)).into_response()
+}
+
+impl IntoResponse for Error {
+    fn into_response(self) -> Response {
+        match &self {
+            Error::BadParameter(m) => {
+                error_response(StatusCode::BAD_REQUEST, "BadParameter", m, None)
+            }
+            Error::PayloadTooLarge { limit } => error_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "RequestBodyTooLarge",
+                &format!("The request body is larger than the {limit} bytes this service accepts."),
+                None,
+            ),
+            Error::KeyNotFound(m) => error_response(StatusCode::NOT_FOUND, "KeyNotFound", m, None),
+            Error::Conflict { message, inner } => {
+                error_response(StatusCode::CONFLICT, "Conflict", message, *inner)
+            }
+            Error::Forbidden { message, inner } => {
+                error_response(StatusCode::FORBIDDEN, "Forbidden", message, *inner)
+            }
+            Error::Unauthorized(m) => {
+                error_response(StatusCode::UNAUTHORIZED, "Unauthorized", m, None)
+            }
+            Error::Unavailable(detail) => {
+                tracing::warn!(%detail, "answering 503: the HSM is unavailable");
+                let mut response = error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailable",
+                    "The HSM is temporarily unavailable; the service is reconnecting. Retry shortly.",
+                    None,
+                );
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                response
+            }
+            Error::Internal(detail) => {
+                tracing::error!(%detail, "answering 500");
+                error_response(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "InternalError",
+                    "The service met an internal error. The request may be retried; if it persists, contact the operator.",
+                    None,
+                )
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn body_of(response: Response) -> serde_json::Value {
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .expect("body");
+        serde_json::from_slice(&bytes).expect("json body")
+    }
+
+    #[tokio::test]
+    async fn every_variant_maps_to_its_status_and_an_azure_body() {
+        let cases = [
+            (Error::BadParameter("b".into()), 400, "BadParameter"),
+            (
+                Error::PayloadTooLarge { limit: 10 },
+                413,
+                "RequestBodyTooLarge",
+            ),
+            (Error::KeyNotFound("k".into()), 404, "KeyNotFound"),
+            (
+                Error::Conflict {
+                    message: "c".into(),
+                    inner: Some("ObjectIsDeletedButRecoverable"),
+                },
+                409,
+                "Conflict",
+            ),
+            (
+                Error::Forbidden {
+                    message: "f".into(),
+                    inner: None,
+                },
+                403,
+                "Forbidden",
+            ),
+            (Error::Unauthorized("u".into()), 401, "Unauthorized"),
+            (Error::Unavailable("gone".into()), 503, "ServiceUnavailable"),
+            (
+                Error::Internal("secret detail".into()),
+                500,
+                "InternalError",
+            ),
+        ];
+        for (error, status, code) in cases {
+            let response = error.into_response();
+            assert_eq!(response.status().as_u16(), status);
+            let body = body_of(response).await;
+            assert_eq!(body["error"]["code"], code);
+            let message = body["error"]["message"].as_str().expect("message");
+            assert!(!message.is_empty());
+            assert!(
+                !message.contains("secret detail"),
+                "a 500 must not leak its detail"
+            );
+        }
+    }
+}

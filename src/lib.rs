@@ -1,0 +1,21 @@
+//! p11vault: an on-premises key service in the style of Azure Managed HSM.
+//!
+//! Key material lives only as objects in a PKCS#11 token ([`hsm`]); key metadata and deletion
+//! state live in SQLite ([`store`]); the key service ([`keys`]) is the only code that touches
+//! both; [`http`] speaks the Azure Key Vault / Managed HSM data-plane API over HTTPS.
+//! Dependencies point one way: `http → keys → {store, hsm, auth} → model`.
+
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod fsutil;
+pub mod hsm;
+pub mod http;
+pub mod keys;
+pub mod model;
+pub mod provision;
+pub mod store;
+pub mod tls;
+
+pub use http::{AppState, router as app};

@@ -1,0 +1,256 @@
+//! Start-up: brings a data dir from empty (or half-initialised) to ready, and opens what is
+//! there on later starts. Every step checks what already exists and only adds what is missing,
+//! so a start after a crash finishes the job. No step ever re-initialises a token: a token is
+//! only initialised when no token of that label exists.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::auth::BearerToken;
+use crate::config::{Config, TokenSource};
+use crate::fsutil::{create_private_dir, write_atomic};
+use crate::hsm::{self, HsmSettings, Module, Pin};
+use crate::model::{Retention, VersionId};
+use crate::store::{self, PrincipalRow, Store};
+use crate::tls::{self, TlsPaths};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProvisionError {
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the database: {0}")]
+    Store(#[from] store::Error),
+    #[error("the token: {0}")]
+    Hsm(#[from] hsm::Error),
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Files of the embedded SoftHSM2 token under the data dir.
+pub fn softhsm_conf_path(data_dir: &Path) -> PathBuf {
+    data_dir.join("softhsm").join("softhsm2.conf")
+}
+
+/// Writes the embedded SoftHSM2 configuration from `softhsm-config/softhsm2.conf.in` (once),
+/// and returns its path for `SOFTHSM2_CONF`. Runs before the PKCS#11 module is loaded.
+pub fn prepare_embedded_softhsm(data_dir: &Path) -> Result<PathBuf, ProvisionError> {
+    let tokens = data_dir.join("softhsm").join("tokens");
+    create_private_dir(&tokens).map_err(io("cannot create", &tokens))?;
+    let conf = softhsm_conf_path(data_dir);
+    if !conf.exists() {
+        let tokens = std::fs::canonicalize(&tokens).map_err(io("cannot resolve", &tokens))?;
+        let text = include_str!("../softhsm-config/softhsm2.conf.in")
+            .replace("@TOKENDIR@", &tokens.to_string_lossy());
+        write_atomic(&conf, text.as_bytes(), 0o600).map_err(io("cannot write", &conf))?;
+    }
+    Ok(conf)
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ProvisionError {
+    let path = path.to_owned();
+    move |source| ProvisionError::Io { what, path, source }
+}
+
+/// What a ready data dir gives the service.
+pub struct Ready {
+    pub store: Arc<Store>,
+    pub hsm: hsm::Hsm,
+    pub retention: Retention,
+    pub tls: TlsPaths,
+    /// Set on the start that created the administrator.
+    pub admin_token_created: bool,
+}
+
+/// Names of the settings kept in the database.
+mod meta {
+    pub const INITIALIZED: &str = "initialized";
+    pub const DOMAIN: &str = "security_domain";
+    pub const RETENTION_DAYS: &str = "retention_days";
+    pub const PURGE_PROTECTION: &str = "purge_protection";
+}
+
+pub fn open(cfg: &Config, hosts: &[String]) -> Result<Ready, ProvisionError> {
+    create_private_dir(&cfg.data_dir).map_err(io("cannot create the data dir", &cfg.data_dir))?;
+    let store = Arc::new(Store::open(&cfg.data_dir.join("p11vault.db"))?);
+    let initialized = store.meta(meta::INITIALIZED)?.is_some();
+
+    let (module_path, user_pin, so_pin) = pins(cfg)?;
+    let module = Module::load(&module_path)?;
+    let slot = match module.find_token(&cfg.token_label)? {
+        Some(slot) => slot,
+        None if initialized => {
+            return Err(ProvisionError::Refused(format!(
+                "the token '{}' is missing, but the database at {} belongs to an initialised service; \
+                 refusing to create a new, empty token. Restore the token directory or point the service at the right token.",
+                cfg.token_label,
+                cfg.data_dir.display()
+            )));
+        }
+        None => match (&cfg.token, &so_pin) {
+            (TokenSource::Embedded { .. }, Some(so)) => {
+                tracing::info!(label = %cfg.token_label, "initialising the embedded SoftHSM2 token");
+                module.init_token(&cfg.token_label, so, &user_pin)?
+            }
+            _ => {
+                return Err(ProvisionError::Refused(format!(
+                    "no token labelled '{}' in {}; initialise it with your HSM's tools first",
+                    cfg.token_label,
+                    module_path.display()
+                )));
+            }
+        },
+    };
+    if let Some(so) = &so_pin {
+        module.ensure_user_pin(slot, so, &user_pin)?;
+    }
+
+    if store.meta(meta::DOMAIN)?.is_none() {
+        let so = so_pin.as_ref().ok_or_else(|| {
+            ProvisionError::Refused(
+                "the security domain does not exist yet and creating it needs the SO PIN: set pkcs11.so_pin_file for the first start".into(),
+            )
+        })?;
+        let domain: VersionId = module.create_security_domain(slot, so, &user_pin)?;
+        store.set_meta(meta::DOMAIN, &domain.to_string())?;
+        tracing::info!(%domain, "created the security domain");
+    }
+
+    let hsm = module.open(
+        slot,
+        &cfg.token_label,
+        user_pin,
+        HsmSettings {
+            sessions: cfg.sessions,
+            extraction: cfg.extraction,
+        },
+    )?;
+    if !initialized {
+        let objects = hsm.call_blocking(|h, s| h.scan(s))?;
+        if !objects.is_empty() && store.key_count()? == 0 {
+            return Err(ProvisionError::Refused(format!(
+                "the token '{}' holds {} p11vault key objects but the database at {} knows no keys; \
+                 refusing to start over it. Restore the database that belongs to this token.",
+                cfg.token_label,
+                objects.len(),
+                cfg.data_dir.display()
+            )));
+        }
+    }
+
+    let days: u32 = store
+        .init_meta(meta::RETENTION_DAYS, &cfg.retention_days.to_string())?
+        .parse()
+        .map_err(|_| store::Error::Corrupt("retention_days".into()))?;
+    if days != cfg.retention_days {
+        tracing::warn!(
+            in_force = days,
+            configured = cfg.retention_days,
+            "the retention period is fixed when the service is initialised; the configured value is ignored"
+        );
+    }
+    let purge_protection = store.init_meta(meta::PURGE_PROTECTION, "false")? == "true";
+
+    let tls = TlsPaths::in_dir(&cfg.data_dir);
+    if tls::ensure_certificate(&tls, hosts)? {
+        tracing::info!(ca = %tls.ca.display(), "created a TLS certificate; clients trust the CA file");
+    }
+
+    let admin_token_created = ensure_administrator(&store, &cfg.data_dir)?;
+    if !initialized {
+        store.set_meta(
+            meta::INITIALIZED,
+            &crate::clock::Clock::now(&crate::clock::SystemClock).to_string(),
+        )?;
+    }
+    Ok(Ready {
+        store,
+        hsm,
+        retention: Retention {
+            days,
+            purge_protection,
+        },
+        tls,
+        admin_token_created,
+    })
+}
+
+/// The module path and the PINs. The embedded default generates its PINs into 0600 files on
+/// first start; a vendor token's PINs come from the files the operator names.
+fn pins(cfg: &Config) -> Result<(PathBuf, Pin, Option<Pin>), ProvisionError> {
+    match &cfg.token {
+        TokenSource::Embedded { module } => {
+            let user = read_or_create_pin(&cfg.data_dir.join("user.pin"))?;
+            let so = read_or_create_pin(&cfg.data_dir.join("so.pin"))?;
+            Ok((module.clone(), user, Some(so)))
+        }
+        TokenSource::External {
+            module,
+            pin_file,
+            so_pin_file,
+        } => {
+            let user = read_pin(pin_file)?;
+            let so = so_pin_file.as_deref().map(read_pin).transpose()?;
+            Ok((module.clone(), user, so))
+        }
+    }
+}
+
+fn read_pin(path: &Path) -> Result<Pin, ProvisionError> {
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path).map_err(io("cannot read the PIN file", path))?,
+    );
+    let pin = text.trim_end_matches(['\r', '\n']);
+    if pin.is_empty() {
+        return Err(ProvisionError::Refused(format!(
+            "the PIN file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(Pin::new(pin.to_owned()))
+}
+
+fn read_or_create_pin(path: &Path) -> Result<Pin, ProvisionError> {
+    if !path.exists() {
+        let pin = BearerToken::generate();
+        write_atomic(path, format!("{}\n", pin.expose()).as_bytes(), 0o600)
+            .map_err(io("cannot write the PIN file", path))?;
+    }
+    read_pin(path)
+}
+
+/// Creates the initial administrator unless a principal exists. The token is written to
+/// `DATA_DIR/admin.token` (0600) before its hash is stored, so a crash in between is finished
+/// on the next start from the file.
+fn ensure_administrator(store: &Store, data_dir: &Path) -> Result<bool, ProvisionError> {
+    if !store.principals()?.is_empty() {
+        return Ok(false);
+    }
+    let path = data_dir.join("admin.token");
+    let token = if path.exists() {
+        BearerToken::from_string(
+            std::fs::read_to_string(&path)
+                .map_err(io("cannot read", &path))?
+                .trim()
+                .to_owned(),
+        )
+    } else {
+        let token = BearerToken::generate();
+        write_atomic(&path, format!("{}\n", token.expose()).as_bytes(), 0o600)
+            .map_err(io("cannot write", &path))?;
+        token
+    };
+    let row = PrincipalRow {
+        id: uuid::Uuid::new_v4().to_string(),
+        name: "administrator".into(),
+        token_hash: token.hash().as_bytes().to_vec(),
+        enabled: true,
+    };
+    store.insert_principal(&row, crate::clock::Clock::now(&crate::clock::SystemClock))?;
+    Ok(true)
+}

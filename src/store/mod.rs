@@ -1,0 +1,551 @@
+//! SQLite: key metadata, deletion state, intents, principals and settings. One writer
+//! connection, a few readers, WAL with `synchronous=FULL` so an acknowledged commit survives
+//! power loss. Every call blocks; the key service runs them on blocking threads.
+
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, params};
+
+use crate::model::{
+    Attributes, KeyKind, KeyName, KeyOps, Origin, PublicKey, Tags, VersionId, VersionRecord,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("stored data is not what this version of p11vault wrote: {0}")]
+    Corrupt(String),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_IDLE_READERS: usize = 8;
+
+/// An intent recorded before a token change (DESIGN §6).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Intent {
+    pub id: i64,
+    pub op: String,
+    pub name: String,
+    pub version: Option<VersionId>,
+    pub payload: String,
+}
+
+/// A registered principal: an id, a name and the hash of its bearer token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PrincipalRow {
+    pub id: String,
+    pub name: String,
+    pub token_hash: Vec<u8>,
+    pub enabled: bool,
+}
+
+pub struct Store {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database and brings its schema up to date.
+    pub fn open(path: &Path) -> Result<Self> {
+        let mut writer = Connection::open(path)?;
+        configure(&writer)?;
+        writer.pragma_update(None, "journal_mode", "WAL")?;
+        schema::migrate(&mut writer)?;
+        Ok(Self {
+            path: path.to_owned(),
+            writer: Mutex::new(writer),
+            readers: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Runs `f` on a read connection.
+    pub fn read<R>(&self, f: impl FnOnce(&Connection) -> Result<R>) -> Result<R> {
+        let conn = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match conn {
+            Some(c) => c,
+            None => {
+                let c = Connection::open_with_flags(
+                    &self.path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )?;
+                configure(&c)?;
+                c
+            }
+        };
+        let result = f(&conn);
+        let mut idle = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_IDLE_READERS {
+            idle.push(conn);
+        }
+        result
+    }
+
+    /// Runs `f` in one write transaction, committed if `f` succeeds.
+    pub fn write<R>(&self, f: impl FnOnce(&Transaction) -> Result<R>) -> Result<R> {
+        // A panic inside `f` drops the transaction uncommitted, so the connection behind a
+        // poisoned lock is still in a clean state.
+        let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let out = f(&tx)?;
+        tx.commit()?;
+        Ok(out)
+    }
+
+    // ----- settings -------------------------------------------------------------------------
+
+    pub fn meta(&self, key: &str) -> Result<Option<String>> {
+        self.read(|c| meta_get(c, key))
+    }
+
+    pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
+        self.write(|tx| meta_set(tx, key, value))
+    }
+
+    /// Sets a setting only if it has no value yet; returns the value in force.
+    pub fn init_meta(&self, key: &str, value: &str) -> Result<String> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO meta(k, v) VALUES (?1, ?2) ON CONFLICT(k) DO NOTHING",
+                params![key, value],
+            )?;
+            meta_get(tx, key)?.ok_or_else(|| Error::Corrupt(format!("setting {key} vanished")))
+        })
+    }
+
+    // ----- intents --------------------------------------------------------------------------
+
+    /// Records an intent and commits it, before the token is touched.
+    pub fn begin_intent(
+        &self,
+        op: &str,
+        name: &str,
+        version: Option<VersionId>,
+        payload: &str,
+        now: i64,
+    ) -> Result<i64> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO intents(op, name, version, payload, created) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![op, name, version.map(|v| v.as_bytes().to_vec()), payload, now],
+            )?;
+            Ok(tx.last_insert_rowid())
+        })
+    }
+
+    /// Removes an intent whose token change was rolled back or never happened.
+    pub fn drop_intent(&self, id: i64) -> Result<()> {
+        self.write(|tx| {
+            tx.execute("DELETE FROM intents WHERE id = ?1", [id])?;
+            Ok(())
+        })
+    }
+
+    pub fn open_intents(&self) -> Result<Vec<Intent>> {
+        self.read(|c| {
+            let mut stmt =
+                c.prepare("SELECT id, op, name, version, payload FROM intents ORDER BY id")?;
+            let rows = stmt.query_map([], |r| {
+                let version: Option<Vec<u8>> = r.get(3)?;
+                Ok(Intent {
+                    id: r.get(0)?,
+                    op: r.get(1)?,
+                    name: r.get(2)?,
+                    version: version.as_deref().and_then(VersionId::from_bytes),
+                    payload: r.get(4)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    // ----- key versions ---------------------------------------------------------------------
+
+    /// Commits a new version and clears its intent in one transaction. The key row is created
+    /// if this is the key's first version; an existing key keeps the spelling it was created
+    /// with.
+    pub fn commit_new_version(&self, record: &VersionRecord, intent: i64) -> Result<VersionRecord> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO keys(name, created) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING",
+                params![record.name.as_str(), record.created],
+            )?;
+            let canonical: String = tx.query_row(
+                "SELECT name FROM keys WHERE name = ?1",
+                [record.name.as_str()],
+                |r| r.get(0),
+            )?;
+            let mut stored = record.clone();
+            stored.name = KeyName::parse(&canonical)
+                .map_err(|_| Error::Corrupt(format!("stored key name {canonical:?}")))?;
+            tx.execute(
+                "INSERT INTO versions(id, name, kind, key_ops, enabled, nbf, exp, created, updated, tags, public_key, origin)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+                params![
+                    stored.version.as_bytes().to_vec(),
+                    stored.name.as_str(),
+                    to_json(&stored.kind)?,
+                    to_json(&stored.ops)?,
+                    stored.attributes.enabled,
+                    stored.attributes.not_before,
+                    stored.attributes.expires,
+                    stored.created,
+                    stored.updated,
+                    to_json(&stored.tags)?,
+                    to_json(&stored.public)?,
+                    stored.origin.as_str(),
+                ],
+            )?;
+            tx.execute("DELETE FROM intents WHERE id = ?1", [intent])?;
+            Ok(stored)
+        })
+    }
+
+    /// Writes a version's mutable fields and clears the intent (if any) in one transaction.
+    pub fn commit_update(&self, record: &VersionRecord, intent: Option<i64>) -> Result<()> {
+        self.write(|tx| {
+            let changed = tx.execute(
+                "UPDATE versions SET key_ops = ?2, enabled = ?3, nbf = ?4, exp = ?5, updated = ?6, tags = ?7
+                 WHERE id = ?1",
+                params![
+                    record.version.as_bytes().to_vec(),
+                    to_json(&record.ops)?,
+                    record.attributes.enabled,
+                    record.attributes.not_before,
+                    record.attributes.expires,
+                    record.updated,
+                    to_json(&record.tags)?,
+                ],
+            )?;
+            if changed != 1 {
+                return Err(Error::Corrupt(format!("version {} vanished during update", record.version)));
+            }
+            if let Some(intent) = intent {
+                tx.execute("DELETE FROM intents WHERE id = ?1", [intent])?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The newest version of a live (not deleted) key.
+    pub fn latest(&self, name: &KeyName) -> Result<Option<VersionRecord>> {
+        self.read(|c| {
+            c.query_row(
+                &format!(
+                    "SELECT {VERSION_COLUMNS} FROM versions v JOIN keys k ON k.name = v.name
+                     WHERE v.name = ?1 AND k.deleted_date IS NULL ORDER BY v.seq DESC LIMIT 1"
+                ),
+                [name.as_str()],
+                version_row,
+            )
+            .optional()?
+            .transpose()
+        })
+    }
+
+    /// One version of a live key.
+    pub fn version(&self, name: &KeyName, version: VersionId) -> Result<Option<VersionRecord>> {
+        self.read(|c| {
+            c.query_row(
+                &format!(
+                    "SELECT {VERSION_COLUMNS} FROM versions v JOIN keys k ON k.name = v.name
+                     WHERE v.name = ?1 AND v.id = ?2 AND k.deleted_date IS NULL"
+                ),
+                params![name.as_str(), version.as_bytes().to_vec()],
+                version_row,
+            )
+            .optional()?
+            .transpose()
+        })
+    }
+
+    /// A page of live keys in name order, each as its newest version, starting after `after`.
+    pub fn list_keys(&self, after: Option<&str>, limit: usize) -> Result<Vec<VersionRecord>> {
+        self.read(|c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {VERSION_COLUMNS} FROM keys k
+                 JOIN versions v ON v.seq = (SELECT MAX(seq) FROM versions WHERE name = k.name)
+                 WHERE k.deleted_date IS NULL AND k.name > ?1
+                 ORDER BY k.name LIMIT ?2"
+            ))?;
+            let rows = stmt.query_map(params![after.unwrap_or(""), limit as i64], version_row)?;
+            rows.map(|r| r?).collect()
+        })
+    }
+
+    /// A page of a live key's versions, oldest first, starting after the version with
+    /// sequence number `after_seq`. Returns each record with its sequence number.
+    pub fn list_versions(
+        &self,
+        name: &KeyName,
+        after_seq: i64,
+        limit: usize,
+    ) -> Result<Vec<(i64, VersionRecord)>> {
+        self.read(|c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {VERSION_COLUMNS}, v.seq FROM versions v JOIN keys k ON k.name = v.name
+                 WHERE v.name = ?1 AND k.deleted_date IS NULL AND v.seq > ?2
+                 ORDER BY v.seq LIMIT ?3"
+            ))?;
+            let rows =
+                stmt.query_map(params![name.as_str(), after_seq, limit as i64], |r| {
+                    Ok(version_row(r)
+                        .map(|rec| rec.map(|rec| (r.get::<_, i64>(12).unwrap_or(0), rec))))
+                })?;
+            rows.map(|r| r??).collect()
+        })
+    }
+
+    /// Whether a key of this name exists (live or deleted).
+    pub fn key_exists(&self, name: &KeyName) -> Result<bool> {
+        self.read(|c| {
+            Ok(c.query_row(
+                "SELECT 1 FROM keys WHERE name = ?1",
+                [name.as_str()],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+        })
+    }
+
+    /// Every committed version as `(name, version)`, live or deleted, for the reconciler.
+    pub fn all_versions(&self) -> Result<Vec<(String, VersionId)>> {
+        self.read(|c| {
+            let mut stmt = c.prepare("SELECT name, id FROM versions ORDER BY seq")?;
+            let rows = stmt.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (name, raw) = row?;
+                let id = VersionId::from_bytes(&raw)
+                    .ok_or_else(|| Error::Corrupt("a version id is not 16 bytes".into()))?;
+                out.push((name, id));
+            }
+            Ok(out)
+        })
+    }
+
+    /// A version by id, whatever the state of its key.
+    pub fn version_by_id(&self, version: VersionId) -> Result<Option<VersionRecord>> {
+        self.read(|c| {
+            c.query_row(
+                &format!("SELECT {VERSION_COLUMNS} FROM versions v WHERE v.id = ?1"),
+                [version.as_bytes().to_vec()],
+                version_row,
+            )
+            .optional()?
+            .transpose()
+        })
+    }
+
+    /// Number of live and deleted keys.
+    pub fn key_count(&self) -> Result<u64> {
+        self.read(|c| {
+            Ok(c.query_row("SELECT COUNT(*) FROM keys", [], |r| r.get::<_, i64>(0))? as u64)
+        })
+    }
+
+    // ----- principals -----------------------------------------------------------------------
+
+    pub fn insert_principal(&self, row: &PrincipalRow, now: i64) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO principals(id, name, token_hash, enabled, created) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![row.id, row.name, row.token_hash, row.enabled, now],
+            )?;
+            Ok(())
+        })
+    }
+
+    pub fn principals(&self) -> Result<Vec<PrincipalRow>> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT id, name, token_hash, enabled FROM principals ORDER BY created, id",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok(PrincipalRow {
+                    id: r.get(0)?,
+                    name: r.get(1)?,
+                    token_hash: r.get(2)?,
+                    enabled: r.get(3)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+}
+
+fn configure(conn: &Connection) -> Result<()> {
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    // In WAL mode, FULL syncs the log on every commit: an acknowledged key survives power loss.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(())
+}
+
+fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>> {
+    Ok(conn
+        .query_row("SELECT v FROM meta WHERE k = ?1", [key], |r| r.get(0))
+        .optional()?)
+}
+
+fn meta_set(tx: &Transaction, key: &str, value: &str) -> Result<()> {
+    tx.execute(
+        "INSERT INTO meta(k, v) VALUES (?1, ?2) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
+        params![key, value],
+    )?;
+    Ok(())
+}
+
+fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| Error::Corrupt(e.to_string()))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(raw: &str, what: &str) -> Result<T> {
+    serde_json::from_str(raw).map_err(|e| Error::Corrupt(format!("{what}: {e}")))
+}
+
+const VERSION_COLUMNS: &str = "v.id, v.name, v.kind, v.key_ops, v.enabled, v.nbf, v.exp, v.created, v.updated, v.tags, v.public_key, v.origin";
+
+/// Maps a row of [`VERSION_COLUMNS`]. SQLite errors surface through the outer `Result`; data
+/// this code did not write surfaces as `Corrupt` through the inner one.
+fn version_row(r: &Row) -> rusqlite::Result<Result<VersionRecord>> {
+    let id: Vec<u8> = r.get(0)?;
+    let name: String = r.get(1)?;
+    let kind: String = r.get(2)?;
+    let ops: String = r.get(3)?;
+    let enabled: bool = r.get(4)?;
+    let nbf: Option<i64> = r.get(5)?;
+    let exp: Option<i64> = r.get(6)?;
+    let created: i64 = r.get(7)?;
+    let updated: i64 = r.get(8)?;
+    let tags: String = r.get(9)?;
+    let public: String = r.get(10)?;
+    let origin: String = r.get(11)?;
+    Ok((|| {
+        Ok(VersionRecord {
+            version: VersionId::from_bytes(&id)
+                .ok_or_else(|| Error::Corrupt("a version id is not 16 bytes".into()))?,
+            name: KeyName::parse(&name)
+                .map_err(|_| Error::Corrupt(format!("key name {name:?}")))?,
+            kind: from_json::<KeyKind>(&kind, "kind")?,
+            ops: from_json::<KeyOps>(&ops, "key_ops")?,
+            attributes: Attributes {
+                enabled,
+                not_before: nbf,
+                expires: exp,
+            },
+            created,
+            updated,
+            tags: from_json::<Tags>(&tags, "tags")?,
+            public: from_json::<PublicKey>(&public, "public key")?,
+            origin: Origin::parse(&origin)
+                .ok_or_else(|| Error::Corrupt(format!("origin {origin:?}")))?,
+        })
+    })())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Curve, KeyFamily};
+
+    fn record(name: &str, created: i64) -> VersionRecord {
+        VersionRecord {
+            name: KeyName::parse(name).expect("valid test name"),
+            version: VersionId::random(),
+            kind: KeyKind::Ec { curve: Curve::P256 },
+            ops: KeyOps::all_for(KeyFamily::Ec),
+            attributes: Attributes::default(),
+            created,
+            updated: created,
+            tags: [("a".to_string(), "b".to_string())].into(),
+            public: PublicKey::Ec {
+                curve: Curve::P256,
+                x: vec![1; 32],
+                y: vec![2; 32],
+            },
+            origin: Origin::Generated,
+        }
+    }
+
+    fn commit(store: &Store, rec: &VersionRecord) -> VersionRecord {
+        let intent = store
+            .begin_intent(
+                "create",
+                rec.name.as_str(),
+                Some(rec.version),
+                "{}",
+                rec.created,
+            )
+            .expect("intent recorded");
+        store
+            .commit_new_version(rec, intent)
+            .expect("version committed")
+    }
+
+    #[test]
+    fn versions_round_trip_and_latest_is_newest() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(&dir.path().join("db.sqlite")).expect("store opens");
+        let first = commit(&store, &record("Key-1", 10));
+        let mut second = record("key-1", 20);
+        second.kind = KeyKind::Rsa { bits: 2048 };
+        let second = commit(&store, &second);
+        // The key keeps the spelling of its first version.
+        assert_eq!(second.name.as_str(), "Key-1");
+        let name = KeyName::parse("KEY-1").expect("valid");
+        assert_eq!(store.latest(&name).expect("read"), Some(second.clone()));
+        assert_eq!(
+            store.version(&name, first.version).expect("read"),
+            Some(first)
+        );
+        assert!(store.open_intents().expect("read").is_empty());
+        let page = store.list_versions(&name, 0, 1).expect("read");
+        assert_eq!(page.len(), 1);
+        let rest = store.list_versions(&name, page[0].0, 10).expect("read");
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].1, second);
+    }
+
+    #[test]
+    fn key_listing_pages_by_name() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(&dir.path().join("db.sqlite")).expect("store opens");
+        for name in ["c", "a", "b"] {
+            commit(&store, &record(name, 1));
+        }
+        let first = store.list_keys(None, 2).expect("read");
+        let names: Vec<_> = first.iter().map(|r| r.name.as_str().to_owned()).collect();
+        assert_eq!(names, ["a", "b"]);
+        let rest = store.list_keys(Some("b"), 2).expect("read");
+        assert_eq!(rest.len(), 1);
+        assert_eq!(rest[0].name.as_str(), "c");
+    }
+
+    #[test]
+    fn intents_stay_open_until_committed_or_dropped() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(&dir.path().join("db.sqlite")).expect("store opens");
+        let id = store
+            .begin_intent("create", "k", None, "{}", 1)
+            .expect("recorded");
+        let reopened = Store::open(&dir.path().join("db.sqlite")).expect("reopens");
+        let open = reopened.open_intents().expect("read");
+        assert_eq!(open.len(), 1);
+        assert_eq!(open[0].id, id);
+        reopened.drop_intent(id).expect("dropped");
+        assert!(store.open_intents().expect("read").is_empty());
+    }
+}

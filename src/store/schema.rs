@@ -1,0 +1,76 @@
+//! The database schema as an ordered list of migrations; `PRAGMA user_version` records how many
+//! have run. A migration is never edited once released: add a new one.
+
+use rusqlite::Connection;
+
+use super::{Error, Result};
+
+const MIGRATIONS: &[&str] = &[
+    // 1: keys, versions, intents, principals, settings.
+    r#"
+    CREATE TABLE meta (
+        k TEXT PRIMARY KEY,
+        v TEXT NOT NULL
+    );
+    -- One row per key name. Names compare case-insensitively, as in Azure.
+    CREATE TABLE keys (
+        name                 TEXT PRIMARY KEY COLLATE NOCASE,
+        created              INTEGER NOT NULL,
+        deleted_date         INTEGER,
+        scheduled_purge_date INTEGER
+    );
+    -- One row per key version; `id` is the CKA_ID of the version's token objects.
+    CREATE TABLE versions (
+        seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+        id         BLOB NOT NULL UNIQUE CHECK (length(id) = 16),
+        name       TEXT NOT NULL COLLATE NOCASE REFERENCES keys(name),
+        kind       TEXT NOT NULL,
+        key_ops    TEXT NOT NULL,
+        enabled    INTEGER NOT NULL,
+        nbf        INTEGER,
+        exp        INTEGER,
+        created    INTEGER NOT NULL,
+        updated    INTEGER NOT NULL,
+        tags       TEXT NOT NULL,
+        public_key TEXT NOT NULL,
+        origin     TEXT NOT NULL
+    );
+    CREATE INDEX versions_by_name ON versions(name, seq);
+    -- Token changes that are under way (DESIGN §6): written and committed before the token is
+    -- touched, removed in the transaction that commits the outcome.
+    CREATE TABLE intents (
+        id      INTEGER PRIMARY KEY AUTOINCREMENT,
+        op      TEXT NOT NULL,
+        name    TEXT NOT NULL,
+        version BLOB,
+        payload TEXT NOT NULL,
+        created INTEGER NOT NULL
+    );
+    CREATE TABLE principals (
+        id         TEXT PRIMARY KEY,
+        name       TEXT NOT NULL,
+        token_hash BLOB NOT NULL UNIQUE,
+        enabled    INTEGER NOT NULL,
+        created    INTEGER NOT NULL
+    );
+    "#,
+];
+
+pub fn migrate(conn: &mut Connection) -> Result<()> {
+    let applied: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    let applied =
+        usize::try_from(applied).map_err(|_| Error::Corrupt("negative schema version".into()))?;
+    if applied > MIGRATIONS.len() {
+        return Err(Error::Corrupt(format!(
+            "the database has schema version {applied}, newer than this binary knows ({}); upgrade p11vault",
+            MIGRATIONS.len()
+        )));
+    }
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (index + 1) as i64)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
