@@ -145,6 +145,8 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub challenge_authority: Option<String>,
     pub challenge_resource: String,
+    /// TEST-ONLY crash points (see `failpoint`), from `P11VAULT_TEST_FAILPOINTS`.
+    pub test_failpoints: Vec<String>,
 }
 
 impl Config {
@@ -267,6 +269,14 @@ impl Config {
                 .auth
                 .challenge_resource
                 .unwrap_or_else(|| "https://managedhsm.azure.net".to_owned()),
+            test_failpoints: std::env::var("P11VAULT_TEST_FAILPOINTS")
+                .map(|v| {
+                    v.split(',')
+                        .filter(|p| !p.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
         })
     }
 }

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod clock;
 pub mod config;
 pub mod error;
+pub mod failpoint;
 pub mod fsutil;
 pub mod hsm;
 pub mod http;

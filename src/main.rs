@@ -58,6 +58,7 @@ fn main() -> ExitCode {
 
 fn serve(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     let cfg = Config::load(args)?;
+    p11vault::failpoint::arm(cfg.test_failpoints.clone());
     if let TokenSource::Embedded { .. } = cfg.token {
         let conf = provision::prepare_embedded_softhsm(&cfg.data_dir)?;
         point_softhsm_at(&conf);

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::auth::BearerToken;
 use crate::config::{Config, TokenSource};
+use crate::failpoint;
 use crate::fsutil::{create_private_dir, write_atomic};
 use crate::hsm::{self, HsmSettings, Module, Pin};
 use crate::model::{Retention, VersionId};
@@ -106,6 +107,7 @@ pub fn open(cfg: &Config, hosts: &[String]) -> Result<Ready, ProvisionError> {
             }
         },
     };
+    failpoint::hit("provision.after_token");
     if let Some(so) = &so_pin {
         module.ensure_user_pin(slot, so, &user_pin)?;
     }
@@ -117,6 +119,7 @@ pub fn open(cfg: &Config, hosts: &[String]) -> Result<Ready, ProvisionError> {
             )
         })?;
         let domain: VersionId = module.create_security_domain(slot, so, &user_pin)?;
+        failpoint::hit("provision.after_domain_objects");
         store.set_meta(meta::DOMAIN, &domain.to_string())?;
         tracing::info!(%domain, "created the security domain");
     }
@@ -161,6 +164,7 @@ pub fn open(cfg: &Config, hosts: &[String]) -> Result<Ready, ProvisionError> {
         tracing::info!(ca = %tls.ca.display(), "created a TLS certificate; clients trust the CA file");
     }
 
+    failpoint::hit("provision.after_tls");
     let admin_token_created = ensure_administrator(&store, &cfg.data_dir)?;
     if !initialized {
         store.set_meta(

@@ -199,7 +199,11 @@ impl Module {
     ) -> Result<Hsm> {
         let anchor = self.ctx.open_rw_session(slot)?;
         login_user(&anchor, &pin)?;
-        let mechanisms = self.ctx.get_mechanism_list(slot).unwrap_or_default();
+        let mechanisms = WANTED_MECHANISMS
+            .iter()
+            .copied()
+            .filter(|m| self.ctx.get_mechanism_info(slot, *m).is_ok())
+            .collect();
         let hsm = Hsm {
             module: self,
             token_label: token_label.to_owned(),
@@ -270,6 +274,24 @@ fn destroy_domain_leftovers_except(session: &Session, keep: VersionId) -> Result
     }
     Ok(())
 }
+
+/// Mechanisms the service may use, probed one by one with `C_GetMechanismInfo` at start-up
+/// (cryptoki's list call drops, and logs as errors, every type it does not know).
+const WANTED_MECHANISMS: &[MechanismType] = &[
+    MechanismType::AES_KEY_GEN,
+    MechanismType::RSA_PKCS_KEY_PAIR_GEN,
+    MechanismType::ECC_KEY_PAIR_GEN,
+    MechanismType::RSA_PKCS,
+    MechanismType::RSA_X_509,
+    MechanismType::RSA_PKCS_OAEP,
+    MechanismType::RSA_PKCS_PSS,
+    MechanismType::ECDSA,
+    MechanismType::AES_GCM,
+    MechanismType::AES_CBC,
+    MechanismType::AES_CBC_PAD,
+    MechanismType::AES_KEY_WRAP,
+    MechanismType::AES_KEY_WRAP_PAD,
+];
 
 /// Tunables of the token connection.
 #[derive(Clone, Copy, Debug)]

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::clock::Clock;
 use crate::error::Error;
+use crate::failpoint;
 use crate::hsm::templates::live_label;
 use crate::hsm::{Hsm, ImportMaterial};
 use crate::model::{
@@ -166,6 +167,7 @@ impl KeyService {
             })
             .await?;
 
+        failpoint::hit(&format!("{op}.after_intent"));
         let label = live_label(name.as_str(), id);
         let kind = spec.kind;
         let ops = spec.ops.clone();
@@ -189,6 +191,7 @@ impl KeyService {
             }
         };
 
+        failpoint::hit(&format!("{op}.after_token"));
         let record = VersionRecord {
             name,
             version: id,
@@ -204,6 +207,7 @@ impl KeyService {
         let committed = self
             .blocking_store(move |s| s.commit_new_version(&record, intent))
             .await;
+        failpoint::hit(&format!("{op}.after_commit"));
         if committed.is_err() {
             self.roll_back_new_version(id, intent).await;
         }
@@ -336,10 +340,12 @@ impl KeyService {
                 .blocking_store(move |s| s.begin_intent("update", &n, Some(v), &payload, now))
                 .await?;
             let (family, ops) = (next.kind.family(), next.ops.clone());
+            failpoint::hit("update.after_intent");
             let applied = this
                 .hsm
                 .call(move |hsm, s| hsm.set_usage(s, v, family, &ops))
                 .await;
+            failpoint::hit("update.after_token");
             if let Err(e) = applied {
                 // Put the flags back as they were; if even that fails, the intent stays and the
                 // reconciler rolls the update forward at the next start.

@@ -102,8 +102,12 @@ def _read_stderr(path: Path) -> str:
 def _start_service(bin_path: Path, data_dir: Path) -> Service:
     stderr_path = data_dir.parent / "p11vault.stderr.log"
     stderr_file = open(stderr_path, "wb")
+    # P11VAULT_* variables (e.g. P11VAULT_PUBLIC_URL, P11VAULT_CONFIG) would change the service's
+    # behaviour behind the suite's back: the child gets none of them.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("P11VAULT_")}
     proc = subprocess.Popen(
         [str(bin_path), "serve", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0"],
+        env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=stderr_file,

@@ -1,0 +1,248 @@
+//! Shared harness of the integration tests: starts the real `p11vault` binary on a port-0
+//! listener over a fresh data dir (a real SoftHSM2 token, a real SQLite file), reads back the
+//! URL it prints, and talks to it over real HTTPS trusting the CA it generated.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const API: &str = "api-version=2025-07-01";
+
+pub struct Service {
+    child: Option<Child>,
+    pub url: String,
+    pub dir: PathBuf,
+    pub token: String,
+    agent: ureq::Agent,
+}
+
+/// How a start ended when it did not reach "listening".
+#[derive(Debug)]
+pub struct FailedStart {
+    pub status: ExitStatus,
+    pub stderr: String,
+}
+
+impl Service {
+    /// Starts the service over `dir` and waits until it listens.
+    pub fn start(dir: &Path) -> Service {
+        Self::start_with(dir, &[]).unwrap_or_else(|f| panic!("the service did not start: {f:?}"))
+    }
+
+    /// Starts the service with extra environment (for example armed failpoints). Returns how it
+    /// ended if it exited before listening.
+    pub fn start_with(dir: &Path, env: &[(&str, &str)]) -> Result<Service, FailedStart> {
+        let stderr_path = dir.with_extension("stderr.log");
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&stderr_path)
+            .expect("stderr log opens");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_p11vault"));
+        cmd.args(["serve", "--data-dir"])
+            .arg(dir)
+            .args(["--listen", "127.0.0.1:0"])
+            .env_remove("P11VAULT_TEST_FAILPOINTS")
+            .env("P11VAULT_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(stderr);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("the p11vault binary starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            for _ in lines {}
+        });
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let url = loop {
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+                break line
+                    .strip_prefix("p11vault listening on ")
+                    .unwrap_or_else(|| panic!("unexpected first line: {line}"))
+                    .to_owned();
+            }
+            if let Some(status) = child.try_wait().expect("wait works") {
+                return Err(FailedStart {
+                    status,
+                    stderr: std::fs::read_to_string(&stderr_path).unwrap_or_default(),
+                });
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the service did not start within 120 s"
+            );
+        };
+        let token = std::fs::read_to_string(dir.join("admin.token"))
+            .expect("admin.token exists")
+            .trim()
+            .to_owned();
+        let agent = agent_trusting(&dir.join("ca.pem"));
+        Ok(Service {
+            child: Some(child),
+            url,
+            dir: dir.to_owned(),
+            token,
+            agent,
+        })
+    }
+
+    /// SIGTERM, then waits; the service must exit 0.
+    pub fn stop(mut self) {
+        let status = self.signal_and_wait("-TERM");
+        assert!(
+            status.success(),
+            "the service exited with {status} after SIGTERM; log:\n{}",
+            self.log()
+        );
+    }
+
+    /// SIGKILL, then waits.
+    pub fn kill(mut self) {
+        self.signal_and_wait("-KILL");
+    }
+
+    /// Waits for the process to end on its own (an armed failpoint) and returns its status.
+    pub fn wait_for_exit(mut self) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait works") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the service did not exit within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn signal_and_wait(&mut self, signal: &str) -> ExitStatus {
+        let mut child = self.child.take().expect("running");
+        let sent = Command::new("kill")
+            .arg(signal)
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill runs");
+        assert!(sent.success());
+        child.wait().expect("wait works")
+    }
+
+    /// What the service wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.with_extension("stderr.log")).unwrap_or_default()
+    }
+
+    /// A request with the administrator's token; returns status and JSON body (Null if none).
+    pub fn call(&self, method: &str, path_and_query: &str, body: Option<&str>) -> (u16, Value) {
+        self.call_as(Some(&self.token), method, path_and_query, body)
+    }
+
+    pub fn call_as(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path_and_query: &str,
+        body: Option<&str>,
+    ) -> (u16, Value) {
+        let (status, _, text) = self.raw(token, method, path_and_query, body);
+        let json = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON ({status}): {text}"))
+        };
+        (status, json)
+    }
+
+    /// A request returning status, the `WWW-Authenticate` header and the body text.
+    pub fn raw(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path_and_query: &str,
+        body: Option<&str>,
+    ) -> (u16, Option<String>, String) {
+        let mut req = self
+            .agent
+            .request(method, &format!("{}{}", self.url, path_and_query))
+            .set("Content-Type", "application/json");
+        if let Some(t) = token {
+            req = req.set("Authorization", &format!("Bearer {t}"));
+        }
+        let result = match body {
+            Some(b) => req.send_string(b),
+            None => req.call(),
+        };
+        let response = match result {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{method} {path_and_query}: transport error {e}"),
+        };
+        let status = response.status();
+        let challenge = response.header("www-authenticate").map(str::to_owned);
+        let mut text = String::new();
+        response
+            .into_reader()
+            .read_to_string(&mut text)
+            .expect("body reads");
+        (status, challenge, text)
+    }
+
+    /// Creates a key and returns its bundle, failing the test on any other status.
+    pub fn create(&self, name: &str, body: &str) -> Value {
+        let (status, json) = self.call("POST", &format!("/keys/{name}/create?{API}"), Some(body));
+        assert_eq!(status, 200, "create {name} {body}: {json}");
+        json
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// An HTTPS client that trusts exactly the given CA.
+pub fn agent_trusting(ca: &Path) -> ureq::Agent {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).expect("CA file reads") {
+        roots
+            .add(cert.expect("CA parses"))
+            .expect("CA is a valid root");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    ureq::AgentBuilder::new()
+        .tls_config(Arc::new(config))
+        .timeout(Duration::from_secs(120))
+        .build()
+}
+
+/// A fresh data dir inside a temporary directory that lives as long as the returned guard.
+pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
+    let tmp = tempfile::tempdir().expect("temp dir");
+    let dir = tmp.path().join("data");
+    (tmp, dir)
+}

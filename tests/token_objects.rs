@@ -1,0 +1,222 @@
+//! Reads the token directly with cryptoki, bypassing the service, and shows that every key it
+//! made or imported is sensitive, not copyable, and that its material cannot be read out or
+//! wrapped by an untrusted key; and that the security domain's halves are split as designed.
+//! One test in this binary: it points SoftHSM2 at the service's token through the process
+//! environment.
+
+mod common;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::{API, Service, data_dir};
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{
+    Attribute, AttributeInfo, AttributeType, KeyType, ObjectClass, ObjectHandle,
+};
+use cryptoki::session::{Session, UserType};
+use cryptoki::types::AuthPin;
+use serde_json::json;
+
+fn bool_attr(s: &Session, h: ObjectHandle, t: AttributeType) -> bool {
+    match s.get_attributes(h, &[t]).expect("attributes read").pop() {
+        Some(Attribute::Sensitive(b))
+        | Some(Attribute::Copyable(b))
+        | Some(Attribute::Private(b))
+        | Some(Attribute::Extractable(b))
+        | Some(Attribute::WrapWithTrusted(b))
+        | Some(Attribute::Modifiable(b))
+        | Some(Attribute::Trusted(b))
+        | Some(Attribute::Wrap(b))
+        | Some(Attribute::Unwrap(b)) => b,
+        other => panic!("{t:?}: unexpected {other:?}"),
+    }
+}
+
+fn rv(e: CkError) -> RvError {
+    match e {
+        CkError::Pkcs11(rv, _) => rv,
+        other => panic!("not a PKCS#11 error: {other}"),
+    }
+}
+
+#[test]
+fn the_token_itself_keeps_every_key_sensitive_and_uncopyable() {
+    let (_tmp, dir) = data_dir();
+    let svc = Service::start(&dir);
+    svc.create("rsa", r#"{"kty":"RSA","key_size":2048}"#);
+    svc.create("ec", r#"{"kty":"EC","crv":"P-384"}"#);
+    svc.create("aes", r#"{"kty":"oct","key_size":256}"#);
+    let k = URL_SAFE_NO_PAD.encode([0x5au8; 32]);
+    let (status, body) = svc.call(
+        "PUT",
+        &format!("/keys/imported-aes?{API}"),
+        Some(&json!({"key": {"kty": "oct", "k": k}}).to_string()),
+    );
+    assert_eq!(status, 200, "{body}");
+    svc.stop();
+
+    // SAFETY: this binary holds this one test, and nothing else in the process reads the
+    // environment while it changes; SoftHSM2 reads SOFTHSM2_CONF in C_Initialize below.
+    #[expect(unsafe_code, reason = "point SoftHSM2 at the service's token")]
+    unsafe {
+        std::env::set_var("SOFTHSM2_CONF", dir.join("softhsm").join("softhsm2.conf"));
+    }
+    let module = p11vault::config::SOFTHSM2_CANDIDATES
+        .iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("SoftHSM2 is installed");
+    let ctx = Pkcs11::new(module).expect("module loads");
+    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .expect("initialises");
+    let slot = ctx
+        .get_slots_with_token()
+        .expect("slots")
+        .into_iter()
+        .find(|s| {
+            ctx.get_token_info(*s)
+                .map(|i| i.label() == "p11vault")
+                .unwrap_or(false)
+        })
+        .expect("the token is found by its label");
+    let session = ctx.open_rw_session(slot).expect("session");
+    let pin = std::fs::read_to_string(dir.join("user.pin")).expect("user.pin");
+    session
+        .login(UserType::User, Some(&AuthPin::new(pin.trim().into())))
+        .expect("user login");
+
+    // An untrusted wrapping key the user is allowed to make.
+    let user_kek = session
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Token(false),
+                Attribute::ValueLen(32.into()),
+                Attribute::Wrap(true),
+                Attribute::Unwrap(true),
+            ],
+        )
+        .expect("a session key");
+
+    let mut secrets = 0;
+    let mut publics = 0;
+    for class in [
+        ObjectClass::SECRET_KEY,
+        ObjectClass::PRIVATE_KEY,
+        ObjectClass::PUBLIC_KEY,
+    ] {
+        for h in session
+            .find_objects(&[Attribute::Class(class)])
+            .expect("find")
+        {
+            let label = match session
+                .get_attributes(h, &[AttributeType::Label])
+                .expect("label")
+                .pop()
+            {
+                Some(Attribute::Label(l)) => String::from_utf8(l).expect("utf-8 label"),
+                _ => String::new(),
+            };
+            if !label.starts_with("p11vault/") {
+                continue;
+            }
+            assert!(
+                !bool_attr(&session, h, AttributeType::Copyable),
+                "{label} is copyable"
+            );
+            assert!(
+                bool_attr(&session, h, AttributeType::Private),
+                "{label} is public"
+            );
+            let copy = session.copy_object(h, &[Attribute::Label(b"stolen".to_vec())]);
+            assert_eq!(
+                copy.map_err(rv).err(),
+                Some(RvError::ActionProhibited),
+                "{label} copied"
+            );
+            if class == ObjectClass::PUBLIC_KEY {
+                publics += 1;
+                continue;
+            }
+            secrets += 1;
+            assert!(
+                bool_attr(&session, h, AttributeType::Sensitive),
+                "{label} is not sensitive"
+            );
+            // Backups on (the default): extractable only wrapped by a trusted key.
+            assert!(
+                bool_attr(&session, h, AttributeType::WrapWithTrusted),
+                "{label}"
+            );
+            let value = match class {
+                ObjectClass::SECRET_KEY => AttributeType::Value,
+                _ => {
+                    let key_type = session
+                        .get_attributes(h, &[AttributeType::KeyType])
+                        .expect("type")
+                        .pop();
+                    if key_type == Some(Attribute::KeyType(KeyType::RSA)) {
+                        AttributeType::PrivateExponent
+                    } else {
+                        AttributeType::Value
+                    }
+                }
+            };
+            let info = session
+                .get_attribute_info(h, &[value])
+                .expect("attribute info");
+            assert!(
+                matches!(info.as_slice(), [AttributeInfo::Sensitive]),
+                "{label}: material readable"
+            );
+            let wrapped = session.wrap_key(&Mechanism::AesKeyWrapPad, user_kek, h);
+            assert_eq!(
+                wrapped.map_err(rv).err(),
+                Some(RvError::KeyNotWrappable),
+                "{label} wrapped by an untrusted key"
+            );
+        }
+    }
+    assert_eq!(secrets, 4, "rsa, ec, aes, imported-aes");
+    assert_eq!(publics, 2, "rsa and ec public halves");
+
+    // The security domain: a trusted wrap-only half and a private unwrap-only half, neither
+    // modifiable, so nobody can turn the trusted public half into an unwrapping key.
+    let mut halves = 0;
+    for h in session
+        .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY)])
+        .expect("find")
+    {
+        let label = match session
+            .get_attributes(h, &[AttributeType::Label])
+            .expect("label")
+            .pop()
+        {
+            Some(Attribute::Label(l)) => String::from_utf8(l).expect("utf-8 label"),
+            _ => String::new(),
+        };
+        if !label.starts_with("p11vault-sd/") {
+            continue;
+        }
+        halves += 1;
+        assert!(
+            !bool_attr(&session, h, AttributeType::Modifiable),
+            "{label}"
+        );
+        assert!(bool_attr(&session, h, AttributeType::Sensitive), "{label}");
+        if label.ends_with("/wrap") {
+            assert!(bool_attr(&session, h, AttributeType::Trusted));
+            assert!(!bool_attr(&session, h, AttributeType::Private));
+            assert!(!bool_attr(&session, h, AttributeType::Unwrap));
+            let flip = session.update_attributes(h, &[Attribute::Unwrap(true)]);
+            assert!(flip.is_err(), "the trusted half was made unwrap-capable");
+        } else {
+            assert!(label.ends_with("/unwrap"), "{label}");
+            assert!(bool_attr(&session, h, AttributeType::Private));
+            assert!(!bool_attr(&session, h, AttributeType::Wrap));
+            assert!(bool_attr(&session, h, AttributeType::Unwrap));
+        }
+    }
+    assert_eq!(halves, 2, "one wrap half and one unwrap half");
+}
