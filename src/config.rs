@@ -353,6 +353,14 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_example_config_parses() {
+        let example: FileConfig = toml::from_str(include_str!("../deploy/p11vault.toml.example"))
+            .expect("deploy/p11vault.toml.example matches the config schema");
+        assert_eq!(example.pkcs11.token_label.as_deref(), Some("p11vault"));
+        assert_eq!(example.keys.retention_days, Some(90));
+    }
+
+    #[test]
     fn out_of_range_settings_are_refused() {
         let args = ServeArgs {
             retention_days: Some(3),

@@ -20,10 +20,10 @@ pub fn arm(points: Vec<String>) {
 
 /// Aborts the process if `name` is armed.
 pub fn hit(name: &str) {
-    if let Some(points) = ARMED.get() {
-        if points.iter().any(|p| p == name) {
-            eprintln!("p11vault: failpoint {name} reached: aborting");
-            std::process::abort();
-        }
+    if let Some(points) = ARMED.get()
+        && points.iter().any(|p| p == name)
+    {
+        eprintln!("p11vault: failpoint {name} reached: aborting");
+        std::process::abort();
     }
 }

@@ -390,12 +390,12 @@ impl Attributes {
                 )));
             }
         }
-        if let (Some(nbf), Some(exp)) = (self.not_before, self.expires) {
-            if nbf > exp {
-                return Err(Error::BadParameter(
-                    "The key's 'nbf' lies after its 'exp'.".into(),
-                ));
-            }
+        if let (Some(nbf), Some(exp)) = (self.not_before, self.expires)
+            && nbf > exp
+        {
+            return Err(Error::BadParameter(
+                "The key's 'nbf' lies after its 'exp'.".into(),
+            ));
         }
         Ok(())
     }

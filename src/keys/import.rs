@@ -220,10 +220,10 @@ fn ec(jwk: &JwkIn) -> Result<(ImportMaterial, KeyKind), Error> {
 
     // If the client sent the public point, it must be the one d gives.
     for (field, given, derived) in [("x", &jwk.x, &x), ("y", &jwk.y, &y)] {
-        if let Some(raw) = given {
-            if left_pad(&decode_b64(field, raw)?, c).as_slice() != derived.as_slice() {
-                return Err(inconsistent("EC"));
-            }
+        if let Some(raw) = given
+            && left_pad(&decode_b64(field, raw)?, c).as_slice() != derived.as_slice()
+        {
+            return Err(inconsistent("EC"));
         }
     }
     let key = EcKey::from_private_components(&group, &scalar, &point).map_err(err)?;

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what p11vault needs on a Debian machine: SoftHSM2, OpenSSL headers and pkg-config
+# for the build, and (with --tests) Python's venv for the interop suite. Idempotent.
+set -euo pipefail
+
+want=(softhsm2 libssl-dev pkg-config ca-certificates)
+if [[ "${1:-}" == "--tests" ]]; then
+    want+=(python3 python3-venv)
+fi
+
+missing=()
+for pkg in "${want[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+done
+# A Python that is not Debian's (pyenv, for example) brings its own venv module.
+if [[ " ${missing[*]} " == *" python3-venv "* ]] && python3 -m venv --help >/dev/null 2>&1; then
+    missing=("${missing[@]/python3-venv}")
+    missing=("${missing[@]/python3}")
+fi
+missing=($(printf '%s\n' "${missing[@]}" | sed '/^$/d'))
+
+if ((${#missing[@]})); then
+    sudo=""
+    if [[ $(id -u) -ne 0 ]]; then sudo="sudo"; fi
+    echo "installing: ${missing[*]}" >&2
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+    echo "cargo is not installed: install Rust 1.88 or newer (https://rustup.rs) and run this again" >&2
+    exit 1
+fi
