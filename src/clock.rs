@@ -39,3 +39,28 @@ impl Clock for OffsetClock {
         SystemClock.now() + self.offset.load(Ordering::SeqCst)
     }
 }
+
+/// TEST-ONLY: wall-clock time plus an offset in seconds read from a file on every call, so a
+/// test can move a running service's clock days ahead without sleeping. Armed only by the
+/// explicit `P11VAULT_TEST_CLOCK_FILE` switch.
+#[derive(Debug)]
+pub struct FileOffsetClock {
+    path: std::path::PathBuf,
+}
+
+impl FileOffsetClock {
+    pub fn new(path: std::path::PathBuf) -> Self {
+        tracing::warn!(file = %path.display(), "TEST-ONLY clock: time is shifted by the offset in this file");
+        Self { path }
+    }
+}
+
+impl Clock for FileOffsetClock {
+    fn now(&self) -> i64 {
+        let offset = std::fs::read_to_string(&self.path)
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok())
+            .unwrap_or(0);
+        SystemClock.now() + offset
+    }
+}

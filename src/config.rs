@@ -69,6 +69,14 @@ pub struct ServeArgs {
     pub retention_days: Option<u32>,
 }
 
+/// Flags of the admin commands that work on a data dir.
+#[derive(Clone, Debug, clap::Args)]
+pub struct AdminArgs {
+    /// The service's data directory.
+    #[arg(long, env = "P11VAULT_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+}
+
 /// The config file's shape. Every field is optional; flags and environment win over it.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -147,6 +155,9 @@ pub struct Config {
     pub challenge_resource: String,
     /// TEST-ONLY crash points (see `failpoint`), from `P11VAULT_TEST_FAILPOINTS`.
     pub test_failpoints: Vec<String>,
+    /// TEST-ONLY clock offset file (see `clock::FileOffsetClock`), from
+    /// `P11VAULT_TEST_CLOCK_FILE`.
+    pub test_clock_file: Option<PathBuf>,
 }
 
 impl Config {
@@ -277,6 +288,7 @@ impl Config {
                         .collect()
                 })
                 .unwrap_or_default(),
+            test_clock_file: std::env::var_os("P11VAULT_TEST_CLOCK_FILE").map(PathBuf::from),
         })
     }
 }

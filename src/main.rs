@@ -10,10 +10,13 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use p11vault::auth::Authenticator;
-use p11vault::clock::SystemClock;
-use p11vault::config::{Config, ServeArgs, TokenSource};
+use p11vault::clock::{Clock, FileOffsetClock, SystemClock};
+use p11vault::config::{AdminArgs, Config, ServeArgs, TokenSource};
 use p11vault::keys::KeyService;
 use p11vault::{AppState, provision, tls};
+
+/// How often the service purges keys whose retention ended and settles abandoned intents.
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(60);
 
 /// How long in-flight requests get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -33,6 +36,17 @@ struct Cli {
 enum Command {
     /// Run the service (initialising the data dir on first start).
     Serve(ServeArgs),
+    /// Service settings.
+    #[command(subcommand)]
+    Settings(SettingsCommand),
+}
+
+#[derive(Subcommand)]
+enum SettingsCommand {
+    /// Switch purge protection on. It can never be switched off again, by anyone.
+    EnablePurgeProtection(AdminArgs),
+    /// Show the retention period and whether purge protection is on.
+    Show(AdminArgs),
 }
 
 fn main() -> ExitCode {
@@ -46,6 +60,7 @@ fn main() -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Serve(args) => serve(&args),
+        Command::Settings(cmd) => settings(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -79,14 +94,14 @@ fn serve(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         .build()?;
     runtime.block_on(async move {
         let auth = Arc::new(Authenticator::from_rows(&ready.store.principals()?));
-        let keys = KeyService::new(
-            ready.store,
-            Arc::new(ready.hsm),
-            Arc::new(SystemClock),
-            ready.retention,
-        );
+        let (clock, maintenance_every): (Arc<dyn Clock>, Duration) = match &cfg.test_clock_file {
+            Some(path) => (Arc::new(FileOffsetClock::new(path.clone())), Duration::from_millis(500)),
+            None => (Arc::new(SystemClock), MAINTENANCE_EVERY),
+        };
+        let keys = KeyService::new(ready.store, Arc::new(ready.hsm), clock, ready.retention);
         let report = keys.reconcile().await?;
         tracing::info!(?report, "reconciled the token with the database");
+        keys.spawn_maintenance(maintenance_every);
         let authority = cfg
             .challenge_authority
             .clone()
@@ -100,7 +115,10 @@ fn serve(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         };
         let tls_config = axum_server::tls_rustls::RustlsConfig::from_config(tls::server_config(&ready.tls)?);
         let handle = axum_server::Handle::new();
-        tokio::spawn(shutdown_on_signal(handle.clone()));
+        // Installed before the service says it is ready, so an early SIGTERM is never met by
+        // the default action (immediate death).
+        let signals = ShutdownSignals::install()?;
+        tokio::spawn(signals.shutdown(handle.clone()));
         listener.set_nonblocking(true)?;
         let server = axum_server::from_tcp_rustls(listener, tls_config)?.handle(handle);
         if ready.admin_token_created {
@@ -114,6 +132,28 @@ fn serve(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         tracing::info!("stopped");
         Ok::<(), Box<dyn std::error::Error>>(())
     })
+}
+
+fn settings(cmd: SettingsCommand) -> Result<(), Box<dyn std::error::Error>> {
+    let (args, enable) = match cmd {
+        SettingsCommand::EnablePurgeProtection(args) => (args, true),
+        SettingsCommand::Show(args) => (args, false),
+    };
+    let db = args.data_dir.join("p11vault.db");
+    if !db.exists() {
+        return Err(format!("no p11vault database at {}", db.display()).into());
+    }
+    let store = p11vault::store::Store::open(&db)?;
+    if enable {
+        store.enable_purge_protection()?;
+        println!("purge protection is on; it can never be switched off");
+    }
+    println!(
+        "retention_days={} purge_protection={}",
+        store.meta("retention_days")?.unwrap_or_default(),
+        store.purge_protection()?
+    );
+    Ok(())
 }
 
 /// SoftHSM2 reads its configuration file from `SOFTHSM2_CONF` when the module initialises.
@@ -160,22 +200,27 @@ fn tls_hosts(bound: SocketAddr, public_url: &str) -> Vec<String> {
     hosts
 }
 
-async fn shutdown_on_signal(handle: axum_server::Handle<SocketAddr>) {
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = terminate => {}
+/// SIGTERM and SIGINT, registered with the runtime.
+struct ShutdownSignals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+}
+
+impl ShutdownSignals {
+    fn install() -> std::io::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            terminate: signal(SignalKind::terminate())?,
+            interrupt: signal(SignalKind::interrupt())?,
+        })
     }
-    tracing::info!("shutting down: finishing in-flight requests");
-    handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
+
+    async fn shutdown(mut self, handle: axum_server::Handle<SocketAddr>) {
+        tokio::select! {
+            _ = self.terminate.recv() => {}
+            _ = self.interrupt.recv() => {}
+        }
+        tracing::info!("shutting down: finishing in-flight requests");
+        handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
+    }
 }

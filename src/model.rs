@@ -297,6 +297,11 @@ impl KeyOps {
         Ok(Self(ops))
     }
 
+    /// No operation at all: the usage of a soft-deleted key.
+    pub fn none() -> Self {
+        Self(Vec::new())
+    }
+
     pub fn contains(&self, op: KeyOp) -> bool {
         self.0.contains(&op)
     }

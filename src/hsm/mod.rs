@@ -731,6 +731,74 @@ impl Hsm {
         Ok(())
     }
 
+    /// Soft-deletes a version at the token (DESIGN §5): every usage flag of its objects off and
+    /// the `p11vault-deleted/` label on, so not even a process holding the user PIN can use it.
+    pub fn mark_deleted(
+        &self,
+        session: &Session,
+        id: VersionId,
+        name: &str,
+        family: KeyFamily,
+    ) -> Result<()> {
+        self.relabel(
+            session,
+            id,
+            family,
+            &KeyOps::none(),
+            templates::deleted_label(name, id),
+        )
+    }
+
+    /// Undoes [`Hsm::mark_deleted`]: the flags `ops` gives and the live label.
+    pub fn mark_live(
+        &self,
+        session: &Session,
+        id: VersionId,
+        name: &str,
+        family: KeyFamily,
+        ops: &KeyOps,
+    ) -> Result<()> {
+        self.relabel(session, id, family, ops, templates::live_label(name, id))
+    }
+
+    fn relabel(
+        &self,
+        session: &Session,
+        id: VersionId,
+        family: KeyFamily,
+        ops: &KeyOps,
+        label: Vec<u8>,
+    ) -> Result<()> {
+        let handles = self.handles(id)?;
+        let mut secret = templates::secret_usage(family, ops);
+        secret.push(Attribute::Label(label.clone()));
+        session.update_attributes(handles.secret, &secret)?;
+        if let Some(public) = handles.public {
+            let mut attrs = templates::public_usage(family, ops);
+            attrs.push(Attribute::Label(label));
+            session.update_attributes(public, &attrs)?;
+        }
+        Ok(())
+    }
+
+    /// Purges a version: destroys its cached objects. An object that is already gone (a purge
+    /// interrupted after some objects) counts as destroyed. Returns how many were destroyed now.
+    pub fn destroy_cached(&self, session: &Session, id: VersionId) -> Result<usize> {
+        let Ok(handles) = self.handles(id) else {
+            return Ok(0);
+        };
+        let mut destroyed = 0;
+        for handle in std::iter::once(handles.secret).chain(handles.public) {
+            match session.destroy_object(handle) {
+                Ok(()) => destroyed += 1,
+                Err(e) if is_rv(&e, RvError::ObjectHandleInvalid) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        self.forget(id);
+        Ok(destroyed)
+    }
+
     /// Destroys every object carrying this `CKA_ID`. Finds by id rather than trusting the
     /// cache, because it also cleans up objects the cache never saw (a half-made key).
     pub fn destroy_by_id(&self, session: &Session, id: VersionId) -> Result<usize> {

@@ -17,6 +17,10 @@ pub fn live_label(name: &str, version: VersionId) -> Vec<u8> {
     format!("{LIVE_PREFIX}{name}/{version}").into_bytes()
 }
 
+pub fn deleted_label(name: &str, version: VersionId) -> Vec<u8> {
+    format!("{DELETED_PREFIX}{name}/{version}").into_bytes()
+}
+
 /// How key material may leave the token.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Extraction {

@@ -131,6 +131,12 @@ pub struct ListOut<T> {
     next_link: Option<String>,
 }
 
+impl<T> ListOut<T> {
+    pub fn new(value: Vec<T>, next_link: Option<String>) -> Self {
+        Self { value, next_link }
+    }
+}
+
 fn b64(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
@@ -186,7 +192,7 @@ pub fn bundle(state: &AppState, record: &VersionRecord) -> KeyBundleOut {
     }
 }
 
-fn item(state: &AppState, record: &VersionRecord, with_version: bool) -> KeyItemOut {
+pub fn item(state: &AppState, record: &VersionRecord, with_version: bool) -> KeyItemOut {
     let kid = if with_version {
         kid(state, record)
     } else {
@@ -303,7 +309,7 @@ fn tags(raw: Option<Tags>) -> Result<Tags, Error> {
 }
 
 /// `maxresults` (1–25, default 25) and `$skiptoken` of a list request.
-fn paging(query: &HashMap<String, String>) -> Result<(usize, Option<String>), Error> {
+pub fn paging(query: &HashMap<String, String>) -> Result<(usize, Option<String>), Error> {
     let limit = match query.get("maxresults") {
         None => DEFAULT_PAGE,
         Some(raw) => match raw.parse::<usize>() {
@@ -330,7 +336,7 @@ fn paging(query: &HashMap<String, String>) -> Result<(usize, Option<String>), Er
     Ok((limit, token))
 }
 
-fn next_link(
+pub fn next_link(
     state: &AppState,
     path: &str,
     query: &HashMap<String, String>,

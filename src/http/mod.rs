@@ -1,9 +1,11 @@
 //! The HTTP adapter: axum routes in Azure's shapes over the key service. Authentication and the
 //! `api-version` check run as middleware before any handler reads a body.
 
+mod deleted;
 pub mod error;
 mod extract;
 mod keys;
+mod settings;
 
 use std::sync::Arc;
 
@@ -73,7 +75,8 @@ pub fn router(state: AppState) -> Router {
             "/keys/{name}",
             get(keys::get_latest)
                 .put(keys::import_key)
-                .patch(keys::update_latest),
+                .patch(keys::update_latest)
+                .delete(deleted::delete_key),
         )
         .route(
             "/keys/{name}/",
@@ -85,6 +88,17 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/keys/{name}/{version}",
             get(keys::get_version).patch(keys::update_version),
+        )
+        .route("/deletedkeys", get(deleted::list_deleted))
+        .route(
+            "/deletedkeys/{name}",
+            get(deleted::get_deleted).delete(deleted::purge),
+        )
+        .route("/deletedkeys/{name}/recover", post(deleted::recover))
+        .route("/settings", get(settings::list))
+        .route(
+            "/settings/{name}",
+            get(settings::get_one).patch(settings::update),
         )
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -4,9 +4,11 @@
 //! disconnects half-way cannot stop it between two steps.
 
 pub mod import;
+pub mod lifecycle;
 mod reconcile;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use serde::{Deserialize, Serialize};
@@ -15,12 +17,13 @@ use crate::clock::Clock;
 use crate::error::Error;
 use crate::failpoint;
 use crate::hsm::templates::live_label;
-use crate::hsm::{Hsm, ImportMaterial};
+use crate::hsm::{self, Hsm, ImportMaterial};
 use crate::model::{
     Attributes, KeyKind, KeyName, KeyOps, Origin, PublicKey, Retention, Tags, VersionId,
     VersionRecord,
 };
-use crate::store::Store;
+use crate::store::{Deletion, Store};
+use lifecycle::{Decision, Event, KeyState};
 
 pub use reconcile::ReconcileReport;
 
@@ -57,11 +60,23 @@ struct UpdateIntent {
     updated: i64,
 }
 
+/// Payload of a delete intent: the deletion state to commit.
+#[derive(Serialize, Deserialize)]
+struct DeleteIntent {
+    deleted_date: i64,
+    scheduled_purge_date: i64,
+}
+
+const SECONDS_PER_DAY: i64 = 86_400;
+
 pub struct KeyService {
     store: Arc<Store>,
     hsm: Arc<Hsm>,
     clock: Arc<dyn Clock>,
-    retention: Retention,
+    retention_days: u32,
+    /// A cache of the database's flag, for the `recoveryLevel` of responses; decisions to
+    /// purge read the database itself.
+    purge_protection: AtomicBool,
     locks: NameLocks,
 }
 
@@ -76,13 +91,279 @@ impl KeyService {
             store,
             hsm,
             clock,
-            retention,
+            retention_days: retention.days,
+            purge_protection: AtomicBool::new(retention.purge_protection),
             locks: NameLocks::default(),
         })
     }
 
     pub fn retention(&self) -> Retention {
-        self.retention
+        Retention {
+            days: self.retention_days,
+            purge_protection: self.purge_protection.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Switches purge protection on, for good.
+    pub async fn enable_purge_protection(&self) -> Result<(), Error> {
+        self.blocking_store(|s| s.enable_purge_protection()).await?;
+        self.purge_protection.store(true, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Re-reads purge protection from the database (the admin CLI may have switched it on).
+    pub async fn refresh_purge_protection(&self) -> Result<bool, Error> {
+        let on = self.blocking_store(|s| s.purge_protection()).await?;
+        self.purge_protection.store(on, Ordering::Relaxed);
+        Ok(on)
+    }
+
+    /// The lifecycle state of a name, read under its lock.
+    async fn state_of(
+        &self,
+        name: &KeyName,
+    ) -> Result<(KeyState, Option<crate::store::KeyRow>), Error> {
+        let n = name.clone();
+        let row = self.blocking_store(move |s| s.key_row(&n)).await?;
+        let state = match &row {
+            None => KeyState::Absent,
+            Some(r) => match r.deletion {
+                None => KeyState::Active,
+                Some(d) => {
+                    let now = self.clock.now();
+                    let due = now >= d.scheduled_purge_date;
+                    let protected = self.refresh_purge_protection().await?;
+                    KeyState::Deleted {
+                        purge_allowed: due || !protected,
+                        purge_due: due,
+                    }
+                }
+            },
+        };
+        Ok((state, row))
+    }
+
+    fn refuse(decision: Decision, name: &KeyName) -> Result<(), Error> {
+        match decision {
+            Decision::Proceed | Decision::Skip => Ok(()),
+            Decision::NotFound => Err(not_found(name, None)),
+            Decision::DeletedNotFound => {
+                Err(Error::KeyNotFound(format!("Deleted Key not found: {name}")))
+            }
+            Decision::NameReserved => Err(Error::Conflict {
+                message: format!(
+                    "Key {name} is currently in a deleted but recoverable state, and its name cannot be reused; in this state, the key can only be recovered or purged."
+                ),
+                inner: Some("ObjectIsDeletedButRecoverable"),
+            }),
+            Decision::PurgeProtected => Err(Error::Forbidden {
+                message: format!(
+                    "Operation \"purge\" is not allowed because purge protection is enabled for this HSM. The service will purge the key {name} automatically after its scheduled purge date."
+                ),
+                inner: Some("PurgeProtectionEnabled"),
+            }),
+        }
+    }
+
+    /// Soft-deletes a key and all its versions (DESIGN §5), returning the newest version and
+    /// the deletion state.
+    pub async fn delete(
+        self: &Arc<Self>,
+        name: KeyName,
+    ) -> Result<(VersionRecord, Deletion), Error> {
+        let this = Arc::clone(self);
+        detached(async move {
+            let _guard = this.locks.lock(&name).await;
+            let (state, _) = this.state_of(&name).await?;
+            Self::refuse(lifecycle::decide(state, Event::Delete), &name)?;
+            let now = this.clock.now();
+            let deletion = Deletion {
+                deleted_date: now,
+                scheduled_purge_date: now + i64::from(this.retention_days) * SECONDS_PER_DAY,
+            };
+            let payload = serde_json::to_string(&DeleteIntent {
+                deleted_date: deletion.deleted_date,
+                scheduled_purge_date: deletion.scheduled_purge_date,
+            })
+            .map_err(|e| Error::Internal(e.to_string()))?;
+            let n = name.to_string();
+            let intent = this
+                .blocking_store(move |s| s.begin_intent("delete", &n, None, &payload, now))
+                .await?;
+            failpoint::hit("delete.after_intent");
+            let versions = this.settle_delete(&name).await?;
+            let n = name.clone();
+            this.blocking_store(move |s| s.commit_deleted(&n, deletion, intent))
+                .await?;
+            failpoint::hit("delete.after_commit");
+            let latest = versions
+                .into_iter()
+                .last()
+                .ok_or_else(|| Error::Internal(format!("key {name} has no versions")))?;
+            Ok((latest, deletion))
+        })
+        .await
+    }
+
+    /// The token half of a delete: every version's objects switched off and relabelled.
+    /// Idempotent, so the reconciler can run it again.
+    async fn settle_delete(self: &Arc<Self>, name: &KeyName) -> Result<Vec<VersionRecord>, Error> {
+        let n = name.clone();
+        let versions = self.blocking_store(move |s| s.all_versions_of(&n)).await?;
+        for (i, v) in versions.iter().enumerate() {
+            let (id, family, label_name) = (v.version, v.kind.family(), v.name.to_string());
+            let marked = self
+                .hsm
+                .call(move |hsm, s| hsm.mark_deleted(s, id, &label_name, family))
+                .await;
+            tolerate_missing(marked, v)?;
+            if i == 0 {
+                failpoint::hit("delete.mid_token");
+            }
+        }
+        failpoint::hit("delete.after_token");
+        Ok(versions)
+    }
+
+    /// Recovers a soft-deleted key with all its versions, attributes and tags.
+    pub async fn recover(self: &Arc<Self>, name: KeyName) -> Result<VersionRecord, Error> {
+        let this = Arc::clone(self);
+        detached(async move {
+            let _guard = this.locks.lock(&name).await;
+            let (state, _) = this.state_of(&name).await?;
+            Self::refuse(lifecycle::decide(state, Event::Recover), &name)?;
+            let (n, now) = (name.to_string(), this.clock.now());
+            let intent = this
+                .blocking_store(move |s| s.begin_intent("recover", &n, None, "{}", now))
+                .await?;
+            failpoint::hit("recover.after_intent");
+            let versions = this.settle_recover(&name).await?;
+            let n = name.clone();
+            this.blocking_store(move |s| s.commit_recovered(&n, intent))
+                .await?;
+            failpoint::hit("recover.after_commit");
+            versions
+                .into_iter()
+                .last()
+                .ok_or_else(|| Error::Internal(format!("key {name} has no versions")))
+        })
+        .await
+    }
+
+    /// The token half of a recovery: every version's flags restored from its `key_ops`.
+    async fn settle_recover(self: &Arc<Self>, name: &KeyName) -> Result<Vec<VersionRecord>, Error> {
+        let n = name.clone();
+        let versions = self.blocking_store(move |s| s.all_versions_of(&n)).await?;
+        for (i, v) in versions.iter().enumerate() {
+            let (id, family, ops, label_name) = (
+                v.version,
+                v.kind.family(),
+                v.ops.clone(),
+                v.name.to_string(),
+            );
+            let marked = self
+                .hsm
+                .call(move |hsm, s| hsm.mark_live(s, id, &label_name, family, &ops))
+                .await;
+            tolerate_missing(marked, v)?;
+            if i == 0 {
+                failpoint::hit("recover.mid_token");
+            }
+        }
+        failpoint::hit("recover.after_token");
+        Ok(versions)
+    }
+
+    /// Purges a soft-deleted key on a client's request.
+    pub async fn purge(self: &Arc<Self>, name: KeyName) -> Result<(), Error> {
+        let this = Arc::clone(self);
+        detached(async move {
+            let _guard = this.locks.lock(&name).await;
+            let (state, _) = this.state_of(&name).await?;
+            Self::refuse(lifecycle::decide(state, Event::Purge), &name)?;
+            this.purge_locked(&name, "purge").await
+        })
+        .await
+    }
+
+    /// Purges every soft-deleted key whose scheduled purge date has passed. Returns how many.
+    pub async fn purge_due(self: &Arc<Self>) -> Result<usize, Error> {
+        let now = self.clock.now();
+        let due = self.blocking_store(move |s| s.due_for_purge(now)).await?;
+        let mut purged = 0;
+        for name in due {
+            let this = Arc::clone(self);
+            let done = detached(async move {
+                let _guard = this.locks.lock(&name).await;
+                let (state, _) = this.state_of(&name).await?;
+                if lifecycle::decide(state, Event::AutoPurge) != Decision::Proceed {
+                    return Ok(false);
+                }
+                this.purge_locked(&name, "auto-purge").await.map(|()| true)
+            })
+            .await?;
+            purged += usize::from(done);
+        }
+        Ok(purged)
+    }
+
+    async fn purge_locked(
+        self: &Arc<Self>,
+        name: &KeyName,
+        why: &'static str,
+    ) -> Result<(), Error> {
+        let (n, now) = (name.to_string(), self.clock.now());
+        let intent = self
+            .blocking_store(move |s| s.begin_intent("purge", &n, None, why, now))
+            .await?;
+        failpoint::hit("purge.after_intent");
+        let versions = self.settle_purge(name).await?;
+        let n = name.clone();
+        self.blocking_store(move |s| s.commit_purged(&n, intent))
+            .await?;
+        failpoint::hit("purge.after_commit");
+        let ids: Vec<String> = versions.iter().map(|v| v.version.to_string()).collect();
+        tracing::info!(key = %name, versions = ?ids, reason = why, "purged: every token object destroyed, metadata removed");
+        Ok(())
+    }
+
+    /// The token half of a purge: every version's objects destroyed. Idempotent.
+    async fn settle_purge(self: &Arc<Self>, name: &KeyName) -> Result<Vec<VersionRecord>, Error> {
+        let n = name.clone();
+        let versions = self.blocking_store(move |s| s.all_versions_of(&n)).await?;
+        for (i, v) in versions.iter().enumerate() {
+            let id = v.version;
+            self.hsm
+                .call(move |hsm, s| hsm.destroy_cached(s, id))
+                .await?;
+            if i == 0 {
+                failpoint::hit("purge.mid_token");
+            }
+        }
+        failpoint::hit("purge.after_token");
+        Ok(versions)
+    }
+
+    /// The newest version of a soft-deleted key and its deletion state.
+    pub async fn get_deleted(&self, name: &KeyName) -> Result<(VersionRecord, Deletion), Error> {
+        let n = name.clone();
+        self.blocking_store(move |s| s.deleted_latest(&n))
+            .await?
+            .ok_or_else(|| Error::KeyNotFound(format!("Deleted Key not found: {name}")))
+    }
+
+    /// A page of soft-deleted keys and whether more follow.
+    pub async fn list_deleted(
+        &self,
+        after: KeyCursor,
+        limit: usize,
+    ) -> Result<(Vec<(VersionRecord, Deletion)>, bool), Error> {
+        let mut page = self
+            .blocking_store(move |s| s.list_deleted(after.as_deref(), limit + 1))
+            .await?;
+        let more = page.len() > limit;
+        page.truncate(limit);
+        Ok((page, more))
     }
 
     pub fn now(&self) -> i64 {
@@ -92,7 +373,40 @@ impl KeyService {
     /// Finishes or rolls back every open intent and sweeps the token (DESIGN §6).
     pub async fn reconcile(self: &Arc<Self>) -> Result<ReconcileReport, Error> {
         let this = Arc::clone(self);
-        detached(async move { reconcile::run(&this).await }).await
+        detached(async move { reconcile::run(&this, true).await }).await
+    }
+
+    /// Runs for the life of the service: every `every`, settles abandoned intents, refreshes
+    /// purge protection and purges the keys whose retention has ended. A restart catches up
+    /// on whatever came due while the service was down.
+    pub fn spawn_maintenance(
+        self: &Arc<Self>,
+        every: std::time::Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                if let Err(e) = this.reconcile_intents().await {
+                    tracing::warn!(error = %e, "settling intents failed; will retry");
+                }
+                if let Err(e) = this.refresh_purge_protection().await {
+                    tracing::warn!(error = %e, "reading purge protection failed; will retry");
+                }
+                match this.purge_due().await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(purged = n, "purged keys whose retention ended"),
+                    Err(e) => tracing::warn!(error = %e, "the scheduled purge failed; will retry"),
+                }
+                tokio::time::sleep(every).await;
+            }
+        })
+    }
+
+    /// Settles intents left by operations that failed half-way (the token went away, say),
+    /// while the service runs. No token scan.
+    pub async fn reconcile_intents(self: &Arc<Self>) -> Result<ReconcileReport, Error> {
+        let this = Arc::clone(self);
+        detached(async move { reconcile::run(&this, false).await }).await
     }
 
     /// Creates a new version of `name` with material generated in the token. A key that does
@@ -152,6 +466,8 @@ impl KeyService {
         origin: Origin,
         material: Option<ImportMaterial>,
     ) -> Result<VersionRecord, Error> {
+        let (state, _) = self.state_of(&name).await?;
+        Self::refuse(lifecycle::decide(state, Event::Create), &name)?;
         let id = VersionId::random();
         let now = self.clock.now();
         let payload =
@@ -385,6 +701,18 @@ impl KeyService {
 
     pub fn store(&self) -> &Arc<Store> {
         &self.store
+    }
+}
+
+/// A version whose token objects are missing cannot be switched; that is reported at start-up
+/// and must not stop the key's other versions from being switched.
+fn tolerate_missing(result: Result<(), hsm::Error>, version: &VersionRecord) -> Result<(), Error> {
+    match result {
+        Err(hsm::Error::ObjectMissing(id)) => {
+            tracing::error!(key = %version.name, version = %id, "no token objects to switch for this version");
+            Ok(())
+        }
+        other => other.map_err(Error::from),
     }
 }
 

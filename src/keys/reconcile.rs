@@ -1,45 +1,68 @@
-//! The reconciler (DESIGN §6). At start-up it finishes or rolls back every open intent,
-//! destroys token objects that carry a p11vault label but belong to no committed version (a
-//! key half-made when the process died), and reports — never deletes — metadata whose token
-//! objects are missing.
+//! The reconciler (DESIGN §6). It finishes or rolls back every open intent — new versions are
+//! rolled back (destroying a key half-made when the process died), updates, deletes, recoveries
+//! and purges rolled forward. At start-up it also scans the token and reports — never deletes —
+//! objects nobody owns and metadata whose token objects are missing.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
-use super::{KeyService, UpdateIntent};
+use super::{DeleteIntent, KeyService, UpdateIntent};
 use crate::error::Error;
-use crate::model::VersionId;
-use crate::store::Intent;
+use crate::model::{KeyName, VersionId};
+use crate::store::{Deletion, Intent};
 
 /// What one reconciliation pass did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReconcileReport {
     pub rolled_back: usize,
     pub rolled_forward: usize,
-    pub orphans_destroyed: usize,
+    /// Token objects with a p11vault label that no committed version or intent owns.
+    pub orphans_reported: usize,
     /// Committed versions whose token objects are missing: `(name, version)`.
     pub missing_objects: Vec<(String, VersionId)>,
 }
 
-pub(super) async fn run(svc: &Arc<KeyService>) -> Result<ReconcileReport, Error> {
+/// Settles every open intent; with `sweep`, also scans the token for orphans and for
+/// versions whose objects are missing (start-up only: a scan searches the whole token).
+pub(super) async fn run(svc: &Arc<KeyService>, sweep: bool) -> Result<ReconcileReport, Error> {
     let mut report = ReconcileReport::default();
     let intents = svc.blocking_store(|s| s.open_intents()).await?;
     for intent in intents {
-        settle(svc, &intent, &mut report).await?;
+        let Ok(name) = KeyName::parse(&intent.name) else {
+            tracing::error!(intent = intent.id, name = %intent.name, "an intent names an invalid key; left for an operator");
+            continue;
+        };
+        // An operation in flight holds the name's lock and its intent; once the lock is ours,
+        // the intent is either gone (the operation finished) or abandoned.
+        let _guard = svc.locks.lock(&name).await;
+        let id = intent.id;
+        let still_open = svc
+            .blocking_store(move |s| Ok(s.open_intents()?.iter().any(|i| i.id == id)))
+            .await?;
+        if still_open {
+            settle(svc, &name, &intent, &mut report).await?;
+        }
+    }
+    if !sweep {
+        return Ok(report);
     }
 
     let committed = svc.blocking_store(|s| s.all_versions()).await?;
     let owned: HashSet<VersionId> = committed.iter().map(|(_, v)| *v).collect();
     let objects = svc.hsm.call(|hsm, s| hsm.scan(s)).await?;
-    let orphans: HashSet<VersionId> = objects
+    let mut orphans: Vec<(VersionId, String)> = objects
         .iter()
-        .filter_map(|o| o.id)
-        .filter(|id| !owned.contains(id))
+        .filter_map(|o| o.id.map(|id| (id, o.label.clone())))
+        .filter(|(id, _)| !owned.contains(id))
         .collect();
-    for id in orphans {
-        let destroyed = svc.hsm.call(move |hsm, s| hsm.destroy_by_id(s, id)).await?;
-        tracing::warn!(version = %id, objects = destroyed, "destroyed token objects that no committed key version owns");
-        report.orphans_destroyed += destroyed;
+    orphans.sort();
+    orphans.dedup_by_key(|(id, _)| *id);
+    for (id, label) in orphans {
+        // Every object this service makes is preceded by an intent, settled above. One with
+        // neither intent nor metadata comes from an older database or another instance, and
+        // destroying it could lose an acknowledged key: report it, never destroy it.
+        tracing::error!(version = %id, %label, "the token holds p11vault objects that no committed key version owns; left in place for an operator");
+        report.orphans_reported += 1;
     }
     for (name, id) in committed {
         if !svc.hsm.is_cached(id) {
@@ -52,6 +75,7 @@ pub(super) async fn run(svc: &Arc<KeyService>) -> Result<ReconcileReport, Error>
 
 async fn settle(
     svc: &Arc<KeyService>,
+    name: &KeyName,
     intent: &Intent,
     report: &mut ReconcileReport,
 ) -> Result<(), Error> {
@@ -64,7 +88,7 @@ async fn settle(
                 .call(move |hsm, s| hsm.destroy_by_id(s, version))
                 .await?;
             svc.blocking_store(move |s| s.drop_intent(id)).await?;
-            tracing::info!(key = %intent.name, version = %version, op = %intent.op, "rolled back an unfinished key version");
+            tracing::info!(key = %name, version = %version, op = %intent.op, "rolled back an unfinished key version");
             report.rolled_back += 1;
         }
         // An update may have changed some usage flags: roll it forward to the recorded target.
@@ -90,11 +114,43 @@ async fn settle(
             record.updated = target.updated;
             svc.blocking_store(move |s| s.commit_update(&record, Some(id)))
                 .await?;
-            tracing::info!(key = %intent.name, version = %version, "rolled an unfinished update forward");
+            tracing::info!(key = %name, version = %version, "rolled an unfinished update forward");
+            report.rolled_forward += 1;
+        }
+        // Delete, recover and purge are rolled forward: the token may be half-way, and
+        // finishing is the only direction that never leaves a deleted key usable or brings a
+        // purged one back.
+        ("delete", _) => {
+            let target: DeleteIntent = serde_json::from_str(&intent.payload)
+                .map_err(|e| Error::Internal(format!("delete intent {id}: {e}")))?;
+            svc.settle_delete(name).await?;
+            let deletion = Deletion {
+                deleted_date: target.deleted_date,
+                scheduled_purge_date: target.scheduled_purge_date,
+            };
+            let n = name.clone();
+            svc.blocking_store(move |s| s.commit_deleted(&n, deletion, id))
+                .await?;
+            tracing::info!(key = %name, "rolled an unfinished delete forward");
+            report.rolled_forward += 1;
+        }
+        ("recover", _) => {
+            svc.settle_recover(name).await?;
+            let n = name.clone();
+            svc.blocking_store(move |s| s.commit_recovered(&n, id))
+                .await?;
+            tracing::info!(key = %name, "rolled an unfinished recovery forward");
+            report.rolled_forward += 1;
+        }
+        ("purge", _) => {
+            svc.settle_purge(name).await?;
+            let n = name.clone();
+            svc.blocking_store(move |s| s.commit_purged(&n, id)).await?;
+            tracing::info!(key = %name, "rolled an unfinished purge forward");
             report.rolled_forward += 1;
         }
         (op, _) => {
-            tracing::error!(intent = id, op, key = %intent.name, "an open intent of an unknown kind is left for an operator");
+            tracing::error!(intent = id, op, key = %name, "an open intent of an unknown kind is left for an operator");
         }
     }
     Ok(())

@@ -39,6 +39,20 @@ pub struct Intent {
     pub payload: String,
 }
 
+/// Deletion state of a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Deletion {
+    pub deleted_date: i64,
+    pub scheduled_purge_date: i64,
+}
+
+/// A key's row: its stored spelling and whether it is soft-deleted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyRow {
+    pub name: KeyName,
+    pub deletion: Option<Deletion>,
+}
+
 /// A registered principal: an id, a name and the hash of its bearer token.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PrincipalRow {
@@ -307,17 +321,126 @@ impl Store {
         })
     }
 
-    /// Whether a key of this name exists (live or deleted).
-    pub fn key_exists(&self, name: &KeyName) -> Result<bool> {
+    /// The key's row, live or deleted.
+    pub fn key_row(&self, name: &KeyName) -> Result<Option<KeyRow>> {
         self.read(|c| {
-            Ok(c.query_row(
-                "SELECT 1 FROM keys WHERE name = ?1",
+            c.query_row(
+                "SELECT name, deleted_date, scheduled_purge_date FROM keys WHERE name = ?1",
                 [name.as_str()],
-                |_| Ok(()),
+                key_row,
             )
             .optional()?
-            .is_some())
+            .transpose()
         })
+    }
+
+    /// Every version of a key, oldest first, whatever its state.
+    pub fn all_versions_of(&self, name: &KeyName) -> Result<Vec<VersionRecord>> {
+        self.read(|c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {VERSION_COLUMNS} FROM versions v WHERE v.name = ?1 ORDER BY v.seq"
+            ))?;
+            let rows = stmt.query_map([name.as_str()], version_row)?;
+            rows.map(|r| r?).collect()
+        })
+    }
+
+    /// The newest version of a soft-deleted key, with its deletion state.
+    pub fn deleted_latest(&self, name: &KeyName) -> Result<Option<(VersionRecord, Deletion)>> {
+        self.read(|c| {
+            c.query_row(
+                &format!(
+                    "SELECT {VERSION_COLUMNS}, k.deleted_date, k.scheduled_purge_date
+                     FROM versions v JOIN keys k ON k.name = v.name
+                     WHERE v.name = ?1 AND k.deleted_date IS NOT NULL ORDER BY v.seq DESC LIMIT 1"
+                ),
+                [name.as_str()],
+                deleted_row,
+            )
+            .optional()?
+            .transpose()
+        })
+    }
+
+    /// A page of soft-deleted keys in name order, each as its newest version.
+    pub fn list_deleted(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(VersionRecord, Deletion)>> {
+        self.read(|c| {
+            let mut stmt = c.prepare(&format!(
+                "SELECT {VERSION_COLUMNS}, k.deleted_date, k.scheduled_purge_date FROM keys k
+                 JOIN versions v ON v.seq = (SELECT MAX(seq) FROM versions WHERE name = k.name)
+                 WHERE k.deleted_date IS NOT NULL AND k.name > ?1
+                 ORDER BY k.name LIMIT ?2"
+            ))?;
+            let rows = stmt.query_map(params![after.unwrap_or(""), limit as i64], deleted_row)?;
+            rows.map(|r| r?).collect()
+        })
+    }
+
+    /// Names of soft-deleted keys whose scheduled purge date has come.
+    pub fn due_for_purge(&self, now: i64) -> Result<Vec<KeyName>> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT name FROM keys WHERE deleted_date IS NOT NULL AND scheduled_purge_date <= ?1
+                 ORDER BY scheduled_purge_date",
+            )?;
+            let rows = stmt.query_map([now], |r| r.get::<_, String>(0))?;
+            rows.map(|r| {
+                let raw = r?;
+                KeyName::parse(&raw).map_err(|_| Error::Corrupt(format!("key name {raw:?}")))
+            })
+            .collect()
+        })
+    }
+
+    /// Commits a soft-delete and clears its intent.
+    pub fn commit_deleted(&self, name: &KeyName, deletion: Deletion, intent: i64) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE keys SET deleted_date = ?2, scheduled_purge_date = ?3 WHERE name = ?1",
+                params![
+                    name.as_str(),
+                    deletion.deleted_date,
+                    deletion.scheduled_purge_date
+                ],
+            )?;
+            tx.execute("DELETE FROM intents WHERE id = ?1", [intent])?;
+            Ok(())
+        })
+    }
+
+    /// Commits a recovery and clears its intent.
+    pub fn commit_recovered(&self, name: &KeyName, intent: i64) -> Result<()> {
+        self.write(|tx| {
+            tx.execute(
+                "UPDATE keys SET deleted_date = NULL, scheduled_purge_date = NULL WHERE name = ?1",
+                [name.as_str()],
+            )?;
+            tx.execute("DELETE FROM intents WHERE id = ?1", [intent])?;
+            Ok(())
+        })
+    }
+
+    /// Removes a purged key's metadata and clears its intent.
+    pub fn commit_purged(&self, name: &KeyName, intent: i64) -> Result<()> {
+        self.write(|tx| {
+            tx.execute("DELETE FROM versions WHERE name = ?1", [name.as_str()])?;
+            tx.execute("DELETE FROM keys WHERE name = ?1", [name.as_str()])?;
+            tx.execute("DELETE FROM intents WHERE id = ?1", [intent])?;
+            Ok(())
+        })
+    }
+
+    /// Switches purge protection on. There is no way to switch it off: the schema refuses.
+    pub fn enable_purge_protection(&self) -> Result<()> {
+        self.set_meta("purge_protection", "true")
+    }
+
+    pub fn purge_protection(&self) -> Result<bool> {
+        Ok(self.meta("purge_protection")?.as_deref() == Some("true"))
     }
 
     /// Every committed version as `(name, version)`, live or deleted, for the reconciler.
@@ -416,6 +539,30 @@ fn to_json<T: serde::Serialize>(value: &T) -> Result<String> {
 
 fn from_json<T: serde::de::DeserializeOwned>(raw: &str, what: &str) -> Result<T> {
     serde_json::from_str(raw).map_err(|e| Error::Corrupt(format!("{what}: {e}")))
+}
+
+fn key_row(r: &Row) -> rusqlite::Result<Result<KeyRow>> {
+    let name: String = r.get(0)?;
+    let deleted: Option<i64> = r.get(1)?;
+    let scheduled: Option<i64> = r.get(2)?;
+    Ok(KeyName::parse(&name)
+        .map_err(|_| Error::Corrupt(format!("key name {name:?}")))
+        .map(|name| KeyRow {
+            name,
+            deletion: deleted.map(|deleted_date| Deletion {
+                deleted_date,
+                scheduled_purge_date: scheduled.unwrap_or(deleted_date),
+            }),
+        }))
+}
+
+/// A [`VERSION_COLUMNS`] row followed by `deleted_date, scheduled_purge_date`.
+fn deleted_row(r: &Row) -> rusqlite::Result<Result<(VersionRecord, Deletion)>> {
+    let deletion = Deletion {
+        deleted_date: r.get(12)?,
+        scheduled_purge_date: r.get(13)?,
+    };
+    Ok(version_row(r)?.map(|rec| (rec, deletion)))
 }
 
 const VERSION_COLUMNS: &str = "v.id, v.name, v.kind, v.key_ops, v.enabled, v.nbf, v.exp, v.created, v.updated, v.tags, v.public_key, v.origin";
@@ -534,6 +681,57 @@ mod tests {
         let rest = store.list_keys(Some("b"), 2).expect("read");
         assert_eq!(rest.len(), 1);
         assert_eq!(rest[0].name.as_str(), "c");
+    }
+
+    #[test]
+    fn purge_protection_cannot_be_switched_off_even_by_hand() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(&dir.path().join("db.sqlite")).expect("store opens");
+        assert!(!store.purge_protection().expect("read"));
+        store
+            .set_meta("purge_protection", "false")
+            .expect("off while never on");
+        store.enable_purge_protection().expect("switch on");
+        assert!(store.purge_protection().expect("read"));
+        assert!(store.set_meta("purge_protection", "false").is_err());
+        let removed =
+            store.write(|tx| Ok(tx.execute("DELETE FROM meta WHERE k = 'purge_protection'", [])?));
+        assert!(removed.is_err());
+        let reopened = Store::open(&dir.path().join("db.sqlite")).expect("reopens");
+        assert!(reopened.purge_protection().expect("read"));
+    }
+
+    #[test]
+    fn deletion_state_moves_a_key_out_of_the_live_views() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = Store::open(&dir.path().join("db.sqlite")).expect("store opens");
+        let rec = commit(&store, &record("gone", 5));
+        let name = rec.name.clone();
+        let intent = store
+            .begin_intent("delete", "gone", None, "{}", 6)
+            .expect("intent");
+        let deletion = Deletion {
+            deleted_date: 6,
+            scheduled_purge_date: 100,
+        };
+        store
+            .commit_deleted(&name, deletion, intent)
+            .expect("deleted");
+        assert_eq!(store.latest(&name).expect("read"), None);
+        assert!(store.list_keys(None, 10).expect("read").is_empty());
+        assert_eq!(
+            store.deleted_latest(&name).expect("read"),
+            Some((rec.clone(), deletion))
+        );
+        assert_eq!(store.list_deleted(None, 10).expect("read").len(), 1);
+        assert!(store.due_for_purge(99).expect("read").is_empty());
+        assert_eq!(store.due_for_purge(100).expect("read"), vec![name.clone()]);
+        let intent = store
+            .begin_intent("purge", "gone", None, "{}", 7)
+            .expect("intent");
+        store.commit_purged(&name, intent).expect("purged");
+        assert_eq!(store.key_row(&name).expect("read"), None);
+        assert!(store.all_versions().expect("read").is_empty());
     }
 
     #[test]

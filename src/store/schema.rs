@@ -54,6 +54,23 @@ const MIGRATIONS: &[&str] = &[
         created    INTEGER NOT NULL
     );
     "#,
+    // 2: purge protection, once on, can never be switched off — not even by a direct write to
+    // the database.
+    r#"
+    CREATE TRIGGER purge_protection_cannot_be_disabled
+    BEFORE UPDATE OF v ON meta
+    WHEN OLD.k = 'purge_protection' AND OLD.v = 'true' AND NEW.v <> 'true'
+    BEGIN
+        SELECT RAISE(ABORT, 'purge protection cannot be disabled once enabled');
+    END;
+    CREATE TRIGGER purge_protection_cannot_be_removed
+    BEFORE DELETE ON meta
+    WHEN OLD.k = 'purge_protection' AND OLD.v = 'true'
+    BEGIN
+        SELECT RAISE(ABORT, 'purge protection cannot be disabled once enabled');
+    END;
+    CREATE INDEX keys_by_purge_date ON keys(scheduled_purge_date) WHERE deleted_date IS NOT NULL;
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<()> {

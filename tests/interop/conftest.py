@@ -283,7 +283,8 @@ class RawApi:
     def __init__(self, service: Service) -> None:
         self.service = service
         # Note: Session.verify would be overridden by REQUESTS_CA_BUNDLE from the environment,
-        # so verify= is passed on every request instead.
+        # so verify= is passed on every request instead. This session keeps connections alive
+        # (used with fresh=False).
         self.session = requests.Session()
 
     def request(
@@ -296,9 +297,18 @@ class RawApi:
         api_version: Optional[str] = API_VERSION,
         params: Optional[Dict[str, Any]] = None,
         headers: Optional[Dict[str, str]] = None,
+        fresh: bool = True,
         **kwargs: Any,
     ) -> requests.Response:
+        """Send one request.
+
+        ``fresh=True`` (default) uses a new TLS connection that is closed afterwards, so a test
+        about, say, a 401 is not disturbed by how the service handles keep-alive after an early
+        response (that has its own tests, which pass ``fresh=False``).
+        """
         hdrs = {"Accept": "application/json"}
+        if fresh:
+            hdrs["Connection"] = "close"
         if auth:
             hdrs["Authorization"] = f"Bearer {token if token is not None else self.service.token}"
         hdrs.update(headers or {})
@@ -309,6 +319,9 @@ class RawApi:
         url = path if path.startswith("https://") else self.service.url + path
         kwargs.setdefault("verify", self.service.ca)
         kwargs.setdefault("timeout", 60)
+        if fresh:
+            with requests.Session() as one_off:
+                return one_off.request(method, url, params=query, headers=hdrs, **kwargs)
         return self.session.request(method, url, params=query, headers=hdrs, **kwargs)
 
     def get(self, path: str, **kw: Any) -> requests.Response:
