@@ -64,8 +64,7 @@ fn racing_lifecycle_requests_end_in_a_serial_state() {
     let log = svc.log();
     let report = log
         .lines()
-        .filter(|l| l.contains("reconciled the token with the database"))
-        .last()
+        .rfind(|l| l.contains("reconciled the token with the database"))
         .expect("the restart reconciled");
     assert!(
         report.contains(
