@@ -219,4 +219,116 @@ fn the_token_itself_keeps_every_key_sensitive_and_uncopyable() {
         }
     }
     assert_eq!(halves, 2, "one wrap half and one unwrap half");
+
+    // Soft-delete RSA and AES keys and purge the EC key through the service, then try to use
+    // them directly, as a process holding the user PIN would.
+    let svc = Service::start(&dir);
+    for name in ["rsa", "aes", "ec"] {
+        let (status, body) = svc.call("DELETE", &format!("/keys/{name}?{API}"), None);
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, _) = svc.call("DELETE", &format!("/deletedkeys/ec?{API}"), None);
+    assert_eq!(status, 204);
+    svc.stop();
+
+    let labelled = |prefix: &str| -> Vec<(ObjectHandle, ObjectClass)> {
+        let mut out = Vec::new();
+        for class in [
+            ObjectClass::SECRET_KEY,
+            ObjectClass::PRIVATE_KEY,
+            ObjectClass::PUBLIC_KEY,
+        ] {
+            for h in session
+                .find_objects(&[Attribute::Class(class)])
+                .expect("find")
+            {
+                if let Some(Attribute::Label(l)) = session
+                    .get_attributes(h, &[AttributeType::Label])
+                    .expect("label")
+                    .pop()
+                    && l.starts_with(prefix.as_bytes())
+                {
+                    out.push((h, class));
+                }
+            }
+        }
+        out
+    };
+    assert!(
+        labelled("p11vault/ec/").is_empty() && labelled("p11vault-deleted/ec/").is_empty(),
+        "purged objects remain"
+    );
+    assert!(
+        labelled("p11vault/rsa/").is_empty(),
+        "a deleted key kept its live label"
+    );
+    let rsa = labelled("p11vault-deleted/rsa/");
+    let aes = labelled("p11vault-deleted/aes/");
+    assert_eq!((rsa.len(), aes.len()), (2, 1));
+    let not_permitted = Some(RvError::KeyFunctionNotPermitted);
+    for (h, class) in rsa.iter().chain(&aes) {
+        let copy = session.copy_object(*h, &[Attribute::Label(b"revived".to_vec())]);
+        assert!(copy.is_err(), "a deleted key was copied");
+        if *class == ObjectClass::PUBLIC_KEY {
+            continue;
+        }
+        let unwrap_template = [
+            Attribute::Class(ObjectClass::SECRET_KEY),
+            Attribute::KeyType(KeyType::AES),
+            Attribute::Token(false),
+        ];
+        if *class == ObjectClass::PRIVATE_KEY {
+            assert_eq!(
+                session
+                    .sign(&Mechanism::Sha256RsaPkcs, *h, b"m")
+                    .map_err(rv)
+                    .err(),
+                not_permitted
+            );
+            assert_eq!(
+                session
+                    .decrypt(&Mechanism::RsaPkcs, *h, &[1u8; 256])
+                    .map_err(rv)
+                    .err(),
+                not_permitted
+            );
+            let unwrapped =
+                session.unwrap_key(&Mechanism::RsaPkcs, *h, &[1u8; 256], &unwrap_template);
+            assert_eq!(unwrapped.map_err(rv).err(), not_permitted);
+        } else {
+            let iv = [0u8; 16];
+            assert_eq!(
+                session
+                    .decrypt(&Mechanism::AesCbcPad(iv), *h, &[0u8; 32])
+                    .map_err(rv)
+                    .err(),
+                not_permitted
+            );
+            assert_eq!(
+                session
+                    .encrypt(&Mechanism::AesCbcPad(iv), *h, b"plain")
+                    .map_err(rv)
+                    .err(),
+                not_permitted
+            );
+            let unwrapped =
+                session.unwrap_key(&Mechanism::AesKeyWrapPad, *h, &[0u8; 40], &unwrap_template);
+            assert_eq!(unwrapped.map_err(rv).err(), not_permitted);
+        }
+    }
+
+    // Recovery gives the key back its use.
+    let svc = Service::start(&dir);
+    let (status, _) = svc.call("POST", &format!("/deletedkeys/rsa/recover?{API}"), None);
+    assert_eq!(status, 200);
+    svc.stop();
+    let (private, _) = *labelled("p11vault/rsa/")
+        .iter()
+        .find(|(_, c)| *c == ObjectClass::PRIVATE_KEY)
+        .expect("the recovered private key");
+    assert!(
+        session
+            .sign(&Mechanism::Sha256RsaPkcs, private, b"m")
+            .is_ok()
+    );
 }
