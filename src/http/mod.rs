@@ -134,11 +134,20 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
             None => Error::Unauthorized("The bearer token is not valid.".into()),
         },
     };
+    drain(req, state.max_body_bytes).await;
     let mut response = error.into_response();
     response
         .headers_mut()
         .insert(header::WWW_AUTHENTICATE, state.challenge.clone());
     response
+}
+
+/// Reads and discards the body of a request answered without it (up to `limit` bytes). The
+/// answer was decided before; this only keeps the connection usable: a server that answers
+/// while the client is still sending, and then closes, makes the client see a reset instead of
+/// the answer.
+async fn drain(req: Request, limit: usize) {
+    let _ = axum::body::to_bytes(req.into_body(), limit).await;
 }
 
 async fn require_api_version(req: Request, next: Next) -> Response {
@@ -148,18 +157,19 @@ async fn require_api_version(req: Request, next: Next) -> Response {
             .find(|(k, _)| *k == "api-version")
             .map(|(_, v)| v.to_owned())
     });
-    match version {
-        Some(v) if API_VERSIONS.contains(&v.as_str()) => next.run(req).await,
+    let limit = body_limit(&req);
+    let refusal = match version {
+        Some(v) if API_VERSIONS.contains(&v.as_str()) => return next.run(req).await,
         Some(v) => Error::BadParameter(format!(
             "The specified version ({}) is not recognized. Consider using the latest supported version ({LATEST_API_VERSION}).",
             crate::model::truncate_for_message(&v)
-        ))
-        .into_response(),
+        )),
         None => Error::BadParameter(format!(
             "The api-version query parameter is required; the latest supported version is {LATEST_API_VERSION}."
-        ))
-        .into_response(),
-    }
+        )),
+    };
+    drain(req, limit).await;
+    refusal.into_response()
 }
 
 /// A span per request carrying the matched route, and an `x-ms-request-id` on every response.
@@ -180,7 +190,16 @@ async fn trace_request(req: Request, next: Next) -> Response {
     response
 }
 
-async fn not_found() -> Response {
+fn body_limit(req: &Request) -> usize {
+    req.extensions()
+        .get::<BodyLimit>()
+        .map(|l| l.0)
+        .unwrap_or(crate::config::DEFAULT_MAX_BODY)
+}
+
+async fn not_found(req: Request) -> Response {
+    let limit = body_limit(&req);
+    drain(req, limit).await;
     error_response(
         StatusCode::NOT_FOUND,
         "NotFound",
@@ -189,7 +208,9 @@ async fn not_found() -> Response {
     )
 }
 
-async fn method_not_allowed() -> Response {
+async fn method_not_allowed(req: Request) -> Response {
+    let limit = body_limit(&req);
+    drain(req, limit).await;
     error_response(
         StatusCode::METHOD_NOT_ALLOWED,
         "MethodNotAllowed",
