@@ -1,6 +1,6 @@
 //! Test-only crash points. When the operator-invisible switch `P11VAULT_TEST_FAILPOINTS`
-//! names a point, reaching it aborts the process at once — no destructors, no flushing — the
-//! way a `kill -9` or a power cut would. Fault-injection tests use it to stop the service at
+//! names a point, reaching it kills the process with SIGKILL at once — no destructors, no
+//! flushing — the way `kill -9` or a power cut would. Fault-injection tests use it to stop the service at
 //! every step boundary of every multi-step operation. Unarmed, a point costs one atomic load.
 
 use std::sync::OnceLock;
@@ -23,7 +23,11 @@ pub fn hit(name: &str) {
     if let Some(points) = ARMED.get()
         && points.iter().any(|p| p == name)
     {
-        eprintln!("p11vault: failpoint {name} reached: aborting");
+        eprintln!("p11vault: failpoint {name} reached: SIGKILL");
+        let _ = std::process::Command::new("kill")
+            .args(["-KILL", &std::process::id().to_string()])
+            .status();
+        // Only reached if `kill` could not run.
         std::process::abort();
     }
 }
