@@ -12,12 +12,10 @@ mod common;
 use std::collections::HashSet;
 
 use common::{API, Service, data_dir};
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
-use cryptoki::session::{Session, UserType};
-use cryptoki::types::AuthPin;
+use cryptoki::session::Session;
 use serde_json::{Value, json};
 
 struct TokenObject {
@@ -194,34 +192,7 @@ fn a_crash_at_any_step_boundary_loses_nothing_and_resurrects_nothing() {
     }
     svc.stop();
 
-    // SAFETY: this binary holds this one test, and nothing else in the process reads the
-    // environment while it changes; SoftHSM2 reads SOFTHSM2_CONF in C_Initialize below.
-    #[expect(unsafe_code, reason = "point SoftHSM2 at the service's token")]
-    unsafe {
-        std::env::set_var("SOFTHSM2_CONF", dir.join("softhsm").join("softhsm2.conf"));
-    }
-    let module = p11vault::config::SOFTHSM2_CANDIDATES
-        .iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("SoftHSM2 is installed");
-    let ctx = Pkcs11::new(module).expect("module loads");
-    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-        .expect("init");
-    let slot = ctx
-        .get_slots_with_token()
-        .expect("slots")
-        .into_iter()
-        .find(|s| {
-            ctx.get_token_info(*s)
-                .map(|i| i.label() == "p11vault")
-                .unwrap_or(false)
-        })
-        .expect("token");
-    let session = ctx.open_rw_session(slot).expect("session");
-    let pin = std::fs::read_to_string(dir.join("user.pin")).expect("pin");
-    session
-        .login(UserType::User, Some(&AuthPin::new(pin.trim().into())))
-        .expect("login");
+    let (_ctx, session) = common::open_token_as_user(&dir);
 
     for (i, (op, point)) in SCENARIOS.iter().enumerate() {
         let name = format!("k{i}");
@@ -250,22 +221,7 @@ fn a_crash_at_any_step_boundary_loses_nothing_and_resurrects_nothing() {
             Op::Recover => ("POST", format!("/deletedkeys/{name}/recover?{API}"), None),
             Op::Purge => ("DELETE", format!("/deletedkeys/{name}?{API}"), None),
         };
-        let agent = common::agent_trusting(&dir.join("ca.pem"));
-        let req = agent
-            .request(method, &format!("{}{}", svc.url, path))
-            .set("Authorization", &format!("Bearer {}", svc.token));
-        let answer = match body {
-            Some(b) => req.send_string(&b),
-            None => req.call(),
-        };
-        assert!(
-            answer.is_err() && !matches!(answer, Err(ureq::Error::Status(..))),
-            "{what}: the request was answered"
-        );
-        assert!(
-            !svc.wait_for_exit().success(),
-            "{what}: the failpoint did not abort the process"
-        );
+        svc.request_dies_with_the_process(method, &path, body.as_deref(), &what);
 
         // Restart: the reconciler settles the intent.
         let svc = Service::start(&dir);

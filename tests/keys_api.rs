@@ -432,18 +432,11 @@ fn a_crash_during_create_leaves_nothing_that_a_restart_does_not_clean_up() {
 
         let svc = Service::start_with(&dir, &[("P11VAULT_TEST_FAILPOINTS", point)])
             .unwrap_or_else(|f| panic!("{f:?}"));
-        // The request dies with the process: a transport error, not an answer.
-        let answer = common::agent_trusting(&dir.join("ca.pem"))
-            .post(&format!("{}/keys/doomed/create?{API}", svc.url))
-            .set("Authorization", &format!("Bearer {}", svc.token))
-            .send_string(r#"{"kty":"EC"}"#);
-        assert!(
-            answer.is_err() && !matches!(answer, Err(ureq::Error::Status(..))),
-            "{point}: the request was answered"
-        );
-        assert!(
-            !svc.wait_for_exit().success(),
-            "{point}: the process should have aborted"
+        svc.request_dies_with_the_process(
+            "POST",
+            &format!("/keys/doomed/create?{API}"),
+            Some(r#"{"kty":"EC"}"#),
+            point,
         );
 
         let svc = Service::start(&dir);

@@ -9,14 +9,12 @@ mod common;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::{API, Service, data_dir};
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{
     Attribute, AttributeInfo, AttributeType, KeyType, ObjectClass, ObjectHandle,
 };
-use cryptoki::session::{Session, UserType};
-use cryptoki::types::AuthPin;
+use cryptoki::session::Session;
 use serde_json::json;
 
 fn bool_attr(s: &Session, h: ObjectHandle, t: AttributeType) -> bool {
@@ -57,34 +55,7 @@ fn the_token_itself_keeps_every_key_sensitive_and_uncopyable() {
     assert_eq!(status, 200, "{body}");
     svc.stop();
 
-    // SAFETY: this binary holds this one test, and nothing else in the process reads the
-    // environment while it changes; SoftHSM2 reads SOFTHSM2_CONF in C_Initialize below.
-    #[expect(unsafe_code, reason = "point SoftHSM2 at the service's token")]
-    unsafe {
-        std::env::set_var("SOFTHSM2_CONF", dir.join("softhsm").join("softhsm2.conf"));
-    }
-    let module = p11vault::config::SOFTHSM2_CANDIDATES
-        .iter()
-        .find(|p| std::path::Path::new(p).exists())
-        .expect("SoftHSM2 is installed");
-    let ctx = Pkcs11::new(module).expect("module loads");
-    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-        .expect("initialises");
-    let slot = ctx
-        .get_slots_with_token()
-        .expect("slots")
-        .into_iter()
-        .find(|s| {
-            ctx.get_token_info(*s)
-                .map(|i| i.label() == "p11vault")
-                .unwrap_or(false)
-        })
-        .expect("the token is found by its label");
-    let session = ctx.open_rw_session(slot).expect("session");
-    let pin = std::fs::read_to_string(dir.join("user.pin")).expect("user.pin");
-    session
-        .login(UserType::User, Some(&AuthPin::new(pin.trim().into())))
-        .expect("user login");
+    let (_ctx, session) = common::open_token_as_user(&dir);
 
     // An untrusted wrapping key the user is allowed to make.
     let user_kek = session

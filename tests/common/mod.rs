@@ -201,6 +201,33 @@ impl Service {
         (status, challenge, text)
     }
 
+    /// Sends a request to a service armed with a failpoint and checks that it dies with the
+    /// process — a transport error, never an answer — and that the process is killed.
+    pub fn request_dies_with_the_process(
+        self,
+        method: &str,
+        path_and_query: &str,
+        body: Option<&str>,
+        what: &str,
+    ) {
+        let req = self
+            .agent
+            .request(method, &format!("{}{}", self.url, path_and_query))
+            .set("Authorization", &format!("Bearer {}", self.token));
+        let answer = match body {
+            Some(b) => req.send_string(b),
+            None => req.call(),
+        };
+        assert!(
+            answer.is_err() && !matches!(answer, Err(ureq::Error::Status(..))),
+            "{what}: the request was answered"
+        );
+        assert!(
+            !self.wait_for_exit().success(),
+            "{what}: the failpoint did not kill the process"
+        );
+    }
+
     /// Creates a key and returns its bundle, failing the test on any other status.
     pub fn create(&self, name: &str, body: &str) -> Value {
         let (status, json) = self.call("POST", &format!("/keys/{name}/create?{API}"), Some(body));
@@ -245,4 +272,42 @@ pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().expect("temp dir");
     let dir = tmp.path().join("data");
     (tmp, dir)
+}
+
+/// Opens the service's embedded token in this process, logged in as the user, bypassing the
+/// service. Only for test binaries that hold a single test: it points SoftHSM2 at the token
+/// through the process environment.
+pub fn open_token_as_user(dir: &Path) -> (cryptoki::context::Pkcs11, cryptoki::session::Session) {
+    use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+    use cryptoki::session::UserType;
+    use cryptoki::types::AuthPin;
+    // SAFETY: the calling binary holds one test, and nothing else in the process reads the
+    // environment while it changes; SoftHSM2 reads SOFTHSM2_CONF in C_Initialize below.
+    #[expect(unsafe_code, reason = "point SoftHSM2 at the service's token")]
+    unsafe {
+        std::env::set_var("SOFTHSM2_CONF", dir.join("softhsm").join("softhsm2.conf"));
+    }
+    let module = p11vault::config::SOFTHSM2_CANDIDATES
+        .iter()
+        .find(|p| Path::new(p).exists())
+        .expect("SoftHSM2 is installed");
+    let ctx = Pkcs11::new(module).expect("module loads");
+    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        .expect("initialises");
+    let slot = ctx
+        .get_slots_with_token()
+        .expect("slots")
+        .into_iter()
+        .find(|s| {
+            ctx.get_token_info(*s)
+                .map(|i| i.label() == "p11vault")
+                .unwrap_or(false)
+        })
+        .expect("the token is found by its label");
+    let session = ctx.open_rw_session(slot).expect("session");
+    let pin = std::fs::read_to_string(dir.join("user.pin")).expect("user.pin");
+    session
+        .login(UserType::User, Some(&AuthPin::new(pin.trim().into())))
+        .expect("user login");
+    (ctx, session)
 }
