@@ -1,7 +1,6 @@
 //! The one clock all retention logic reads (DESIGN §9). Operators see real time; tests move a
-//! manual clock instead of sleeping.
+//! file-backed offset instead of sleeping.
 
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 pub trait Clock: Send + Sync {
@@ -19,24 +18,6 @@ impl Clock for SystemClock {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or(0)
-    }
-}
-
-/// Wall-clock time shifted by an offset that tests can move forward.
-#[derive(Debug, Default)]
-pub struct OffsetClock {
-    offset: AtomicI64,
-}
-
-impl OffsetClock {
-    pub fn advance(&self, seconds: i64) {
-        self.offset.fetch_add(seconds, Ordering::SeqCst);
-    }
-}
-
-impl Clock for OffsetClock {
-    fn now(&self) -> i64 {
-        SystemClock.now() + self.offset.load(Ordering::SeqCst)
     }
 }
 

@@ -101,6 +101,7 @@ fn serve(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         let keys = KeyService::new(ready.store, Arc::new(ready.hsm), clock, ready.retention);
         let report = keys.reconcile().await?;
         tracing::info!(?report, "reconciled the token with the database");
+        tracing::info!(mechanisms = ?keys.hsm().mechanisms(), "mechanisms the token offers");
         keys.spawn_maintenance(maintenance_every);
         let authority = cfg
             .challenge_authority

@@ -32,6 +32,17 @@ fn bool_attr(s: &Session, h: ObjectHandle, t: AttributeType) -> bool {
     }
 }
 
+fn label_of(s: &Session, h: ObjectHandle) -> String {
+    match s
+        .get_attributes(h, &[AttributeType::Label])
+        .expect("label")
+        .pop()
+    {
+        Some(Attribute::Label(l)) => String::from_utf8(l).expect("utf-8 label"),
+        _ => String::new(),
+    }
+}
+
 fn rv(e: CkError) -> RvError {
     match e {
         CkError::Pkcs11(rv, _) => rv,
@@ -81,14 +92,7 @@ fn the_token_itself_keeps_every_key_sensitive_and_uncopyable() {
             .find_objects(&[Attribute::Class(class)])
             .expect("find")
         {
-            let label = match session
-                .get_attributes(h, &[AttributeType::Label])
-                .expect("label")
-                .pop()
-            {
-                Some(Attribute::Label(l)) => String::from_utf8(l).expect("utf-8 label"),
-                _ => String::new(),
-            };
+            let label = label_of(&session, h);
             if !label.starts_with("p11vault/") {
                 continue;
             }
@@ -159,14 +163,7 @@ fn the_token_itself_keeps_every_key_sensitive_and_uncopyable() {
         .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY)])
         .expect("find")
     {
-        let label = match session
-            .get_attributes(h, &[AttributeType::Label])
-            .expect("label")
-            .pop()
-        {
-            Some(Attribute::Label(l)) => String::from_utf8(l).expect("utf-8 label"),
-            _ => String::new(),
-        };
+        let label = label_of(&session, h);
         if !label.starts_with("p11vault-sd/") {
             continue;
         }
@@ -213,12 +210,7 @@ fn the_token_itself_keeps_every_key_sensitive_and_uncopyable() {
                 .find_objects(&[Attribute::Class(class)])
                 .expect("find")
             {
-                if let Some(Attribute::Label(l)) = session
-                    .get_attributes(h, &[AttributeType::Label])
-                    .expect("label")
-                    .pop()
-                    && l.starts_with(prefix.as_bytes())
-                {
+                if label_of(&session, h).starts_with(prefix) {
                     out.push((h, class));
                 }
             }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Function, Pkcs11};
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::RvError;
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
@@ -86,7 +86,6 @@ impl Pin {
 /// A loaded, initialised PKCS#11 module: one per process.
 pub struct Module {
     ctx: Pkcs11,
-    path: PathBuf,
 }
 
 impl Module {
@@ -102,10 +101,7 @@ impl Module {
             | Err(cryptoki::error::Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
             Err(e) => return Err(load_err(e)),
         }
-        Ok(Self {
-            ctx,
-            path: path.to_owned(),
-        })
+        Ok(Self { ctx })
     }
 
     /// The slot holding the token with this label. Slot ids change between processes on
@@ -222,10 +218,6 @@ impl Module {
         };
         hsm.rebuild_cache()?;
         Ok(hsm)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 
@@ -817,23 +809,6 @@ impl Hsm {
         self.forget(id);
         Ok(destroyed)
     }
-
-    /// Reads the attributes that make a key safe, for diagnostics and tests of the templates.
-    pub fn object_attributes(
-        &self,
-        session: &Session,
-        handle: ObjectHandle,
-    ) -> Result<Vec<Attribute>> {
-        Ok(session.get_attributes(
-            handle,
-            &[
-                AttributeType::Sensitive,
-                AttributeType::Extractable,
-                AttributeType::Copyable,
-                AttributeType::Private,
-            ],
-        )?)
-    }
 }
 
 /// Overwrites the byte-valued attributes of a template that held key material.
@@ -944,9 +919,6 @@ pub fn decode_ec_point(raw: &[u8], curve: Curve) -> Option<(Vec<u8>, Vec<u8>)> {
 pub fn is_rv(err: &cryptoki::error::Error, rv: RvError) -> bool {
     matches!(err, cryptoki::error::Error::Pkcs11(r, _) if *r == rv)
 }
-
-/// Re-exported for callers that classify errors by function.
-pub type TokenFunction = Function;
 
 #[cfg(test)]
 mod tests {

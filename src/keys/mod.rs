@@ -119,13 +119,10 @@ impl KeyService {
     }
 
     /// The lifecycle state of a name, read under its lock.
-    async fn state_of(
-        &self,
-        name: &KeyName,
-    ) -> Result<(KeyState, Option<crate::store::KeyRow>), Error> {
+    async fn state_of(&self, name: &KeyName) -> Result<KeyState, Error> {
         let n = name.clone();
         let row = self.blocking_store(move |s| s.key_row(&n)).await?;
-        let state = match &row {
+        Ok(match row {
             None => KeyState::Absent,
             Some(r) => match r.deletion {
                 None => KeyState::Active,
@@ -139,8 +136,7 @@ impl KeyService {
                     }
                 }
             },
-        };
-        Ok((state, row))
+        })
     }
 
     fn refuse(decision: Decision, name: &KeyName) -> Result<(), Error> {
@@ -174,7 +170,7 @@ impl KeyService {
         let this = Arc::clone(self);
         detached(async move {
             let _guard = this.locks.lock(&name).await;
-            let (state, _) = this.state_of(&name).await?;
+            let state = this.state_of(&name).await?;
             Self::refuse(lifecycle::decide(state, Event::Delete), &name)?;
             let now = this.clock.now();
             let deletion = Deletion {
@@ -230,7 +226,7 @@ impl KeyService {
         let this = Arc::clone(self);
         detached(async move {
             let _guard = this.locks.lock(&name).await;
-            let (state, _) = this.state_of(&name).await?;
+            let state = this.state_of(&name).await?;
             Self::refuse(lifecycle::decide(state, Event::Recover), &name)?;
             let (n, now) = (name.to_string(), this.clock.now());
             let intent = this
@@ -279,7 +275,7 @@ impl KeyService {
         let this = Arc::clone(self);
         detached(async move {
             let _guard = this.locks.lock(&name).await;
-            let (state, _) = this.state_of(&name).await?;
+            let state = this.state_of(&name).await?;
             Self::refuse(lifecycle::decide(state, Event::Purge), &name)?;
             this.purge_locked(&name, "purge").await
         })
@@ -295,7 +291,7 @@ impl KeyService {
             let this = Arc::clone(self);
             let done = detached(async move {
                 let _guard = this.locks.lock(&name).await;
-                let (state, _) = this.state_of(&name).await?;
+                let state = this.state_of(&name).await?;
                 if lifecycle::decide(state, Event::AutoPurge) != Decision::Proceed {
                     return Ok(false);
                 }
@@ -466,7 +462,7 @@ impl KeyService {
         origin: Origin,
         material: Option<ImportMaterial>,
     ) -> Result<VersionRecord, Error> {
-        let (state, _) = self.state_of(&name).await?;
+        let state = self.state_of(&name).await?;
         Self::refuse(lifecycle::decide(state, Event::Create), &name)?;
         let id = VersionId::random();
         let now = self.clock.now();
@@ -684,6 +680,10 @@ impl KeyService {
         .await
     }
 
+    pub fn hsm(&self) -> &Arc<Hsm> {
+        &self.hsm
+    }
+
     async fn blocking_store<R: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> Result<R, crate::store::Error> + Send + 'static,
@@ -693,14 +693,6 @@ impl KeyService {
             .await
             .map_err(|e| Error::Internal(format!("a store call panicked: {e}")))?
             .map_err(Error::from)
-    }
-
-    pub fn hsm(&self) -> &Arc<Hsm> {
-        &self.hsm
-    }
-
-    pub fn store(&self) -> &Arc<Store> {
-        &self.store
     }
 }
 

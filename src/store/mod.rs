@@ -312,12 +312,11 @@ impl Store {
                  WHERE v.name = ?1 AND k.deleted_date IS NULL AND v.seq > ?2
                  ORDER BY v.seq LIMIT ?3"
             ))?;
-            let rows =
-                stmt.query_map(params![name.as_str(), after_seq, limit as i64], |r| {
-                    Ok(version_row(r)
-                        .map(|rec| rec.map(|rec| (r.get::<_, i64>(12).unwrap_or(0), rec))))
-                })?;
-            rows.map(|r| r??).collect()
+            let rows = stmt.query_map(params![name.as_str(), after_seq, limit as i64], |r| {
+                let seq: i64 = r.get(12)?;
+                Ok(version_row(r)?.map(|rec| (seq, rec)))
+            })?;
+            rows.map(|r| r?).collect()
         })
     }
 
