@@ -316,8 +316,8 @@ fn bad_input_gets_a_4xx_azure_error_and_changes_nothing() {
             400,
         ),
         ("POST", format!("/keys/missing/rotate?{API}"), None, 404),
-        // Last: the server answers before reading the rest of an oversize body and drops
-        // the connection, as it should.
+        // The server reads an oversize body to its end before answering, so the client,
+        // which writes it all first, sees the 413 rather than a reset.
         ("POST", format!("/keys/n1/create?{API}"), Some(big), 413),
     ];
     let (_, before) = svc.call("GET", &format!("/keys/existing?{API}"), None);

@@ -3,9 +3,11 @@
 
 use std::collections::HashMap;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
+use bytes::BytesMut;
+use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 
 use crate::error::Error;
@@ -20,19 +22,13 @@ where
 {
     type Rejection = Error;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+    async fn from_request(req: Request, _state: &S) -> Result<Self, Self::Rejection> {
         let limit = req
             .extensions()
             .get::<BodyLimit>()
             .map(|l| l.0)
             .unwrap_or(crate::config::DEFAULT_MAX_BODY);
-        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                Error::PayloadTooLarge { limit }
-            } else {
-                Error::BadParameter("The request body could not be read.".into())
-            }
-        })?;
+        let bytes = read_limited(req.into_body(), limit).await?;
         if bytes.is_empty() {
             return Err(Error::BadParameter(
                 "The request body is missing; a JSON object is required.".into(),
@@ -46,6 +42,43 @@ where
             };
             Error::BadParameter(format!("The request body {what}: {e}."))
         })
+    }
+}
+
+/// The most a refused request body is read and thrown away before the connection is given up.
+/// A client that writes its whole body before reading the answer (most do) would otherwise see
+/// a reset instead of the 413 or 401 it was sent.
+pub const DRAIN_CAP: usize = 64 * 1024 * 1024;
+
+/// Reads a body of at most `limit` bytes. A longer body is read to its end (up to
+/// [`DRAIN_CAP`]) and thrown away, and the answer is a 413.
+pub async fn read_limited(mut body: Body, limit: usize) -> Result<Bytes, Error> {
+    let mut collected = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame =
+            frame.map_err(|_| Error::BadParameter("The request body could not be read.".into()))?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if collected.len() + data.len() > limit {
+            discard(body, DRAIN_CAP.saturating_sub(collected.len() + data.len())).await;
+            return Err(Error::PayloadTooLarge { limit });
+        }
+        collected.extend_from_slice(&data);
+    }
+    Ok(collected.freeze())
+}
+
+/// Reads and throws away at most `cap` more bytes of a body the answer does not need.
+pub async fn discard(mut body: Body, cap: usize) {
+    let mut seen = 0usize;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen > cap {
+                return;
+            }
+        }
     }
 }
 

@@ -134,7 +134,7 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
             None => Error::Unauthorized("The bearer token is not valid.".into()),
         },
     };
-    drain(req, state.max_body_bytes).await;
+    drain(req).await;
     let mut response = error.into_response();
     response
         .headers_mut()
@@ -142,12 +142,11 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
     response
 }
 
-/// Reads and discards the body of a request answered without it (up to `limit` bytes). The
-/// answer was decided before; this only keeps the connection usable: a server that answers
-/// while the client is still sending, and then closes, makes the client see a reset instead of
-/// the answer.
-async fn drain(req: Request, limit: usize) {
-    let _ = axum::body::to_bytes(req.into_body(), limit).await;
+/// Reads and discards the body of a request answered without it. The answer was decided
+/// before; this only keeps the connection usable: a server that answers while the client is
+/// still sending, and then closes, makes the client see a reset instead of the answer.
+async fn drain(req: Request) {
+    extract::discard(req.into_body(), extract::DRAIN_CAP).await;
 }
 
 async fn require_api_version(req: Request, next: Next) -> Response {
@@ -157,7 +156,6 @@ async fn require_api_version(req: Request, next: Next) -> Response {
             .find(|(k, _)| *k == "api-version")
             .map(|(_, v)| v.to_owned())
     });
-    let limit = body_limit(&req);
     let refusal = match version {
         Some(v) if API_VERSIONS.contains(&v.as_str()) => return next.run(req).await,
         Some(v) => Error::BadParameter(format!(
@@ -168,7 +166,7 @@ async fn require_api_version(req: Request, next: Next) -> Response {
             "The api-version query parameter is required; the latest supported version is {LATEST_API_VERSION}."
         )),
     };
-    drain(req, limit).await;
+    drain(req).await;
     refusal.into_response()
 }
 
@@ -190,16 +188,8 @@ async fn trace_request(req: Request, next: Next) -> Response {
     response
 }
 
-fn body_limit(req: &Request) -> usize {
-    req.extensions()
-        .get::<BodyLimit>()
-        .map(|l| l.0)
-        .unwrap_or(crate::config::DEFAULT_MAX_BODY)
-}
-
 async fn not_found(req: Request) -> Response {
-    let limit = body_limit(&req);
-    drain(req, limit).await;
+    drain(req).await;
     error_response(
         StatusCode::NOT_FOUND,
         "NotFound",
@@ -209,8 +199,7 @@ async fn not_found(req: Request) -> Response {
 }
 
 async fn method_not_allowed(req: Request) -> Response {
-    let limit = body_limit(&req);
-    drain(req, limit).await;
+    drain(req).await;
     error_response(
         StatusCode::METHOD_NOT_ALLOWED,
         "MethodNotAllowed",
