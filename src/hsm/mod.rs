@@ -2,6 +2,8 @@
 //! cache, and the key-object operations the key service needs. Every call here blocks; the async
 //! entry point [`Hsm::call`] runs it on a blocking thread with a pooled session (DESIGN §7).
 
+pub mod oaep;
+pub mod ops;
 pub mod templates;
 
 use std::collections::HashMap;
@@ -35,6 +37,10 @@ pub enum Error {
     Cryptoki(#[from] cryptoki::error::Error),
     #[error("the token holds no object for key version {0}")]
     ObjectMissing(VersionId),
+    /// The token (or the padding check next to it) refused the data of an operation: a bad
+    /// ciphertext, a failed authentication, a plaintext that does not fit. A client error.
+    #[error("{0}")]
+    Rejected(&'static str),
     #[error("{0}")]
     Unexpected(String),
 }
@@ -214,6 +220,7 @@ impl Module {
             cache: RwLock::new(HashMap::new()),
             permits: Arc::new(Semaphore::new(settings.sessions)),
             mechanisms,
+            oaep_sha256: ops::OaepSupport::default(),
             last_reconnect: Mutex::new(None),
         };
         hsm.rebuild_cache()?;
@@ -365,6 +372,7 @@ pub struct Hsm {
     cache: RwLock<HashMap<VersionId, KeyHandles>>,
     permits: Arc<Semaphore>,
     mechanisms: Vec<MechanismType>,
+    oaep_sha256: ops::OaepSupport,
     last_reconnect: Mutex<Option<Instant>>,
 }
 

@@ -58,13 +58,15 @@ fn extraction_attrs(extraction: Extraction) -> Vec<Attribute> {
     }
 }
 
-/// The usage flags of the object holding the secret half (AES key or private key).
+/// The usage flags of the object holding the secret half (AES key or private key). `wrapKey`
+/// and `unwrapKey` also switch on `CKA_ENCRYPT`/`CKA_DECRYPT`: the API's wrap operations take
+/// raw key bytes, which the token processes with `C_Encrypt`/`C_Decrypt` (RSA).
 pub fn secret_usage(family: KeyFamily, ops: &KeyOps) -> Vec<Attribute> {
     let on = |op| ops.contains(op);
     match family {
         KeyFamily::Oct => vec![
-            Attribute::Encrypt(on(KeyOp::Encrypt)),
-            Attribute::Decrypt(on(KeyOp::Decrypt)),
+            Attribute::Encrypt(on(KeyOp::Encrypt) || on(KeyOp::WrapKey)),
+            Attribute::Decrypt(on(KeyOp::Decrypt) || on(KeyOp::UnwrapKey)),
             Attribute::Wrap(on(KeyOp::WrapKey)),
             Attribute::Unwrap(on(KeyOp::UnwrapKey)),
             Attribute::Sign(false),
@@ -73,7 +75,7 @@ pub fn secret_usage(family: KeyFamily, ops: &KeyOps) -> Vec<Attribute> {
         ],
         KeyFamily::Rsa => vec![
             Attribute::Sign(on(KeyOp::Sign)),
-            Attribute::Decrypt(on(KeyOp::Decrypt)),
+            Attribute::Decrypt(on(KeyOp::Decrypt) || on(KeyOp::UnwrapKey)),
             Attribute::Unwrap(on(KeyOp::UnwrapKey)),
             Attribute::Derive(false),
         ],
@@ -87,7 +89,7 @@ pub fn public_usage(family: KeyFamily, ops: &KeyOps) -> Vec<Attribute> {
     match family {
         KeyFamily::Rsa => vec![
             Attribute::Verify(on(KeyOp::Verify)),
-            Attribute::Encrypt(on(KeyOp::Encrypt)),
+            Attribute::Encrypt(on(KeyOp::Encrypt) || on(KeyOp::WrapKey)),
             Attribute::Wrap(on(KeyOp::WrapKey)),
         ],
         KeyFamily::Ec => vec![Attribute::Verify(on(KeyOp::Verify))],

@@ -141,7 +141,7 @@ fn b64(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-fn kid(state: &AppState, record: &VersionRecord) -> String {
+pub fn kid(state: &AppState, record: &VersionRecord) -> String {
     format!(
         "{}/keys/{}/{}",
         state.public_url, record.name, record.version
@@ -354,7 +354,7 @@ pub fn next_link(
     )
 }
 
-fn version_segment(raw: &str) -> Option<VersionId> {
+pub fn version_segment(raw: &str) -> Option<VersionId> {
     // Anything but 32 hex characters cannot name one of our versions: a version that does
     // not exist.
     VersionId::parse_hex(raw)

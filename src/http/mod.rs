@@ -1,6 +1,7 @@
 //! The HTTP adapter: axum routes in Azure's shapes over the key service. Authentication and the
 //! `api-version` check run as middleware before any handler reads a body.
 
+mod crypto;
 mod deleted;
 pub mod error;
 mod extract;
@@ -85,6 +86,9 @@ pub fn router(state: AppState) -> Router {
         .route("/keys/{name}/create", post(keys::create_key))
         .route("/keys/{name}/rotate", post(keys::rotate_key))
         .route("/keys/{name}/versions", get(keys::list_versions))
+        .route("/keys/{name}/{version}/{operation}", post(crypto::operate))
+        .route("/keys/{name}//{operation}", post(crypto::operate_latest))
+        .route("/rng", post(crypto::random))
         .route(
             "/keys/{name}/{version}",
             get(keys::get_version).patch(keys::update_version),

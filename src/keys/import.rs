@@ -44,7 +44,7 @@ pub fn decode_b64(field: &str, raw: &str) -> Result<Vec<u8>, Error> {
         .decode(trimmed)
         .or_else(|_| STANDARD_NO_PAD.decode(trimmed))
         .map_err(|_| {
-            Error::BadParameter(format!("The JWK member '{field}' is not valid base64url."))
+            Error::BadParameter(format!("The member '{field}' is not valid base64url."))
         })
 }
 
