@@ -101,7 +101,8 @@ fn serve(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         let keys = KeyService::new(ready.store, Arc::new(ready.hsm), clock, ready.retention);
         let report = keys.reconcile().await?;
         tracing::info!(?report, "reconciled the token with the database");
-        tracing::info!(mechanisms = ?keys.hsm().mechanisms(), "mechanisms the token offers");
+        let mechanisms: Vec<String> = keys.hsm().mechanisms().iter().map(|m| m.to_string()).collect();
+        tracing::info!(mechanisms = %mechanisms.join(" "), "mechanisms the token offers");
         keys.spawn_maintenance(maintenance_every);
         let authority = cfg
             .challenge_authority

@@ -191,8 +191,9 @@ impl KeyService {
     ) -> Result<(VersionRecord, Vec<u8>), Error> {
         let raw = alg;
         let alg = SignAlg::parse(raw)?;
-        let record = self.usable(name, version, KeyOp::Sign).await?;
+        let record = self.live_version(name, version).await?;
         check_sign_fit(alg, raw, &record, &digest)?;
+        self.permit(&record, KeyOp::Sign)?;
         let handles = self.hsm.handles(record.version)?;
         let signature = self
             .hsm
@@ -212,8 +213,9 @@ impl KeyService {
     ) -> Result<(VersionRecord, bool), Error> {
         let raw = alg;
         let alg = SignAlg::parse(raw)?;
-        let record = self.usable(name, version, KeyOp::Verify).await?;
+        let record = self.live_version(name, version).await?;
         check_sign_fit(alg, raw, &record, &digest)?;
+        self.permit(&record, KeyOp::Verify)?;
         let public = self
             .hsm
             .handles(record.version)?
@@ -246,7 +248,7 @@ impl KeyService {
             KeyOp::Encrypt | KeyOp::WrapKey => Direction::Protect,
             _ => Direction::Recover,
         };
-        let record = self.usable(name, version, op).await?;
+        let record = self.live_version(name, version).await?;
         if !alg.fits(record.kind) {
             return Err(Error::BadParameter(format!(
                 "The algorithm '{}' does not fit this key ({}).",
@@ -254,6 +256,7 @@ impl KeyService {
                 describe(record.kind)
             )));
         }
+        self.permit(&record, op)?;
         let handles = self.hsm.handles(record.version)?;
         let output = match (alg, direction) {
             (EncAlg::Rsa(padding), _) => {
@@ -452,16 +455,26 @@ impl KeyService {
         Ok(self.hsm.call(move |hsm, s| hsm.random(s, n)).await?)
     }
 
-    /// The version an operation runs on, after the checks every operation passes: the key is
-    /// live (a soft-deleted key is not found), enabled, inside `nbf`/`exp`, and `key_ops`
-    /// allows the operation.
-    async fn usable(
+    /// The version an operation runs on: a live key's (a soft-deleted key is not found) whose
+    /// token objects are present.
+    async fn live_version(
         &self,
         name: &KeyName,
         version: Option<VersionId>,
-        op: KeyOp,
     ) -> Result<VersionRecord, Error> {
         let record = self.get(name, version).await?;
+        if !self.hsm.is_cached(record.version) {
+            // The version is in the database but its token objects are gone: reported at
+            // start-up; to the client it is not there.
+            tracing::error!(key = %name, version = %record.version, "a key operation on a version with no token objects");
+            return Err(not_found(name, Some(&record.version.to_string())));
+        }
+        Ok(record)
+    }
+
+    /// The checks every operation passes: `key_ops` allows it, and the version is enabled and
+    /// inside `nbf`/`exp`.
+    fn permit(&self, record: &VersionRecord, op: KeyOp) -> Result<(), Error> {
         let op_name = op.as_str();
         if !record.ops.contains(op) {
             return Err(Error::Forbidden {
@@ -490,13 +503,7 @@ impl KeyService {
                 inner: Some("KeyExpired"),
             });
         }
-        if !self.hsm.is_cached(record.version) {
-            // The version is in the database but its token objects are gone: reported at
-            // start-up; to the client it is not there.
-            tracing::error!(key = %name, version = %record.version, "a key operation on a version with no token objects");
-            return Err(not_found(name, Some(&record.version.to_string())));
-        }
-        Ok(record)
+        Ok(())
     }
 }
 
