@@ -360,3 +360,29 @@ def unique_name(request) -> Callable[[str], str]:
 @pytest.fixture
 def key_name(unique_name) -> str:
     return unique_name("key")
+
+
+# --------------------------------------------------------------------------------------------
+# Wycheproof counts
+# --------------------------------------------------------------------------------------------
+
+_WYCHEPROOF: Dict[str, Any] = {}
+
+
+@pytest.fixture(scope="session")
+def wycheproof_report() -> Dict[str, Any]:
+    """Per vector file, a Counter of outcomes; printed at the end of the run."""
+    return _WYCHEPROOF
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if not _WYCHEPROOF:
+        return
+    terminalreporter.section("Wycheproof vectors")
+    total = 0
+    for suite, counts in sorted(_WYCHEPROOF.items()):
+        n = sum(v for k, v in counts.items() if "groups" not in k)
+        total += n
+        detail = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+        terminalreporter.write_line(f"{suite}: {n} vectors passed ({detail})")
+    terminalreporter.write_line(f"total: {total} vectors passed")

@@ -2,8 +2,8 @@
 
 Covered (this release): create (RSA/EC/oct), import, get (latest/by version), list keys and
 versions (paged), update properties, rotate, input validation, authentication challenge.
-Not covered (not implemented yet): delete/recover/purge, crypto operations, backup, RBAC,
-release, rotation policy, rng.
+Elsewhere: delete/recover/purge (test_soft_delete.py), key operations and rng (test_crypto.py,
+test_wycheproof.py). Not implemented yet: backup, RBAC, release, rotation policy.
 """
 
 from __future__ import annotations
