@@ -122,7 +122,13 @@ fn serve(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         let signals = ShutdownSignals::install()?;
         tokio::spawn(signals.shutdown(handle.clone()));
         listener.set_nonblocking(true)?;
-        let server = axum_server::from_tcp_rustls(listener, tls_config)?.handle(handle);
+        // TCP_NODELAY: a response goes out as more than one TLS record; with Nagle's algorithm
+        // the second waits for the client's delayed ACK (tens of milliseconds on loopback).
+        let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(tls_config)
+            .acceptor(axum_server::accept::NoDelayAcceptor::new());
+        let server = axum_server::from_tcp(listener)?
+            .acceptor(acceptor)
+            .handle(handle);
         if ready.admin_token_created {
             tracing::info!(file = %cfg.data_dir.join("admin.token").display(), "created the administrator's bearer token");
         }

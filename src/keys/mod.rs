@@ -3,6 +3,7 @@
 //! token, commit the outcome and clear the intent — and runs on its own task, so a client that
 //! disconnects half-way cannot stop it between two steps.
 
+mod cache;
 pub mod crypto;
 pub mod import;
 pub mod lifecycle;
@@ -79,6 +80,7 @@ pub struct KeyService {
     /// purge read the database itself.
     purge_protection: AtomicBool,
     locks: NameLocks,
+    versions: cache::VersionCache,
 }
 
 impl KeyService {
@@ -95,6 +97,7 @@ impl KeyService {
             retention_days: retention.days,
             purge_protection: AtomicBool::new(retention.purge_protection),
             locks: NameLocks::default(),
+            versions: cache::VersionCache::default(),
         })
     }
 
@@ -543,21 +546,28 @@ impl KeyService {
         }
     }
 
-    /// The newest version, or a specific one.
+    /// The newest version, or a specific one. Served from the version cache while no write
+    /// has happened since the row was read.
     pub async fn get(
         &self,
         name: &KeyName,
         version: Option<VersionId>,
     ) -> Result<VersionRecord, Error> {
-        match version {
-            None => self.latest_or_404(name).await,
+        let generation = self.store.generation();
+        if let Some(record) = self.versions.lookup(generation, name, version) {
+            return Ok(record);
+        }
+        let record = match version {
+            None => self.latest_or_404(name).await?,
             Some(v) => {
                 let n = name.clone();
                 self.blocking_store(move |s| s.version(&n, v))
                     .await?
-                    .ok_or_else(|| not_found(name, Some(&v.to_string())))
+                    .ok_or_else(|| not_found(name, Some(&v.to_string())))?
             }
-        }
+        };
+        self.versions.insert(generation, &record, version.is_none());
+        Ok(record)
     }
 
     async fn latest_or_404(&self, name: &KeyName) -> Result<VersionRecord, Error> {

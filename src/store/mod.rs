@@ -6,6 +6,7 @@ mod schema;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, params};
@@ -66,6 +67,9 @@ pub struct Store {
     path: PathBuf,
     writer: Mutex<Connection>,
     readers: Mutex<Vec<Connection>>,
+    /// Bumped after every committed write: a copy of a row read at generation `g` is current
+    /// while the generation is still `g`.
+    generation: AtomicU64,
 }
 
 impl Store {
@@ -81,6 +85,7 @@ impl Store {
             path: path.to_owned(),
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
+            generation: AtomicU64::new(0),
         })
     }
 
@@ -114,7 +119,13 @@ impl Store {
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let out = f(&tx)?;
         tx.commit()?;
+        self.generation.fetch_add(1, Ordering::SeqCst);
         Ok(out)
+    }
+
+    /// The write generation: it changes after every committed write (see [`Store::write`]).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     // ----- settings -------------------------------------------------------------------------
@@ -255,14 +266,12 @@ impl Store {
     /// The newest version of a live (not deleted) key.
     pub fn latest(&self, name: &KeyName) -> Result<Option<VersionRecord>> {
         self.read(|c| {
-            c.query_row(
-                &format!(
-                    "SELECT {VERSION_COLUMNS} FROM versions v JOIN keys k ON k.name = v.name
-                     WHERE v.name = ?1 AND k.deleted_date IS NULL ORDER BY v.seq DESC LIMIT 1"
-                ),
-                [name.as_str()],
-                version_row,
-            )
+            // Cached statements: this and `version` run on every key operation and get.
+            c.prepare_cached(&format!(
+                "SELECT {VERSION_COLUMNS} FROM versions v JOIN keys k ON k.name = v.name
+                 WHERE v.name = ?1 AND k.deleted_date IS NULL ORDER BY v.seq DESC LIMIT 1"
+            ))?
+            .query_row([name.as_str()], version_row)
             .optional()?
             .transpose()
         })
@@ -271,11 +280,11 @@ impl Store {
     /// One version of a live key.
     pub fn version(&self, name: &KeyName, version: VersionId) -> Result<Option<VersionRecord>> {
         self.read(|c| {
-            c.query_row(
-                &format!(
-                    "SELECT {VERSION_COLUMNS} FROM versions v JOIN keys k ON k.name = v.name
-                     WHERE v.name = ?1 AND v.id = ?2 AND k.deleted_date IS NULL"
-                ),
+            c.prepare_cached(&format!(
+                "SELECT {VERSION_COLUMNS} FROM versions v JOIN keys k ON k.name = v.name
+                 WHERE v.name = ?1 AND v.id = ?2 AND k.deleted_date IS NULL"
+            ))?
+            .query_row(
                 params![name.as_str(), version.as_bytes().to_vec()],
                 version_row,
             )
