@@ -1,11 +1,15 @@
 #!/usr/bin/env bash
 # Installs what p11vault needs on a Debian machine: SoftHSM2, OpenSSL headers and pkg-config
-# for the build, and (with --tests) Python's venv for the interop suite. Idempotent.
+# for the build, (with --tests) Python's venv for the interop suite, and (with --bench) wrk.
+# Idempotent.
 set -euo pipefail
 
 want=(softhsm2 libssl-dev pkg-config ca-certificates)
 if [[ "${1:-}" == "--tests" ]]; then
     want+=(python3 python3-venv)
+fi
+if [[ "${1:-}" == "--bench" ]]; then
+    want+=(wrk)
 fi
 
 missing=()

@@ -41,7 +41,11 @@ pub enum Error {
 impl From<hsm::Error> for Error {
     fn from(err: hsm::Error) -> Self {
         if let hsm::Error::Rejected(message) = err {
-            return Error::BadParameter(format!("{}{}.", message[..1].to_uppercase(), &message[1..]));
+            return Error::BadParameter(format!(
+                "{}{}.",
+                message[..1].to_uppercase(),
+                &message[1..]
+            ));
         }
         if err.is_token_gone() {
             Error::Unavailable(err.to_string())

@@ -36,7 +36,9 @@ impl OaepHash {
     fn empty_label_hash(self) -> Vec<u8> {
         // Hashing never fails for these built-in digests; an empty vector would make every
         // decode fail rather than pass.
-        hash(self.digest(), b"").map(|d| d.to_vec()).unwrap_or_default()
+        hash(self.digest(), b"")
+            .map(|d| d.to_vec())
+            .unwrap_or_default()
     }
 }
 

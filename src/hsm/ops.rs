@@ -346,7 +346,9 @@ impl Hsm {
         destroy_quietly(session, object);
         match value?.into_iter().next() {
             Some(Attribute::Value(v)) => Ok(Zeroizing::new(v)),
-            _ => Err(Error::Unexpected("the unwrapped value could not be read".into())),
+            _ => Err(Error::Unexpected(
+                "the unwrapped value could not be read".into(),
+            )),
         }
     }
 

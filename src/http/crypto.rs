@@ -117,7 +117,10 @@ async fn run(
     let value = required_secret("value", body.value.as_ref())?;
     match op {
         KeyOp::Sign => {
-            let (record, signature) = state.keys.sign(&name, version, &alg, value.to_vec()).await?;
+            let (record, signature) = state
+                .keys
+                .sign(&name, version, &alg, value.to_vec())
+                .await?;
             Ok(Answer::Result(Json(OperationOut {
                 kid: kid(&state, &record),
                 value: URL_SAFE_NO_PAD.encode(signature),
@@ -185,9 +188,8 @@ fn required_secret(
     field: &str,
     raw: Option<&Zeroizing<String>>,
 ) -> Result<Zeroizing<Vec<u8>>, Error> {
-    let raw = raw.ok_or_else(|| {
-        Error::BadParameter(format!("The parameter '{field}' is required."))
-    })?;
+    let raw =
+        raw.ok_or_else(|| Error::BadParameter(format!("The parameter '{field}' is required.")))?;
     Ok(Zeroizing::new(decode_b64(field, raw)?))
 }
 

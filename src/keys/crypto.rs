@@ -9,7 +9,9 @@ use super::{KeyService, not_found};
 use crate::error::Error;
 use crate::hsm::oaep::OaepHash;
 use crate::hsm::ops::{AesMode, Hash, RsaPadding, SignScheme};
-use crate::model::{Curve, KeyKind, KeyName, KeyOp, VersionId, VersionRecord, truncate_for_message};
+use crate::model::{
+    Curve, KeyKind, KeyName, KeyOp, VersionId, VersionRecord, truncate_for_message,
+};
 
 /// A JWS signature algorithm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,10 +75,17 @@ impl SignAlg {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EncAlg {
     Rsa(RsaPadding),
-    AesGcm { bits: u32 },
-    AesCbc { bits: u32, pad: bool },
+    AesGcm {
+        bits: u32,
+    },
+    AesCbc {
+        bits: u32,
+        pad: bool,
+    },
     /// RFC 3394 key wrap; `None` is `CKM_AES_KEY_WRAP`, which takes any AES key size.
-    AesKw { bits: Option<u32> },
+    AesKw {
+        bits: Option<u32>,
+    },
 }
 
 impl EncAlg {
@@ -216,11 +225,10 @@ impl KeyService {
         let record = self.live_version(name, version).await?;
         check_sign_fit(alg, raw, &record, &digest)?;
         self.permit(&record, KeyOp::Verify)?;
-        let public = self
-            .hsm
-            .handles(record.version)?
-            .public
-            .ok_or_else(|| Error::Internal("an asymmetric key without a public object".into()))?;
+        let public =
+            self.hsm.handles(record.version)?.public.ok_or_else(|| {
+                Error::Internal("an asymmetric key without a public object".into())
+            })?;
         let valid = self
             .hsm
             .call(move |hsm, s| hsm.verify(s, public, alg.scheme(), &digest, &signature))
@@ -411,7 +419,11 @@ impl KeyService {
             (EncAlg::AesKw { .. }, _) => {
                 no_extras(&input, "AES key wrap")?;
                 let len = input.value.len();
-                let min = if direction == Direction::Protect { 16 } else { 24 };
+                let min = if direction == Direction::Protect {
+                    16
+                } else {
+                    24
+                };
                 if len < min || len % 8 != 0 {
                     return Err(Error::BadParameter(format!(
                         "AES key wrap takes a multiple of 8 bytes, at least {min}; got {len}."
@@ -547,7 +559,9 @@ fn describe(kind: KeyKind) -> String {
 }
 
 fn unreachable_kind<T>() -> Result<T, Error> {
-    Err(Error::Internal("the algorithm and key kind disagree".into()))
+    Err(Error::Internal(
+        "the algorithm and key kind disagree".into(),
+    ))
 }
 
 #[cfg(test)]
@@ -578,7 +592,14 @@ mod tests {
         assert!(!enc("A256KW").serves(KeyOp::Encrypt));
         assert!(!enc("A256GCM").serves(KeyOp::WrapKey));
         assert!(enc("RSA1_5").serves(KeyOp::WrapKey));
-        for bad in ["HS256", "A512GCM", "", "rsa-oaep", "CKM_AES_KEY_WRAP_PAD", "A128CBCPADX"] {
+        for bad in [
+            "HS256",
+            "A512GCM",
+            "",
+            "rsa-oaep",
+            "CKM_AES_KEY_WRAP_PAD",
+            "A128CBCPADX",
+        ] {
             assert!(EncAlg::parse(bad).is_err(), "{bad} accepted");
         }
         assert!(SignAlg::parse("EdDSA").is_err());

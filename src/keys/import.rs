@@ -43,9 +43,7 @@ pub fn decode_b64(field: &str, raw: &str) -> Result<Vec<u8>, Error> {
     URL_SAFE_NO_PAD
         .decode(trimmed)
         .or_else(|_| STANDARD_NO_PAD.decode(trimmed))
-        .map_err(|_| {
-            Error::BadParameter(format!("The member '{field}' is not valid base64url."))
-        })
+        .map_err(|_| Error::BadParameter(format!("The member '{field}' is not valid base64url.")))
 }
 
 fn secret(field: &str, raw: &Option<Zeroizing<String>>) -> Result<Zeroizing<Vec<u8>>, Error> {

@@ -99,6 +99,11 @@ impl Service {
         })
     }
 
+    /// The service's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map(|c| c.id()).unwrap_or_default()
+    }
+
     /// SIGTERM, then waits; the service must exit 0.
     pub fn stop(mut self) {
         let status = self.signal_and_wait("-TERM");
