@@ -11,7 +11,6 @@
 //! the same concurrency. The results are printed as Markdown for BENCHMARKS.md.
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 use std::fmt::Write as _;
@@ -33,6 +32,9 @@ use p11vault::model::{KeyFamily, KeyOps, VersionId};
 use serde_json::Value;
 
 use common::{API, Service, data_dir};
+
+/// One raw token operation, run in a loop on a thread's own session.
+type RawOp<'a> = Box<dyn Fn(&Session) + Sync + 'a>;
 
 const CONCURRENCY: [usize; 4] = [1, 2, 8, 32];
 const WARMUP_SECONDS: u64 = 2;
@@ -100,7 +102,7 @@ fn main() {
 
     let mut raw: Vec<(&str, [f64; 3], f64)> = Vec::new();
     {
-        let ops: Vec<(&str, Box<dyn Fn(&Session) + Sync>)> = vec![
+        let ops: Vec<(&str, RawOp)> = vec![
             (
                 "RSA-2048 sign (RS256)",
                 Box::new(|s: &Session| {

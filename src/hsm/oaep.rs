@@ -25,7 +25,7 @@ impl OaepHash {
         }
     }
 
-    pub fn len(self) -> usize {
+    pub fn output_len(self) -> usize {
         match self {
             OaepHash::Sha1 => 20,
             OaepHash::Sha256 => 32,
@@ -44,13 +44,13 @@ impl OaepHash {
 
 /// The largest message OAEP can carry in a `k`-byte modulus.
 pub fn max_message_len(k: usize, h: OaepHash) -> usize {
-    k.saturating_sub(2 * h.len() + 2)
+    k.saturating_sub(2 * h.output_len() + 2)
 }
 
 /// Builds the `k`-byte encoded message for `message` with a random seed. `None` when the
 /// message does not fit.
 pub fn encode(message: &[u8], k: usize, h: OaepHash) -> Option<Zeroizing<Vec<u8>>> {
-    let hlen = h.len();
+    let hlen = h.output_len();
     if message.len() > max_message_len(k, h) || k < 2 * hlen + 2 {
         return None;
     }
@@ -74,7 +74,7 @@ pub fn encode(message: &[u8], k: usize, h: OaepHash) -> Option<Zeroizing<Vec<u8>
 /// Recovers the message from a `k`-byte encoded message (the raw RSA decryption, left-padded
 /// to `k`). `None` for any malformed encoding, with no hint which check failed.
 pub fn decode(em: &[u8], k: usize, h: OaepHash) -> Option<Zeroizing<Vec<u8>>> {
-    let hlen = h.len();
+    let hlen = h.output_len();
     if k < 2 * hlen + 2 || em.len() > k {
         return None;
     }
@@ -112,7 +112,7 @@ pub fn decode(em: &[u8], k: usize, h: OaepHash) -> Option<Zeroizing<Vec<u8>>> {
 
 /// MGF1 (RFC 8017 B.2.1).
 fn mgf1(seed: &[u8], len: usize, h: OaepHash) -> Zeroizing<Vec<u8>> {
-    let mut out = Zeroizing::new(Vec::with_capacity(len + h.len()));
+    let mut out = Zeroizing::new(Vec::with_capacity(len + h.output_len()));
     let mut counter = 0u32;
     while out.len() < len {
         let mut input = Zeroizing::new(seed.to_vec());

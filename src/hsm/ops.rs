@@ -24,7 +24,7 @@ pub enum Hash {
 }
 
 impl Hash {
-    pub fn len(self) -> usize {
+    pub fn output_len(self) -> usize {
         match self {
             Hash::Sha256 => 32,
             Hash::Sha384 => 48,
@@ -398,7 +398,7 @@ fn pss(h: Hash) -> PkcsPssParams {
     PkcsPssParams {
         hash_alg: h.mechanism(),
         mgf: h.mgf(),
-        s_len: (h.len() as u64).into(),
+        s_len: (h.output_len() as u64).into(),
     }
 }
 

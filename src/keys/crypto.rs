@@ -46,7 +46,7 @@ impl SignAlg {
     /// The digest length the algorithm signs.
     pub fn digest_len(self) -> usize {
         match self {
-            SignAlg::Rs(h) | SignAlg::Ps(h) => h.len(),
+            SignAlg::Rs(h) | SignAlg::Ps(h) => h.output_len(),
             SignAlg::Es(Curve::P256 | Curve::P256K) => 32,
             SignAlg::Es(Curve::P384) => 48,
             SignAlg::Es(Curve::P521) => 64,
@@ -388,7 +388,7 @@ impl KeyService {
                         ));
                     }
                 };
-                let whole_blocks = input.value.len() % AES_BLOCK == 0;
+                let whole_blocks = input.value.len().is_multiple_of(AES_BLOCK);
                 if (!pad || direction == Direction::Recover) && !whole_blocks {
                     return Err(Error::BadParameter(
                         "The data must be a whole number of 16-byte blocks for this algorithm."
@@ -424,7 +424,7 @@ impl KeyService {
                 } else {
                     24
                 };
-                if len < min || len % 8 != 0 {
+                if len < min || !len.is_multiple_of(8) {
                     return Err(Error::BadParameter(format!(
                         "AES key wrap takes a multiple of 8 bytes, at least {min}; got {len}."
                     )));
