@@ -307,15 +307,8 @@ impl Hsm {
     /// RFC 3394 key wrap of `data` (a multiple of 8 bytes, at least 16) under an AES key. The
     /// bytes enter the token as a short-lived session object, which `C_WrapKey` wraps.
     pub fn aes_wrap(&self, session: &Session, kek: ObjectHandle, data: &[u8]) -> Result<Vec<u8>> {
-        let template = [
-            Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::KeyType(KeyType::GENERIC_SECRET),
-            Attribute::Token(false),
-            Attribute::Private(true),
-            Attribute::Sensitive(false),
-            Attribute::Extractable(true),
-            Attribute::Value(data.to_vec()),
-        ];
+        let mut template = transient_secret();
+        template.push(Attribute::Value(data.to_vec()));
         let object = session.create_object(&template)?;
         let wrapped = session.wrap_key(&Mechanism::AesKeyWrap, kek, object);
         destroy_quietly(session, object);
@@ -329,16 +322,8 @@ impl Hsm {
         kek: ObjectHandle,
         wrapped: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>> {
-        let template = [
-            Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::KeyType(KeyType::GENERIC_SECRET),
-            Attribute::Token(false),
-            Attribute::Private(true),
-            Attribute::Sensitive(false),
-            Attribute::Extractable(true),
-        ];
         let object = session
-            .unwrap_key(&Mechanism::AesKeyWrap, kek, wrapped, &template)
+            .unwrap_key(&Mechanism::AesKeyWrap, kek, wrapped, &transient_secret())
             .map_err(|e| {
                 rejected_if_input(e.into(), "the wrapped key did not pass the integrity check")
             })?;
@@ -408,6 +393,19 @@ fn oaep_mechanism(h: OaepHash) -> Mechanism<'static> {
         OaepHash::Sha256 => (MechanismType::SHA256, PkcsMgfType::MGF1_SHA256),
     };
     Mechanism::RsaPkcsOaep(PkcsOaepParams::new(hash, mgf, PkcsOaepSource::empty()))
+}
+
+/// A session object holding bytes that pass through `C_WrapKey`/`C_UnwrapKey`: the caller's
+/// data, not key material of the service, so it is readable and gone with the session.
+fn transient_secret() -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::GENERIC_SECRET),
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(false),
+        Attribute::Extractable(true),
+    ]
 }
 
 fn destroy_quietly(session: &Session, object: ObjectHandle) {

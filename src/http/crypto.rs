@@ -110,11 +110,16 @@ async fn run(
     };
     let name = KeyName::parse(name)?;
     let version = parse_version(&name, version)?;
-    let alg = body
-        .alg
-        .clone()
-        .ok_or_else(|| Error::BadParameter("The parameter 'alg' is required.".into()))?;
-    let value = required_secret("value", body.value.as_ref())?;
+    let OperationIn {
+        alg,
+        value,
+        digest,
+        iv,
+        aad,
+        tag,
+    } = body;
+    let alg = alg.ok_or_else(|| Error::BadParameter("The parameter 'alg' is required.".into()))?;
+    let value = required_secret("value", value.as_ref())?;
     match op {
         KeyOp::Sign => {
             let (record, signature) = state
@@ -130,7 +135,7 @@ async fn run(
             })))
         }
         KeyOp::Verify => {
-            let digest = optional("digest", body.digest.as_deref())?
+            let digest = optional("digest", digest.as_deref())?
                 .ok_or_else(|| Error::BadParameter("The parameter 'digest' is required.".into()))?;
             let (_, valid) = state
                 .keys
@@ -142,9 +147,9 @@ async fn run(
             let input = CipherInput {
                 alg,
                 value,
-                iv: optional("iv", body.iv.as_deref())?,
-                aad: optional("aad", body.aad.as_deref())?,
-                tag: optional("tag", body.tag.as_deref())?,
+                iv: optional("iv", iv.as_deref())?,
+                aad: optional("aad", aad.as_deref())?,
+                tag: optional("tag", tag.as_deref())?,
             };
             let (record, out) = state.keys.cipher(&name, version, op, input).await?;
             Ok(Answer::Result(Json(OperationOut {

@@ -7,6 +7,7 @@ use zeroize::Zeroizing;
 
 use super::{KeyService, not_found};
 use crate::error::Error;
+use crate::hsm::KeyHandles;
 use crate::hsm::oaep::OaepHash;
 use crate::hsm::ops::{AesMode, Hash, RsaPadding, SignScheme};
 use crate::model::{
@@ -198,12 +199,9 @@ impl KeyService {
         alg: &str,
         digest: Vec<u8>,
     ) -> Result<(VersionRecord, Vec<u8>), Error> {
-        let raw = alg;
-        let alg = SignAlg::parse(raw)?;
-        let record = self.live_version(name, version).await?;
-        check_sign_fit(alg, raw, &record, &digest)?;
-        self.permit(&record, KeyOp::Sign)?;
-        let handles = self.hsm.handles(record.version)?;
+        let (alg, record, handles) = self
+            .signing_version(name, version, alg, KeyOp::Sign, &digest)
+            .await?;
         let signature = self
             .hsm
             .call(move |hsm, s| hsm.sign(s, handles.secret, alg.scheme(), &digest))
@@ -220,15 +218,10 @@ impl KeyService {
         digest: Vec<u8>,
         signature: Vec<u8>,
     ) -> Result<(VersionRecord, bool), Error> {
-        let raw = alg;
-        let alg = SignAlg::parse(raw)?;
-        let record = self.live_version(name, version).await?;
-        check_sign_fit(alg, raw, &record, &digest)?;
-        self.permit(&record, KeyOp::Verify)?;
-        let public =
-            self.hsm.handles(record.version)?.public.ok_or_else(|| {
-                Error::Internal("an asymmetric key without a public object".into())
-            })?;
+        let (alg, record, handles) = self
+            .signing_version(name, version, alg, KeyOp::Verify, &digest)
+            .await?;
+        let public = public_object(handles)?;
         let valid = self
             .hsm
             .call(move |hsm, s| hsm.verify(s, public, alg.scheme(), &digest, &signature))
@@ -256,7 +249,7 @@ impl KeyService {
             KeyOp::Encrypt | KeyOp::WrapKey => Direction::Protect,
             _ => Direction::Recover,
         };
-        let record = self.live_version(name, version).await?;
+        let (record, handles) = self.live_version(name, version).await?;
         if !alg.fits(record.kind) {
             return Err(Error::BadParameter(format!(
                 "The algorithm '{}' does not fit this key ({}).",
@@ -265,7 +258,6 @@ impl KeyService {
             )));
         }
         self.permit(&record, op)?;
-        let handles = self.hsm.handles(record.version)?;
         let output = match (alg, direction) {
             (EncAlg::Rsa(padding), _) => {
                 no_extras(&input, "RSA algorithms")?;
@@ -280,9 +272,7 @@ impl KeyService {
                             "The plaintext is too long for this key.".into(),
                         ));
                     }
-                    let public = handles.public.ok_or_else(|| {
-                        Error::Internal("an asymmetric key without a public object".into())
-                    })?;
+                    let public = public_object(handles)?;
                     Zeroizing::new(
                         self.hsm
                             .call(move |hsm, s| hsm.rsa_encrypt(s, public, padding, k, &value))
@@ -467,21 +457,40 @@ impl KeyService {
         Ok(self.hsm.call(move |hsm, s| hsm.random(s, n)).await?)
     }
 
-    /// The version an operation runs on: a live key's (a soft-deleted key is not found) whose
-    /// token objects are present.
+    /// The version an operation runs on and its token objects: a live key's (a soft-deleted
+    /// key is not found) whose objects are in the handle cache.
     async fn live_version(
         &self,
         name: &KeyName,
         version: Option<VersionId>,
-    ) -> Result<VersionRecord, Error> {
+    ) -> Result<(VersionRecord, KeyHandles), Error> {
         let record = self.get(name, version).await?;
-        if !self.hsm.is_cached(record.version) {
-            // The version is in the database but its token objects are gone: reported at
-            // start-up; to the client it is not there.
-            tracing::error!(key = %name, version = %record.version, "a key operation on a version with no token objects");
-            return Err(not_found(name, Some(&record.version.to_string())));
+        match self.hsm.handles(record.version) {
+            Ok(handles) => Ok((record, handles)),
+            Err(_) => {
+                // The version is in the database but its token objects are gone: reported at
+                // start-up; to the client it is not there.
+                tracing::error!(key = %name, version = %record.version, "a key operation on a version with no token objects");
+                Err(not_found(name, Some(&record.version.to_string())))
+            }
         }
-        Ok(record)
+    }
+
+    /// The checks of `sign` and `verify`: the algorithm is known and fits the key, the digest
+    /// has its length, and the operation is permitted.
+    async fn signing_version(
+        &self,
+        name: &KeyName,
+        version: Option<VersionId>,
+        raw: &str,
+        op: KeyOp,
+        digest: &[u8],
+    ) -> Result<(SignAlg, VersionRecord, KeyHandles), Error> {
+        let alg = SignAlg::parse(raw)?;
+        let (record, handles) = self.live_version(name, version).await?;
+        check_sign_fit(alg, raw, &record, digest)?;
+        self.permit(&record, op)?;
+        Ok((alg, record, handles))
     }
 
     /// The checks every operation passes: `key_ops` allows it, and the version is enabled and
@@ -539,6 +548,12 @@ fn check_sign_fit(
         )));
     }
     Ok(())
+}
+
+fn public_object(handles: KeyHandles) -> Result<cryptoki::object::ObjectHandle, Error> {
+    handles
+        .public
+        .ok_or_else(|| Error::Internal("an asymmetric key without a public object".into()))
 }
 
 fn no_extras(input: &CipherInput, what: &str) -> Result<(), Error> {

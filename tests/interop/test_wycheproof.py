@@ -36,6 +36,19 @@ def private_jwk(group: Dict[str, Any]) -> Dict[str, str]:
     return {k: group["privateKeyJwk"][k] for k in ("kty", "n", "e", "d", "p", "q", "dp", "dq", "qi")}
 
 
+class OctKeys:
+    """Imports each AES key of a vector file once (many vectors share a key)."""
+
+    def __init__(self, raw, unique_name) -> None:
+        self.raw, self.unique_name, self.names = raw, unique_name, {}
+
+    def name_for(self, key_hex: str) -> str:
+        if key_hex not in self.names:
+            self.names[key_hex] = self.unique_name("wpaes")
+            import_jwk(self.raw, self.names[key_hex], {"kty": "oct", "k": b64u(bytes.fromhex(key_hex))})
+        return self.names[key_hex]
+
+
 class Tally:
     def __init__(self, suite: str, report: Dict[str, Counter]) -> None:
         self.counts = report.setdefault(suite, Counter())
@@ -104,36 +117,29 @@ def test_rsa_pkcs1_decryption_vectors(raw, unique_name, wycheproof_report, bits)
 
 def test_aes_gcm_vectors(raw, unique_name, wycheproof_report):
     tally = Tally("aes_gcm_test", wycheproof_report)
-    names: Dict[str, str] = {}
+    keys = OctKeys(raw, unique_name)
     for group in load("Cipher/wycheproof/aes_gcm_test.json")["testGroups"]:
         alg = f"A{group['keySize']}GCM"
         for test in group["tests"]:
-            key = test["key"]
-            if key not in names:
-                names[key] = unique_name("wpgcm")
-                import_jwk(raw, names[key], {"kty": "oct", "k": b64u(bytes.fromhex(key))})
+            name = keys.name_for(test["key"])
             extra = {"iv": b64u(bytes.fromhex(test["iv"])), "tag": b64u(bytes.fromhex(test["tag"]))}
             if test["aad"]:
                 extra["aad"] = b64u(bytes.fromhex(test["aad"]))
             if group["ivSize"] != 96:
-                resp = operate(raw, names[key], "decrypt", {"alg": alg, "value": b64u(bytes.fromhex(test["ct"])), **extra})
+                resp = operate(raw, name, "decrypt", {"alg": alg, "value": b64u(bytes.fromhex(test["ct"])), **extra})
                 assert resp.status_code == 400, f"tcId {test['tcId']}: IV of {group['ivSize']} bits accepted"
                 tally.add("IV not 96 bits (refused: the service uses 96-bit IVs only)")
                 continue
-            check_decrypt(raw, names[key], alg, test, tally, extra)
+            check_decrypt(raw, name, alg, test, tally, extra)
 
 
 def test_aes_key_wrap_vectors(raw, unique_name, wycheproof_report):
     tally = Tally("aes_wrap_test", wycheproof_report)
-    names: Dict[str, str] = {}
+    keys = OctKeys(raw, unique_name)
     for group in load("Cipher/wycheproof/aes_wrap_test.json")["testGroups"]:
         alg = f"A{group['keySize']}KW"
         for test in group["tests"]:
-            key = test["key"]
-            if key not in names:
-                names[key] = unique_name("wpkw")
-                import_jwk(raw, names[key], {"kty": "oct", "k": b64u(bytes.fromhex(key))})
-            name = names[key]
+            name = keys.name_for(test["key"])
             msg, ct = bytes.fromhex(test["msg"]), bytes.fromhex(test["ct"])
             resp = operate(raw, name, "unwrapkey", {"alg": alg, "value": b64u(ct)})
             if resp.status_code == 200:
