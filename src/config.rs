@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::auth::oidc::{JwksSource, OidcSettings};
+
 use crate::hsm::templates::Extraction;
 use crate::model::Retention;
 
@@ -124,6 +126,18 @@ struct FileHttp {
 struct FileAuth {
     challenge_authority: Option<String>,
     challenge_resource: Option<String>,
+    #[serde(default)]
+    oidc: Option<FileOidc>,
+}
+
+/// Bearer JWTs from an on-premises OpenID Connect issuer, besides p11vault's own tokens.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileOidc {
+    issuer: Option<String>,
+    audience: Option<String>,
+    jwks_file: Option<PathBuf>,
+    jwks_url: Option<String>,
 }
 
 /// Which PKCS#11 token the service uses.
@@ -153,6 +167,7 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub challenge_authority: Option<String>,
     pub challenge_resource: String,
+    pub oidc: Option<OidcSettings>,
     /// TEST-ONLY crash points (see `failpoint`), from `P11VAULT_TEST_FAILPOINTS`.
     pub test_failpoints: Vec<String>,
     /// TEST-ONLY clock offset file (see `clock::FileOffsetClock`), from
@@ -265,6 +280,8 @@ impl Config {
             });
         }
 
+        let oidc = file.auth.oidc.map(oidc_settings).transpose()?;
+
         Ok(Self {
             data_dir,
             listen,
@@ -280,6 +297,7 @@ impl Config {
                 .auth
                 .challenge_resource
                 .unwrap_or_else(|| "https://managedhsm.azure.net".to_owned()),
+            oidc,
             test_failpoints: std::env::var("P11VAULT_TEST_FAILPOINTS")
                 .map(|v| {
                     v.split(',')
@@ -291,6 +309,30 @@ impl Config {
             test_clock_file: std::env::var_os("P11VAULT_TEST_CLOCK_FILE").map(PathBuf::from),
         })
     }
+}
+
+fn oidc_settings(file: FileOidc) -> Result<OidcSettings, ConfigError> {
+    let invalid = |message: &str| ConfigError::Invalid {
+        setting: "auth.oidc",
+        message: message.to_owned(),
+    };
+    let jwks = match (file.jwks_file, file.jwks_url) {
+        (Some(path), None) => JwksSource::File(path),
+        (None, Some(url)) if url.starts_with("https://") => JwksSource::Url(url),
+        (None, Some(_)) => return Err(invalid("jwks_url must be an https:// URL")),
+        _ => return Err(invalid("set exactly one of jwks_file and jwks_url")),
+    };
+    Ok(OidcSettings {
+        issuer: file
+            .issuer
+            .filter(|i| !i.is_empty())
+            .ok_or_else(|| invalid("issuer is required"))?,
+        audience: file
+            .audience
+            .filter(|a| !a.is_empty())
+            .ok_or_else(|| invalid("audience is required"))?,
+        jwks,
+    })
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {

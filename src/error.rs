@@ -15,6 +15,19 @@ pub enum Error {
     /// No key, or no such version of a key (404 KeyNotFound).
     #[error("{0}")]
     KeyNotFound(String),
+    /// Something other than a key does not exist (404 with `code`).
+    #[error("{message}")]
+    NotFound {
+        code: &'static str,
+        message: String,
+    },
+    /// The caller's role assignments do not grant the data action (403 AccessDenied).
+    #[error("{0}")]
+    AccessDenied(String),
+    /// The service is busy with something that excludes this request, such as a full restore
+    /// (503).
+    #[error("{0}")]
+    Busy(String),
     /// The request conflicts with the key's current state (409 Conflict).
     #[error("{message}")]
     Conflict {

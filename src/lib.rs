@@ -5,6 +5,9 @@
 //! both; [`http`] speaks the Azure Key Vault / Managed HSM data-plane API over HTTPS.
 //! Dependencies point one way: `http → keys → {store, hsm, auth} → model`.
 
+pub mod access;
+pub mod admin;
+pub mod audit;
 pub mod auth;
 pub mod clock;
 pub mod config;

@@ -8,8 +8,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
-use p11vault::auth::Authenticator;
+use clap::{Args, Parser, Subcommand};
+use p11vault::access::AccessControl;
+use p11vault::admin::DataDir;
+use p11vault::audit::AuditLog;
+use p11vault::auth::oidc::{JwksSource, OidcVerifier};
 use p11vault::clock::{Clock, FileOffsetClock, SystemClock};
 use p11vault::config::{AdminArgs, Config, ServeArgs, TokenSource};
 use p11vault::keys::KeyService;
@@ -17,6 +20,9 @@ use p11vault::{AppState, provision, tls};
 
 /// How often the service purges keys whose retention ended and settles abandoned intents.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(60);
+
+/// How often a JWKS fetched from a URL is fetched again (the issuer's key rollover).
+const JWKS_REFRESH: Duration = Duration::from_secs(600);
 
 /// How long in-flight requests get to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -39,6 +45,119 @@ enum Command {
     /// Service settings.
     #[command(subcommand)]
     Settings(SettingsCommand),
+    /// Principals (users, applications) and their bearer tokens.
+    #[command(subcommand)]
+    Principal(PrincipalCommand),
+    /// Role assignments, for bootstrapping and recovery (day-to-day: the RBAC API).
+    #[command(subcommand)]
+    Role(RoleCommand),
+    /// The tamper-evident audit log.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Subcommand)]
+enum PrincipalCommand {
+    /// Register a principal and print its bearer token (shown this once only).
+    Create {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[arg(long)]
+        name: String,
+        /// The id to use instead of a new GUID: the object id (`oid`) of an OpenID Connect user.
+        #[arg(long)]
+        id: Option<String>,
+        /// A role to assign (name or GUID); repeatable.
+        #[arg(long)]
+        role: Vec<String>,
+        /// Where the roles apply: /, /keys or /keys/NAME.
+        #[arg(long, default_value = "/")]
+        scope: String,
+    },
+    /// List principals and their role assignments.
+    List {
+        #[command(flatten)]
+        admin: AdminArgs,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Refuse the principal's requests from now on.
+    Disable(PrincipalId),
+    /// Accept the principal's requests again.
+    Enable(PrincipalId),
+    /// Replace the principal's token and print the new one; the old one stops working.
+    Rotate(PrincipalId),
+    /// Remove the principal and its role assignments.
+    Delete(PrincipalId),
+}
+
+#[derive(Args)]
+struct PrincipalId {
+    #[command(flatten)]
+    admin: AdminArgs,
+    id: String,
+}
+
+#[derive(Subcommand)]
+enum RoleCommand {
+    /// Assign a role to a principal.
+    Assign {
+        #[command(flatten)]
+        admin: AdminArgs,
+        #[arg(long)]
+        principal: String,
+        /// Role name (`Managed HSM Crypto User`) or GUID.
+        #[arg(long)]
+        role: String,
+        #[arg(long, default_value = "/")]
+        scope: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Check the hash chain of the whole log against the head the database recorded.
+    Verify(AdminArgs),
+    /// Read records through the service, as a principal allowed to (Crypto Auditor).
+    Show(AuditShow),
+}
+
+#[derive(Args)]
+struct AuditShow {
+    /// The service's URL.
+    #[arg(long, env = "P11VAULT_URL", default_value = "https://127.0.0.1:8443")]
+    url: String,
+    /// A file holding the bearer token of a principal with the audit read action.
+    #[arg(long, env = "P11VAULT_TOKEN_FILE")]
+    token_file: std::path::PathBuf,
+    /// The CA certificate to trust (default: the data dir's ca.pem).
+    #[arg(long)]
+    ca_file: Option<std::path::PathBuf>,
+    #[arg(long, env = "P11VAULT_DATA_DIR", default_value = p11vault::config::DEFAULT_DATA_DIR)]
+    data_dir: std::path::PathBuf,
+    /// From this time on: 2026-11-21, 2026-11-21T10:00:00Z or Unix seconds.
+    #[arg(long)]
+    since: Option<String>,
+    /// Before this time.
+    #[arg(long)]
+    until: Option<String>,
+    /// A principal id.
+    #[arg(long)]
+    principal: Option<String>,
+    #[arg(long)]
+    key: Option<String>,
+    /// Part of a data action, e.g. `deletedKeys/delete`.
+    #[arg(long)]
+    action: Option<String>,
+    /// allowed, denied, unauthenticated or rejected.
+    #[arg(long)]
+    outcome: Option<String>,
+    #[arg(long, default_value_t = 1000)]
+    limit: u64,
+    /// Print the stored JSON lines (for a SIEM) instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -61,6 +180,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve(args) => serve(&args),
         Command::Settings(cmd) => settings(cmd),
+        Command::Principal(cmd) => principal(cmd),
+        Command::Role(cmd) => role(cmd),
+        Command::Audit(cmd) => audit(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -93,11 +215,30 @@ fn serve(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     runtime.block_on(async move {
-        let auth = Arc::new(Authenticator::from_rows(&ready.store.principals()?));
         let (clock, maintenance_every): (Arc<dyn Clock>, Duration) = match &cfg.test_clock_file {
             Some(path) => (Arc::new(FileOffsetClock::new(path.clone())), Duration::from_millis(500)),
             None => (Arc::new(SystemClock), MAINTENANCE_EVERY),
         };
+        let oidc = cfg.oidc.clone().map(OidcVerifier::new).transpose()?;
+        if let Some(settings) = &cfg.oidc {
+            tracing::info!(issuer = %settings.issuer, audience = %settings.audience, "accepting bearer JWTs from this OpenID Connect issuer");
+        }
+        let refresh_jwks = matches!(cfg.oidc.as_ref().map(|o| &o.jwks), Some(JwksSource::Url(_)));
+        let access = Arc::new(AccessControl::load(Arc::clone(&ready.store), Arc::clone(&clock), oidc)?);
+        if refresh_jwks {
+            let access = Arc::clone(&access);
+            tokio::spawn(async move {
+                let mut every = tokio::time::interval(JWKS_REFRESH);
+                every.tick().await;
+                loop {
+                    every.tick().await;
+                    let access = Arc::clone(&access);
+                    let _ = tokio::task::spawn_blocking(move || access.refresh_jwks()).await;
+                }
+            });
+        }
+        let audit_path = cfg.data_dir.join(p11vault::audit::FILE_NAME);
+        let audit = AuditLog::start(audit_path.clone(), Arc::clone(&ready.store))?;
         let keys = KeyService::new(ready.store, Arc::new(ready.hsm), clock, ready.retention);
         let report = keys.reconcile().await?;
         tracing::info!(?report, "reconciled the token with the database");
@@ -110,7 +251,9 @@ fn serve(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
             .unwrap_or_else(|| format!("{public_url}/p11vault"));
         let state = AppState {
             keys,
-            auth,
+            access,
+            audit: audit.clone(),
+            audit_path: Arc::new(audit_path),
             public_url: public_url.as_str().into(),
             challenge: AppState::challenge_for(&authority, &cfg.challenge_resource),
             max_body_bytes: cfg.max_body_bytes,
@@ -137,6 +280,7 @@ fn serve(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         server
             .serve(p11vault::app(state).into_make_service_with_connect_info::<SocketAddr>())
             .await?;
+        audit.flush().await;
         tracing::info!("stopped");
         Ok::<(), Box<dyn std::error::Error>>(())
     })
@@ -161,6 +305,152 @@ fn settings(cmd: SettingsCommand) -> Result<(), Box<dyn std::error::Error>> {
         store.meta("retention_days")?.unwrap_or_default(),
         store.purge_protection()?
     );
+    Ok(())
+}
+
+type CliResult = Result<(), Box<dyn std::error::Error>>;
+
+fn principal(cmd: PrincipalCommand) -> CliResult {
+    match cmd {
+        PrincipalCommand::Create {
+            admin,
+            name,
+            id,
+            role,
+            scope,
+        } => {
+            let dir = DataDir::open(&admin.data_dir)?;
+            let (id, token) = dir.create_principal(&name, id.as_deref(), &role, &scope)?;
+            println!("id={id}");
+            // Shown this once; only its hash is kept.
+            println!("token={}", token.expose());
+        }
+        PrincipalCommand::List { admin, json } => {
+            for p in DataDir::open(&admin.data_dir)?.list_principals()? {
+                if json {
+                    println!("{}", serde_json::to_string(&p)?);
+                } else {
+                    println!(
+                        "{}  {:<24} {:<8} {}  {}",
+                        p.id,
+                        p.name,
+                        if p.enabled { "enabled" } else { "disabled" },
+                        p.created,
+                        if p.roles.is_empty() { "(no roles)".to_owned() } else { p.roles.join("; ") }
+                    );
+                }
+            }
+        }
+        PrincipalCommand::Disable(p) => {
+            DataDir::open(&p.admin.data_dir)?.set_enabled(&p.id, false)?;
+            println!("disabled {}", p.id);
+        }
+        PrincipalCommand::Enable(p) => {
+            DataDir::open(&p.admin.data_dir)?.set_enabled(&p.id, true)?;
+            println!("enabled {}", p.id);
+        }
+        PrincipalCommand::Rotate(p) => {
+            let token = DataDir::open(&p.admin.data_dir)?.rotate_token(&p.id)?;
+            println!("id={}", p.id);
+            println!("token={}", token.expose());
+        }
+        PrincipalCommand::Delete(p) => {
+            DataDir::open(&p.admin.data_dir)?.delete_principal(&p.id)?;
+            println!("deleted {}", p.id);
+        }
+    }
+    Ok(())
+}
+
+fn role(cmd: RoleCommand) -> CliResult {
+    match cmd {
+        RoleCommand::Assign {
+            admin,
+            principal,
+            role,
+            scope,
+        } => {
+            let name = DataDir::open(&admin.data_dir)?.assign(&principal, &role, &scope)?;
+            println!("assignment={name}");
+        }
+    }
+    Ok(())
+}
+
+fn audit(cmd: AuditCommand) -> CliResult {
+    match cmd {
+        AuditCommand::Verify(admin) => {
+            let dir = DataDir::open(&admin.data_dir)?;
+            let recorded = p11vault::audit::recorded_head(dir.store())?;
+            let path = admin.data_dir.join(p11vault::audit::FILE_NAME);
+            match p11vault::audit::verify(&path, recorded) {
+                Ok(v) => {
+                    println!("ok: {} records, chain head {}", v.records, v.head.1);
+                    Ok(())
+                }
+                Err(broken) => Err(format!("the audit log is broken at {broken}").into()),
+            }
+        }
+        AuditCommand::Show(args) => audit_show(&args),
+    }
+}
+
+fn audit_show(args: &AuditShow) -> CliResult {
+    let token = std::fs::read_to_string(&args.token_file)
+        .map_err(|e| format!("cannot read {}: {e}", args.token_file.display()))?;
+    let ca = args
+        .ca_file
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("ca.pem"));
+    let agent = tls::client_agent(&ca)?;
+    let mut req = agent
+        .get(&format!("{}/p11vault/audit", args.url.trim_end_matches('/')))
+        .query("api-version", p11vault::http::LATEST_API_VERSION)
+        .query("limit", &args.limit.to_string())
+        .set("Authorization", &format!("Bearer {}", token.trim()));
+    for (name, value) in [
+        ("since", &args.since),
+        ("until", &args.until),
+        ("principal", &args.principal),
+        ("key", &args.key),
+        ("action", &args.action),
+        ("outcome", &args.outcome),
+    ] {
+        if let Some(v) = value {
+            req = req.query(name, v);
+        }
+    }
+    let body = match req.call() {
+        Ok(r) => r.into_string()?,
+        Err(ureq::Error::Status(code, r)) => {
+            return Err(format!("the service answered {code}: {}", r.into_string().unwrap_or_default()).into());
+        }
+        Err(e) => return Err(format!("cannot reach {}: {e}", args.url).into()),
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    for line in body.lines() {
+        if args.json {
+            writeln!(out, "{line}")?;
+            continue;
+        }
+        let r: serde_json::Value = serde_json::from_str(line)?;
+        let s = |f: &str| r[f].as_str().unwrap_or("-").to_owned();
+        writeln!(
+            out,
+            "{:>6} {} {:<15} {:<3} {:<24} {:<6} {} key={} principal={} from={}",
+            r["seq"],
+            s("time"),
+            s("outcome"),
+            r["status"],
+            s("action").trim_start_matches(p11vault::auth::roles::PREFIX),
+            s("method"),
+            s("path"),
+            s("key"),
+            r["principalName"].as_str().or(r["principal"].as_str()).unwrap_or("-"),
+            s("source"),
+        )?;
+    }
     Ok(())
 }
 

@@ -12,7 +12,9 @@ use crate::failpoint;
 use crate::fsutil::{create_private_dir, write_atomic};
 use crate::hsm::{self, HsmSettings, Module, Pin};
 use crate::model::{Retention, VersionId};
-use crate::store::{self, PrincipalRow, Store};
+use crate::auth::PrincipalRow;
+use crate::auth::roles::{self, RoleAssignment, Scope};
+use crate::store::{self, Store};
 use crate::tls::{self, TlsPaths};
 
 #[derive(Debug, thiserror::Error)]
@@ -228,7 +230,8 @@ fn read_or_create_pin(path: &Path) -> Result<Pin, ProvisionError> {
     read_pin(path)
 }
 
-/// Creates the initial administrator unless a principal exists. The token is written to
+/// Creates the initial administrator, with the Administrator role at `/`, unless a principal
+/// exists. The token is written to
 /// `DATA_DIR/admin.token` (0600) before its hash is stored, so a crash in between is finished
 /// on the next start from the file.
 fn ensure_administrator(store: &Store, data_dir: &Path) -> Result<bool, ProvisionError> {
@@ -249,12 +252,22 @@ fn ensure_administrator(store: &Store, data_dir: &Path) -> Result<bool, Provisio
             .map_err(io("cannot write", &path))?;
         token
     };
+    let now = crate::clock::Clock::now(&crate::clock::SystemClock);
     let row = PrincipalRow {
         id: uuid::Uuid::new_v4().to_string(),
         name: "administrator".into(),
         token_hash: token.hash().as_bytes().to_vec(),
         enabled: true,
+        created: now,
     };
-    store.insert_principal(&row, crate::clock::Clock::now(&crate::clock::SystemClock))?;
+    // The initial administrator gets what a new Managed HSM's administrators get: the
+    // Administrator role at `/`, which manages roles but uses no keys.
+    let assignment = RoleAssignment {
+        name: uuid::Uuid::new_v4().to_string(),
+        scope: Scope::Global,
+        principal_id: row.id.clone(),
+        role_definition: roles::ADMINISTRATOR.to_owned(),
+    };
+    store.insert_principal(&row, &[assignment], now)?;
     Ok(true)
 }

@@ -113,3 +113,29 @@ pub fn server_config(paths: &TlsPaths) -> Result<Arc<rustls::ServerConfig>, TlsE
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
+
+/// An HTTPS client that trusts only the CA in `ca` (the admin CLI talking to the service).
+pub fn client_agent(ca: &Path) -> Result<ureq::Agent, TlsError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let certs = CertificateDer::pem_file_iter(ca)
+        .map_err(|e| TlsError::Invalid(format!("cannot read {}: {e}", ca.display())))?;
+    for cert in certs {
+        let cert =
+            cert.map_err(|e| TlsError::Invalid(format!("{} is not PEM: {e}", ca.display())))?;
+        roots
+            .add(cert)
+            .map_err(|e| TlsError::Invalid(format!("{} is not a CA: {e}", ca.display())))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Invalid(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(ureq::AgentBuilder::new()
+        .tls_config(Arc::new(config))
+        .timeout(std::time::Duration::from_secs(60))
+        .build())
+}

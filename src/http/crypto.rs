@@ -87,14 +87,9 @@ pub async fn operate_latest(
     run(state, &name, None, &operation, body).await
 }
 
-async fn run(
-    state: AppState,
-    name: &str,
-    version: Option<&str>,
-    operation: &str,
-    body: OperationIn,
-) -> Result<Answer, Error> {
-    let op = match operation {
+/// The key operation a path's last segment names.
+pub fn parse_operation(operation: &str) -> Result<KeyOp, Error> {
+    Ok(match operation {
         "encrypt" => KeyOp::Encrypt,
         "decrypt" => KeyOp::Decrypt,
         "sign" => KeyOp::Sign,
@@ -107,7 +102,17 @@ async fn run(
                 truncate_for_message(other)
             )));
         }
-    };
+    })
+}
+
+async fn run(
+    state: AppState,
+    name: &str,
+    version: Option<&str>,
+    operation: &str,
+    body: OperationIn,
+) -> Result<Answer, Error> {
+    let op = parse_operation(operation)?;
     let name = KeyName::parse(name)?;
     let version = parse_version(&name, version)?;
     let OperationIn {

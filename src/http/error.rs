@@ -57,6 +57,20 @@ impl IntoResponse for Error {
                 None,
             ),
             Error::KeyNotFound(m) => error_response(StatusCode::NOT_FOUND, "KeyNotFound", m, None),
+            Error::NotFound { code, message } => {
+                error_response(StatusCode::NOT_FOUND, code, message, None)
+            }
+            Error::AccessDenied(m) => {
+                error_response(StatusCode::FORBIDDEN, "AccessDenied", m, None)
+            }
+            Error::Busy(m) => {
+                let mut response =
+                    error_response(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", m, None);
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+                response
+            }
             Error::Conflict { message, inner } => {
                 error_response(StatusCode::CONFLICT, "Conflict", message, *inner)
             }

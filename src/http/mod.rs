@@ -1,26 +1,36 @@
 //! The HTTP adapter: axum routes in Azure's shapes over the key service. Authentication and the
 //! `api-version` check run as middleware before any handler reads a body.
 
+mod audit;
 mod crypto;
 mod deleted;
 pub mod error;
 mod extract;
 mod keys;
+mod rbac;
 mod settings;
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::{
+    ConnectInfo, DefaultBodyLimit, FromRequestParts, MatchedPath, RawPathParams, Request, State,
+};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use tracing::Instrument;
 
-use crate::auth::Authenticator;
+use crate::access::AccessControl;
+use crate::audit::{AuditLog, Event, Outcome};
+use crate::auth::Principal;
+use crate::auth::roles::Action;
 use crate::error::Error;
 use crate::keys::KeyService;
+use crate::model::{KeyOp, truncate_for_message};
 use error::error_response;
 use extract::BodyLimit;
 
@@ -48,7 +58,10 @@ pub const LATEST_API_VERSION: &str = "2025-07-01";
 #[derive(Clone)]
 pub struct AppState {
     pub keys: Arc<KeyService>,
-    pub auth: Arc<Authenticator>,
+    pub access: Arc<AccessControl>,
+    pub audit: AuditLog,
+    /// The audit log file, for `GET /p11vault/audit`.
+    pub audit_path: Arc<PathBuf>,
     /// `https://host[:port]` with no trailing slash: the base of every `kid` and `nextLink`.
     pub public_url: Arc<str>,
     /// The `WWW-Authenticate` value of every 401.
@@ -70,7 +83,30 @@ impl AppState {
 /// The whole HTTP surface.
 pub fn router(state: AppState) -> Router {
     let limit = state.max_body_bytes;
-    Router::new()
+    let rbac = |prefix: &str, router: Router<AppState>| {
+        router
+            .route(
+                &format!("{prefix}/providers/Microsoft.Authorization/roleDefinitions"),
+                get(rbac::list_definitions),
+            )
+            .route(
+                &format!("{prefix}/providers/Microsoft.Authorization/roleDefinitions/{{definition}}"),
+                get(rbac::get_definition)
+                    .put(rbac::put_definition)
+                    .delete(rbac::delete_definition),
+            )
+            .route(
+                &format!("{prefix}/providers/Microsoft.Authorization/roleAssignments"),
+                get(rbac::list_assignments),
+            )
+            .route(
+                &format!("{prefix}/providers/Microsoft.Authorization/roleAssignments/{{assignment}}"),
+                get(rbac::get_assignment)
+                    .put(rbac::put_assignment)
+                    .delete(rbac::delete_assignment),
+            )
+    };
+    let router = Router::new()
         .route("/keys", get(keys::list_keys))
         .route(
             "/keys/{name}",
@@ -104,6 +140,10 @@ pub fn router(state: AppState) -> Router {
             "/settings/{name}",
             get(settings::get_one).patch(settings::update),
         )
+        .route("/p11vault/audit", get(audit::read));
+    let router = rbac("/keys/{scope_key}", rbac("/keys", rbac("", router)));
+    router
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(require_api_version))
@@ -113,8 +153,150 @@ pub fn router(state: AppState) -> Router {
             next.run(req)
         }))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
-        .layer(middleware::from_fn(trace_request))
+        .layer(middleware::from_fn_with_state(state.clone(), audit_request))
         .with_state(state)
+}
+
+/// Put on a response by [`authenticate`]: who made the request.
+#[derive(Clone)]
+struct Authenticated(Principal);
+
+/// Put on a response by [`authorize`]: the data action checked and whether it was granted.
+#[derive(Clone, Copy)]
+struct Authorized {
+    action: Action,
+    granted: bool,
+}
+
+/// What a request needs: a data action, on a key or on the HSM as a whole.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Requirement {
+    pub action: Action,
+    pub key: Option<String>,
+}
+
+/// The data action every route needs. Routes are matched by their template, so a route without
+/// an entry here is refused, never let through.
+pub fn requirement(
+    method: &Method,
+    route: &str,
+    params: &RawPathParams,
+) -> Result<Requirement, Error> {
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_owned())
+    };
+    let key = param("name");
+    let need = |action: Action| Ok(Requirement {
+        action,
+        key: key.clone(),
+    });
+    if let Some(rest) = route.split("/providers/Microsoft.Authorization/").nth(1) {
+        let scope = rbac::scope_of(route, params)?;
+        let assignments = rest.starts_with("roleAssignments");
+        let action = match (*method == Method::GET, *method == Method::PUT, assignments) {
+            (true, _, true) => Action::RoleAssignmentsRead,
+            (_, true, true) => Action::RoleAssignmentsWrite,
+            (_, _, true) => Action::RoleAssignmentsDelete,
+            (true, _, false) => Action::RoleDefinitionsRead,
+            (_, true, false) => Action::RoleDefinitionsWrite,
+            (_, _, false) => Action::RoleDefinitionsDelete,
+        };
+        return Ok(Requirement {
+            action,
+            key: scope.key().map(str::to_owned),
+        });
+    }
+    match (method.as_str(), route) {
+        ("GET", "/keys") => need(Action::KeysRead),
+        ("GET", "/keys/{name}" | "/keys/{name}/" | "/keys/{name}/{version}" | "/keys/{name}/versions") => {
+            need(Action::KeysRead)
+        }
+        ("PUT", "/keys/{name}") => need(Action::KeysImport),
+        ("PATCH", "/keys/{name}" | "/keys/{name}/" | "/keys/{name}/{version}") => {
+            need(Action::KeysWrite)
+        }
+        ("DELETE", "/keys/{name}") => need(Action::KeysDelete),
+        ("POST", "/keys/{name}/create") => need(Action::KeysCreate),
+        ("POST", "/keys/{name}/rotate") => need(Action::KeysRotate),
+        ("POST", "/keys/{name}/{version}/{operation}" | "/keys/{name}//{operation}") => {
+            let operation = param("operation").unwrap_or_default();
+            need(match crypto::parse_operation(&operation)? {
+                KeyOp::Encrypt => Action::KeysEncrypt,
+                KeyOp::Decrypt => Action::KeysDecrypt,
+                KeyOp::Sign => Action::KeysSign,
+                KeyOp::Verify => Action::KeysVerify,
+                KeyOp::WrapKey => Action::KeysWrap,
+                KeyOp::UnwrapKey => Action::KeysUnwrap,
+            })
+        }
+        ("POST", "/rng") => need(Action::Rng),
+        ("GET", "/deletedkeys" | "/deletedkeys/{name}") => need(Action::DeletedKeysRead),
+        ("DELETE", "/deletedkeys/{name}") => need(Action::DeletedKeysPurge),
+        ("POST", "/deletedkeys/{name}/recover") => need(Action::DeletedKeysRecover),
+        ("GET", "/settings" | "/settings/{name}") => Ok(Requirement {
+            action: Action::SettingsRead,
+            key: None,
+        }),
+        ("PATCH", "/settings/{name}") => Ok(Requirement {
+            action: Action::SettingsWrite,
+            key: None,
+        }),
+        ("GET", "/p11vault/audit") => need(Action::AuditRead),
+        _ => Err(Error::Internal(format!(
+            "no data action is defined for {method} {route}"
+        ))),
+    }
+}
+
+/// Checks the route's data action against the caller's role assignments. No assignment means
+/// no access; a denial is a 403 and the handler never runs.
+async fn authorize(
+    State(state): State<AppState>,
+    params: RawPathParams,
+    req: Request,
+    next: Next,
+) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_default();
+    let need = match requirement(req.method(), &route, &params) {
+        Ok(need) => need,
+        Err(e) => {
+            drain(req).await;
+            return e.into_response();
+        }
+    };
+    let Some(principal) = req.extensions().get::<Principal>().cloned() else {
+        drain(req).await;
+        return Error::Internal("authorization ran before authentication".into()).into_response();
+    };
+    let granted = state
+        .access
+        .authorize(&principal, need.action, need.key.as_deref());
+    let mut response = if granted {
+        next.run(req).await
+    } else {
+        drain(req).await;
+        let on = match &need.key {
+            Some(k) => format!("/keys/{k}"),
+            None => "/".to_owned(),
+        };
+        Error::AccessDenied(format!(
+            "Not authorized to access {} on {on}.",
+            need.action
+        ))
+        .into_response()
+    };
+    response.extensions_mut().insert(Authorized {
+        action: need.action,
+        granted,
+    });
+    response
 }
 
 /// Every request without a valid bearer token gets 401 and the challenge, before its body is
@@ -130,12 +312,18 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
         });
     let error = match presented {
         None => Error::Unauthorized("The request carries no bearer token.".into()),
-        Some(token) => match state.auth.authenticate(token) {
-            Some(principal) => {
-                req.extensions_mut().insert(principal);
-                return next.run(req).await;
+        Some(token) => match state.access.authenticate(token) {
+            Ok(Some(principal)) => {
+                req.extensions_mut().insert(principal.clone());
+                let mut response = next.run(req).await;
+                response.extensions_mut().insert(Authenticated(principal));
+                return response;
             }
-            None => Error::Unauthorized("The bearer token is not valid.".into()),
+            Ok(None) => Error::Unauthorized("The bearer token is not valid.".into()),
+            Err(e) => {
+                drain(req).await;
+                return e.into_response();
+            }
         },
     };
     drain(req).await;
@@ -143,6 +331,82 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
     response
         .headers_mut()
         .insert(header::WWW_AUTHENTICATE, state.challenge.clone());
+    response
+}
+
+/// The outermost layer: a request id and a tracing span per request, and an audit record of
+/// how it ended. A request that changed state is answered only once its record is on disk.
+async fn audit_request(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let request_id = uuid::Uuid::new_v4().to_string();
+    let time = Event::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| req.uri().path().to_owned());
+    // Not kept in a closure: a borrow of the request must not live across an await (the body
+    // is not `Sync`).
+    let client_request_id = req
+        .headers()
+        .get("x-ms-client-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(truncate_for_message);
+    let source = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.to_string());
+    let method = req.method().to_string();
+    let path = truncate_for_message(req.uri().path());
+    let (mut key, mut version) = (None, None);
+    let (mut parts, body) = req.into_parts();
+    if let Ok(params) = RawPathParams::from_request_parts(&mut parts, &state).await {
+        for (k, v) in params.iter() {
+            match k {
+                "name" | "scope_key" => key = Some(truncate_for_message(v)),
+                "version" if !v.is_empty() => version = Some(truncate_for_message(v)),
+                _ => {}
+            }
+        }
+    }
+    let req = Request::from_parts(parts, body);
+    let span =
+        tracing::info_span!("request", method = %method, route, request_id = %request_id);
+    let mut response = next.run(req).instrument(span.clone()).await;
+    let status = response.status().as_u16();
+    span.in_scope(|| tracing::debug!(status, "answered"));
+    let principal = response.extensions().get::<Authenticated>().map(|a| a.0.clone());
+    let authorized = response.extensions().get::<Authorized>().copied();
+    let outcome = match (&principal, authorized) {
+        (None, _) => Outcome::Unauthenticated,
+        (Some(_), Some(a)) if !a.granted => Outcome::Denied,
+        (Some(_), Some(_)) => Outcome::Allowed,
+        (Some(_), None) => Outcome::Rejected,
+    };
+    let durable = authorized
+        .is_some_and(|a| a.granted && a.action.changes_state() && status < 400);
+    let event = Event {
+        time,
+        request_id: request_id.clone(),
+        client_request_id,
+        source,
+        principal_name: principal.as_ref().map(|p| p.name.clone()),
+        principal: principal.map(|p| p.id),
+        method,
+        path,
+        action: authorized.map(|a| a.action.to_string()),
+        key,
+        version,
+        outcome,
+        status,
+    };
+    if durable {
+        state.audit.record_durably(event).await;
+    } else {
+        state.audit.record(event);
+    }
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("x-ms-request-id", v);
+    }
     response
 }
 
@@ -172,24 +436,6 @@ async fn require_api_version(req: Request, next: Next) -> Response {
     };
     drain(req).await;
     refusal.into_response()
-}
-
-/// A span per request carrying the matched route, and an `x-ms-request-id` on every response.
-async fn trace_request(req: Request, next: Next) -> Response {
-    let request_id = uuid::Uuid::new_v4().to_string();
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| req.uri().path().to_owned());
-    let span =
-        tracing::info_span!("request", method = %req.method(), route, request_id = %request_id);
-    let mut response = next.run(req).instrument(span.clone()).await;
-    span.in_scope(|| tracing::debug!(status = response.status().as_u16(), "answered"));
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert("x-ms-request-id", v);
-    }
-    response
 }
 
 async fn not_found(req: Request) -> Response {

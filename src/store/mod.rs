@@ -1,6 +1,6 @@
-//! SQLite: key metadata, deletion state, intents, principals and settings. One writer
-//! connection, a few readers, WAL with `synchronous=FULL` so an acknowledged commit survives
-//! power loss. Every call blocks; the key service runs them on blocking threads.
+//! SQLite: key metadata, deletion state, intents, principals, role definitions and
+//! assignments, and settings. One writer connection, a few readers, WAL with
+//! `synchronous=FULL` so an acknowledged commit survives power loss. Every call blocks; the key service runs them on blocking threads.
 
 mod schema;
 
@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, params};
 
+use crate::auth::PrincipalRow;
+use crate::auth::roles::{RoleAssignment, RoleDefinition, RoleType, Scope};
 use crate::model::{
     Attributes, KeyKind, KeyName, KeyOps, Origin, PublicKey, Tags, VersionId, VersionRecord,
 };
@@ -54,15 +56,6 @@ pub struct KeyRow {
     pub deletion: Option<Deletion>,
 }
 
-/// A registered principal: an id, a name and the hash of its bearer token.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PrincipalRow {
-    pub id: String,
-    pub name: String,
-    pub token_hash: Vec<u8>,
-    pub enabled: bool,
-}
-
 pub struct Store {
     path: PathBuf,
     writer: Mutex<Connection>,
@@ -70,6 +63,8 @@ pub struct Store {
     /// Bumped after every committed write: a copy of a row read at generation `g` is current
     /// while the generation is still `g`.
     generation: AtomicU64,
+    /// A connection that only reads `data_version` (see [`Store::data_version`]).
+    watch: Mutex<Option<Connection>>,
 }
 
 impl Store {
@@ -86,6 +81,7 @@ impl Store {
             writer: Mutex::new(writer),
             readers: Mutex::new(Vec::new()),
             generation: AtomicU64::new(0),
+            watch: Mutex::new(None),
         })
     }
 
@@ -136,6 +132,16 @@ impl Store {
 
     pub fn set_meta(&self, key: &str, value: &str) -> Result<()> {
         self.write(|tx| meta_set(tx, key, value))
+    }
+
+    /// Sets a setting without moving the write generation: for bookkeeping that no cached
+    /// key row depends on (the audit chain head, written several times a second under load).
+    pub fn set_meta_untracked(&self, key: &str, value: &str) -> Result<()> {
+        let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        meta_set(&tx, key, value)?;
+        tx.commit()?;
+        Ok(())
     }
 
     /// Sets a setting only if it has no value yet; returns the value in force.
@@ -491,12 +497,21 @@ impl Store {
 
     // ----- principals -----------------------------------------------------------------------
 
-    pub fn insert_principal(&self, row: &PrincipalRow, now: i64) -> Result<()> {
+    /// Registers a principal together with its first role assignments, in one transaction.
+    pub fn insert_principal(
+        &self,
+        row: &PrincipalRow,
+        assignments: &[RoleAssignment],
+        now: i64,
+    ) -> Result<()> {
         self.write(|tx| {
             tx.execute(
                 "INSERT INTO principals(id, name, token_hash, enabled, created) VALUES (?1, ?2, ?3, ?4, ?5)",
                 params![row.id, row.name, row.token_hash, row.enabled, now],
             )?;
+            for a in assignments {
+                insert_assignment(tx, a, now)?;
+            }
             Ok(())
         })
     }
@@ -504,7 +519,7 @@ impl Store {
     pub fn principals(&self) -> Result<Vec<PrincipalRow>> {
         self.read(|c| {
             let mut stmt = c.prepare(
-                "SELECT id, name, token_hash, enabled FROM principals ORDER BY created, id",
+                "SELECT id, name, token_hash, enabled, created FROM principals ORDER BY created, id",
             )?;
             let rows = stmt.query_map([], |r| {
                 Ok(PrincipalRow {
@@ -512,11 +527,193 @@ impl Store {
                     name: r.get(1)?,
                     token_hash: r.get(2)?,
                     enabled: r.get(3)?,
+                    created: r.get(4)?,
                 })
             })?;
             Ok(rows.collect::<Result<_, _>>()?)
         })
     }
+
+    /// Enables or disables a principal; false if there is none with that id.
+    pub fn set_principal_enabled(&self, id: &str, enabled: bool) -> Result<bool> {
+        self.write(|tx| {
+            Ok(tx.execute(
+                "UPDATE principals SET enabled = ?2 WHERE id = ?1",
+                params![id, enabled],
+            )? == 1)
+        })
+    }
+
+    /// Replaces a principal's token hash; false if there is none with that id.
+    pub fn set_principal_token(&self, id: &str, token_hash: &[u8]) -> Result<bool> {
+        self.write(|tx| {
+            Ok(tx.execute(
+                "UPDATE principals SET token_hash = ?2 WHERE id = ?1",
+                params![id, token_hash],
+            )? == 1)
+        })
+    }
+
+    /// Removes a principal and every role assignment it holds; false if there is none.
+    pub fn delete_principal(&self, id: &str) -> Result<bool> {
+        self.write(|tx| {
+            tx.execute(
+                "DELETE FROM role_assignments WHERE principal_id = ?1",
+                [id],
+            )?;
+            Ok(tx.execute("DELETE FROM principals WHERE id = ?1", [id])? == 1)
+        })
+    }
+
+    // ----- role definitions and assignments -------------------------------------------------
+
+    /// The custom role definitions (built-in ones live in the code).
+    pub fn custom_roles(&self) -> Result<Vec<RoleDefinition>> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT name, role_name, description, permissions, assignable_scopes
+                 FROM role_definitions ORDER BY created, name",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                let permissions: String = r.get(3)?;
+                let scopes: String = r.get(4)?;
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, permissions, scopes))
+            })?;
+            rows.map(|row| {
+                let (name, role_name, description, permissions, scopes) = row?;
+                Ok(RoleDefinition {
+                    name,
+                    role_name,
+                    description,
+                    role_type: RoleType::Custom,
+                    permissions: from_json(&permissions, "role permissions")?,
+                    assignable_scopes: from_json(&scopes, "assignable scopes")?,
+                })
+            })
+            .collect()
+        })
+    }
+
+    /// Creates or replaces a custom role definition.
+    pub fn put_custom_role(&self, role: &RoleDefinition, now: i64) -> Result<()> {
+        let permissions = to_json(&role.permissions)?;
+        let scopes = to_json(&role.assignable_scopes)?;
+        self.write(|tx| {
+            tx.execute(
+                "INSERT INTO role_definitions(name, role_name, description, permissions, assignable_scopes, created, updated)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)
+                 ON CONFLICT(name) DO UPDATE SET role_name = excluded.role_name,
+                    description = excluded.description, permissions = excluded.permissions,
+                    assignable_scopes = excluded.assignable_scopes, updated = excluded.updated",
+                params![role.name, role.role_name, role.description, permissions, scopes, now],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Removes a custom role definition unless an assignment uses it.
+    pub fn delete_custom_role(&self, name: &str) -> Result<RoleRemoval> {
+        self.write(|tx| {
+            let in_use: i64 = tx.query_row(
+                "SELECT count(*) FROM role_assignments WHERE role_definition = ?1",
+                [name],
+                |r| r.get(0),
+            )?;
+            if in_use > 0 {
+                return Ok(RoleRemoval::InUse(in_use as u64));
+            }
+            Ok(
+                match tx.execute("DELETE FROM role_definitions WHERE name = ?1", [name])? {
+                    0 => RoleRemoval::NotFound,
+                    _ => RoleRemoval::Removed,
+                },
+            )
+        })
+    }
+
+    pub fn role_assignments(&self) -> Result<Vec<RoleAssignment>> {
+        self.read(|c| {
+            let mut stmt = c.prepare(
+                "SELECT name, scope, principal_id, role_definition FROM role_assignments
+                 ORDER BY created, name",
+            )?;
+            let rows = stmt.query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })?;
+            rows.map(|row| {
+                let (name, scope, principal_id, role_definition) = row?;
+                Ok(RoleAssignment {
+                    scope: Scope::parse(&scope)
+                        .ok_or_else(|| Error::Corrupt(format!("role assignment scope {scope:?}")))?,
+                    name,
+                    principal_id,
+                    role_definition,
+                })
+            })
+            .collect()
+        })
+    }
+
+    /// Adds an assignment; false (and nothing written) if its name is taken.
+    pub fn insert_role_assignment(&self, assignment: &RoleAssignment, now: i64) -> Result<bool> {
+        self.write(|tx| {
+            let taken: bool = tx.query_row(
+                "SELECT EXISTS(SELECT 1 FROM role_assignments WHERE name = ?1)",
+                [&assignment.name],
+                |r| r.get(0),
+            )?;
+            if taken {
+                return Ok(false);
+            }
+            insert_assignment(tx, assignment, now)?;
+            Ok(true)
+        })
+    }
+
+    /// Removes an assignment by name; false if there is none.
+    pub fn delete_role_assignment(&self, name: &str) -> Result<bool> {
+        self.write(|tx| Ok(tx.execute("DELETE FROM role_assignments WHERE name = ?1", [name])? == 1))
+    }
+
+    /// A number that changes whenever another connection, or another process, commits to the
+    /// database (SQLite's `data_version`, read on a connection kept for this alone). Cheap: it
+    /// reads shared memory, not the disk.
+    pub fn data_version(&self) -> Result<i64> {
+        let mut watch = self.watch.lock().unwrap_or_else(|p| p.into_inner());
+        if watch.is_none() {
+            let c = Connection::open_with_flags(
+                &self.path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            configure(&c)?;
+            *watch = Some(c);
+        }
+        let conn = watch.as_ref().expect("the watch connection was opened above");
+        Ok(conn.pragma_query_value(None, "data_version", |r| r.get(0))?)
+    }
+}
+
+/// What removing a custom role definition did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoleRemoval {
+    Removed,
+    NotFound,
+    /// Assignments still use it; nothing was removed.
+    InUse(u64),
+}
+
+fn insert_assignment(tx: &Transaction, a: &RoleAssignment, now: i64) -> Result<()> {
+    tx.execute(
+        "INSERT INTO role_assignments(name, scope, principal_id, role_definition, created)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![a.name, a.scope.to_string(), a.principal_id, a.role_definition, now],
+    )?;
+    Ok(())
 }
 
 fn configure(conn: &Connection) -> Result<()> {

@@ -71,6 +71,33 @@ const MIGRATIONS: &[&str] = &[
     END;
     CREATE INDEX keys_by_purge_date ON keys(scheduled_purge_date) WHERE deleted_date IS NOT NULL;
     "#,
+    // 3: local RBAC. Built-in role definitions live in the code; only custom ones are stored.
+    // A database made before RBAC gives its initial administrator the Administrator role, as a
+    // fresh one does.
+    r#"
+    CREATE TABLE role_definitions (
+        name              TEXT PRIMARY KEY COLLATE NOCASE,
+        role_name         TEXT NOT NULL,
+        description       TEXT NOT NULL,
+        permissions       TEXT NOT NULL,
+        assignable_scopes TEXT NOT NULL,
+        created           INTEGER NOT NULL,
+        updated           INTEGER NOT NULL
+    );
+    CREATE TABLE role_assignments (
+        name            TEXT PRIMARY KEY COLLATE NOCASE,
+        scope           TEXT NOT NULL,
+        principal_id    TEXT NOT NULL COLLATE NOCASE,
+        role_definition TEXT NOT NULL COLLATE NOCASE,
+        created         INTEGER NOT NULL
+    );
+    CREATE INDEX role_assignments_by_principal ON role_assignments(principal_id);
+    INSERT INTO role_assignments(name, scope, principal_id, role_definition, created)
+    SELECT lower(substr(h, 1, 8) || '-' || substr(h, 9, 4) || '-4' || substr(h, 14, 3) || '-a'
+                 || substr(h, 18, 3) || '-' || substr(h, 21, 12)),
+           '/', id, 'a290e904-7015-4bba-90c8-60543313cdb4', created
+    FROM (SELECT hex(randomblob(16)) AS h, id, created FROM principals WHERE name = 'administrator');
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<()> {

@@ -1,0 +1,414 @@
+//! The access-control service: keeps the in-memory [`AccessSnapshot`] in step with the
+//! database (the admin CLI writes principals from another process), authenticates bearer
+//! tokens, and validates and stores role definitions and assignments. The rules themselves are
+//! in `auth`; this is where they meet the store.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use crate::auth::oidc::OidcVerifier;
+use crate::auth::roles::{
+    self, Action, Permission, RoleAssignment, RoleDefinition, RoleType, Scope,
+};
+use crate::auth::{AccessSnapshot, Principal};
+use crate::clock::Clock;
+use crate::error::Error;
+use crate::model::truncate_for_message;
+use crate::store::{RoleRemoval, Store};
+
+pub struct AccessControl {
+    store: Arc<Store>,
+    clock: Arc<dyn Clock>,
+    snapshot: RwLock<Arc<AccessSnapshot>>,
+    /// The store's `data_version` when the snapshot was read.
+    loaded_at: AtomicI64,
+    oidc: Option<OidcVerifier>,
+}
+
+/// What a client asks a role definition to be.
+#[derive(Debug, Default)]
+pub struct RoleDefinitionInput {
+    pub role_name: Option<String>,
+    pub description: Option<String>,
+    pub role_type: Option<String>,
+    pub permissions: Option<Vec<Permission>>,
+    pub assignable_scopes: Option<Vec<String>>,
+}
+
+impl AccessControl {
+    pub fn load(
+        store: Arc<Store>,
+        clock: Arc<dyn Clock>,
+        oidc: Option<OidcVerifier>,
+    ) -> Result<Self, Error> {
+        let access = Self {
+            store,
+            clock,
+            snapshot: RwLock::new(Arc::new(AccessSnapshot::default())),
+            loaded_at: AtomicI64::new(i64::MIN),
+            oidc,
+        };
+        access.reload()?;
+        Ok(access)
+    }
+
+    /// The snapshot in force, re-read first if anything committed to the database since it was
+    /// read — so a principal disabled or deleted by the admin CLI is refused on its very next
+    /// request.
+    pub fn current(&self) -> Result<Arc<AccessSnapshot>, Error> {
+        let version = self.store.data_version()?;
+        if version != self.loaded_at.load(Ordering::Acquire) {
+            self.reload()?;
+        }
+        Ok(Arc::clone(
+            &self.snapshot.read().unwrap_or_else(|p| p.into_inner()),
+        ))
+    }
+
+    fn reload(&self) -> Result<(), Error> {
+        // Read the version first: a commit that lands while the tables are read makes the next
+        // request read them again.
+        let version = self.store.data_version()?;
+        let snapshot = AccessSnapshot::new(
+            &self.store.principals()?,
+            self.store.custom_roles()?,
+            self.store.role_assignments()?,
+        );
+        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snapshot);
+        self.loaded_at.store(version, Ordering::Release);
+        Ok(())
+    }
+
+    /// The principal a bearer credential stands for: a p11vault token, or a JWT from the
+    /// configured OpenID Connect issuer whose object id is a registered, enabled principal.
+    pub fn authenticate(&self, credential: &str) -> Result<Option<Principal>, Error> {
+        let snapshot = self.current()?;
+        if let Some(p) = snapshot.authenticate(credential) {
+            return Ok(Some(p));
+        }
+        let Some(oidc) = &self.oidc else {
+            return Ok(None);
+        };
+        if !OidcVerifier::looks_like_jwt(credential) {
+            return Ok(None);
+        }
+        match oidc.verify(credential, self.clock.now()) {
+            Ok(object_id) => Ok(snapshot.principal(&object_id)),
+            Err(reason) => {
+                tracing::info!(%reason, "refused a bearer JWT");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Fetches the OpenID Connect issuer's keys again (blocking).
+    pub fn refresh_jwks(&self) {
+        if let Some(oidc) = &self.oidc {
+            oidc.refresh();
+        }
+    }
+
+    // ----- role definitions -------------------------------------------------------------------
+
+    pub async fn put_role_definition(
+        &self,
+        scope: &Scope,
+        name: &str,
+        input: RoleDefinitionInput,
+    ) -> Result<RoleDefinition, Error> {
+        let name = guid(name, "role definition name")?;
+        let current = self.current()?;
+        if let Some(existing) = current.role(&name)
+            && existing.role_type == RoleType::BuiltIn
+        {
+            return Err(Error::BadParameter(
+                "Cannot re-use the name/GUID matching that of a built-in role. Please use a unique role ID.".into(),
+            ));
+        }
+        if let Some(t) = &input.role_type
+            && t != RoleType::Custom.as_str()
+        {
+            return Err(Error::BadParameter(format!(
+                "A role definition created through the API must have type '{}'.",
+                RoleType::Custom.as_str()
+            )));
+        }
+        let role_name = input
+            .role_name
+            .map(|n| n.trim().to_owned())
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| Error::BadParameter("The role definition needs a 'roleName'.".into()))?;
+        if role_name.len() > 256 {
+            return Err(Error::BadParameter(
+                "The role name is longer than 256 characters.".into(),
+            ));
+        }
+        if current
+            .roles()
+            .iter()
+            .any(|r| r.role_name.eq_ignore_ascii_case(&role_name) && r.name != name)
+        {
+            return Err(Error::BadParameter(format!(
+                "A role named '{}' already exists.",
+                truncate_for_message(&role_name)
+            )));
+        }
+        let permissions = input.permissions.unwrap_or_default();
+        if permissions.is_empty() {
+            return Err(Error::BadParameter(
+                "The role definition needs at least one permission.".into(),
+            ));
+        }
+        for permission in &permissions {
+            if !permission.actions.is_empty() || !permission.not_actions.is_empty() {
+                return Err(Error::BadParameter(
+                    "Role definitions here grant data actions only; 'actions' and 'notActions' must be empty.".into(),
+                ));
+            }
+            for pattern in permission
+                .data_actions
+                .iter()
+                .chain(&permission.not_data_actions)
+            {
+                if !roles::is_valid_pattern(pattern) {
+                    return Err(Error::BadParameter(format!(
+                        "'{}' is not a data action.",
+                        truncate_for_message(pattern)
+                    )));
+                }
+            }
+        }
+        let assignable_scopes = match input.assignable_scopes {
+            None => vec![scope.to_string()],
+            Some(scopes) if scopes.is_empty() => vec![scope.to_string()],
+            Some(scopes) => scopes
+                .iter()
+                .map(|s| {
+                    Scope::parse(s).map(|s| s.to_string()).ok_or_else(|| {
+                        Error::BadParameter(format!(
+                            "'{}' is not a scope; use /, /keys or /keys/{{name}}.",
+                            truncate_for_message(s)
+                        ))
+                    })
+                })
+                .collect::<Result<_, _>>()?,
+        };
+        let role = RoleDefinition {
+            name,
+            role_name,
+            description: input.description.unwrap_or_default(),
+            role_type: RoleType::Custom,
+            permissions,
+            assignable_scopes,
+        };
+        let now = self.clock.now();
+        let stored = role.clone();
+        self.blocking(move |store| store.put_custom_role(&stored, now))
+            .await?;
+        self.reload()?;
+        Ok(role)
+    }
+
+    pub fn role_definition(&self, name: &str) -> Result<RoleDefinition, Error> {
+        self.current()?
+            .role(name)
+            .cloned()
+            .ok_or_else(|| role_definition_not_found(name))
+    }
+
+    pub fn role_definitions(&self, role_name: Option<&str>) -> Result<Vec<RoleDefinition>, Error> {
+        Ok(self
+            .current()?
+            .roles()
+            .into_iter()
+            .filter(|r| role_name.is_none_or(|n| r.role_name.eq_ignore_ascii_case(n)))
+            .cloned()
+            .collect())
+    }
+
+    pub async fn delete_role_definition(&self, name: &str) -> Result<RoleDefinition, Error> {
+        let role = self.role_definition(name)?;
+        if role.role_type == RoleType::BuiltIn {
+            return Err(Error::BadParameter(
+                "Built-in role definitions cannot be deleted.".into(),
+            ));
+        }
+        let key = role.name.clone();
+        match self
+            .blocking(move |store| store.delete_custom_role(&key))
+            .await?
+        {
+            RoleRemoval::Removed => {
+                self.reload()?;
+                Ok(role)
+            }
+            RoleRemoval::NotFound => Err(role_definition_not_found(name)),
+            RoleRemoval::InUse(n) => Err(Error::Conflict {
+                message: format!(
+                    "The role definition is used by {n} role assignment(s); delete them first."
+                ),
+                inner: Some("RoleDefinitionInUse"),
+            }),
+        }
+    }
+
+    // ----- role assignments -------------------------------------------------------------------
+
+    pub async fn create_role_assignment(
+        &self,
+        scope: &Scope,
+        name: &str,
+        role_definition_id: Option<&str>,
+        principal_id: Option<&str>,
+    ) -> Result<RoleAssignment, Error> {
+        let name = guid(name, "role assignment name")?;
+        let definition = role_definition_id
+            .ok_or_else(|| Error::BadParameter("The role assignment needs a 'roleDefinitionId'.".into()))?;
+        // Clients send the full id (`Microsoft.KeyVault/providers/…/roleDefinitions/{guid}`)
+        // or the bare name.
+        let definition = definition.rsplit('/').next().unwrap_or(definition);
+        let principal_id = principal_id
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| Error::BadParameter("The role assignment needs a 'principalId'.".into()))?;
+        let current = self.current()?;
+        let role = current.role(definition).ok_or_else(|| {
+            Error::BadParameter(format!(
+                "There is no role definition '{}'.",
+                truncate_for_message(definition)
+            ))
+        })?;
+        if !role.assignable_at(scope) {
+            return Err(Error::BadParameter(format!(
+                "The role '{}' cannot be assigned at scope '{scope}'.",
+                role.role_name
+            )));
+        }
+        if !current.is_principal(principal_id) {
+            return Err(Error::BadParameter(format!(
+                "There is no enabled principal with id '{}'; register it with `p11vault principal create`.",
+                truncate_for_message(principal_id)
+            )));
+        }
+        let assignment = RoleAssignment {
+            name,
+            scope: scope.clone(),
+            principal_id: principal_id.to_ascii_lowercase(),
+            role_definition: role.name.clone(),
+        };
+        let now = self.clock.now();
+        let stored = assignment.clone();
+        if !self
+            .blocking(move |store| store.insert_role_assignment(&stored, now))
+            .await?
+        {
+            return Err(Error::Conflict {
+                message: "A role assignment with this name already exists; assignments cannot be changed, only deleted and created again.".into(),
+                inner: Some("RoleAssignmentExists"),
+            });
+        }
+        self.reload()?;
+        Ok(assignment)
+    }
+
+    /// An assignment by name, as seen from `scope`.
+    pub fn role_assignment(&self, scope: &Scope, name: &str) -> Result<RoleAssignment, Error> {
+        self.current()?
+            .assignments()
+            .iter()
+            .find(|a| a.name.eq_ignore_ascii_case(name) && &a.scope == scope)
+            .cloned()
+            .ok_or_else(|| role_assignment_not_found(name))
+    }
+
+    /// The assignments visible at `scope`: at `/` or `/keys`, all of them; at a key, the ones on
+    /// that key and above it. `at_scope_only` keeps those at or above the scope;
+    /// `principal` keeps one principal's.
+    pub fn role_assignments(
+        &self,
+        scope: &Scope,
+        at_scope_only: bool,
+        principal: Option<&str>,
+    ) -> Result<Vec<RoleAssignment>, Error> {
+        Ok(self
+            .current()?
+            .assignments()
+            .iter()
+            .filter(|a| match scope {
+                Scope::Global | Scope::AllKeys if !at_scope_only => true,
+                Scope::Global => a.scope == Scope::Global,
+                Scope::AllKeys => matches!(a.scope, Scope::Global | Scope::AllKeys),
+                Scope::Key(k) => a.scope.covers(Some(k)),
+            })
+            .filter(|a| principal.is_none_or(|p| a.principal_id.eq_ignore_ascii_case(p)))
+            .cloned()
+            .collect())
+    }
+
+    pub async fn delete_role_assignment(
+        &self,
+        scope: &Scope,
+        name: &str,
+    ) -> Result<RoleAssignment, Error> {
+        let assignment = self.role_assignment(scope, name)?;
+        let key = assignment.name.clone();
+        if !self
+            .blocking(move |store| store.delete_role_assignment(&key))
+            .await?
+        {
+            return Err(role_assignment_not_found(name));
+        }
+        self.reload()?;
+        Ok(assignment)
+    }
+
+    /// Whether `principal` may do `action` on `key`.
+    pub fn authorize(&self, principal: &Principal, action: Action, key: Option<&str>) -> bool {
+        self.current()
+            .map(|s| s.authorize(&principal.id, action, key))
+            .unwrap_or(false)
+    }
+
+    async fn blocking<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<R, crate::store::Error> + Send + 'static,
+    ) -> Result<R, Error> {
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| Error::Internal(format!("a store call panicked: {e}")))?
+            .map_err(Error::from)
+    }
+}
+
+/// Role definition and assignment names are GUIDs chosen by the client.
+fn guid(raw: &str, what: &str) -> Result<String, Error> {
+    uuid::Uuid::parse_str(raw)
+        .map(|u| u.hyphenated().to_string())
+        .map_err(|_| {
+            Error::BadParameter(format!(
+                "The {what} '{}' is not a GUID.",
+                truncate_for_message(raw)
+            ))
+        })
+}
+
+fn role_definition_not_found(name: &str) -> Error {
+    Error::NotFound {
+        code: "RoleDefinitionNotFound",
+        message: format!(
+            "There is no role definition '{}'.",
+            truncate_for_message(name)
+        ),
+    }
+}
+
+fn role_assignment_not_found(name: &str) -> Error {
+    Error::NotFound {
+        code: "RoleAssignmentNotFound",
+        message: format!(
+            "There is no role assignment '{}' at this scope.",
+            truncate_for_message(name)
+        ),
+    }
+}

@@ -1,0 +1,667 @@
+//! The audit log: one JSON line per request (and per admin-CLI change), allowed or denied,
+//! appended to `DATA_DIR/audit.log` and chained: every record carries the SHA-256 of the one
+//! before it, and its own hash over everything else it says. Editing or removing a record
+//! breaks the chain at that record; removing the newest ones is caught against the chain head
+//! the database keeps. Records never hold key material, plaintexts, PINs or tokens — only who,
+//! what, which key, when, from where, and how it ended.
+//!
+//! The service appends from one writer thread in batches; a request that changed state waits
+//! until its record is on disk before it is answered, so an acknowledged change is always in
+//! the log. The admin CLI appends under the same file lock.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::store::Store;
+
+/// The file name under the data dir.
+pub const FILE_NAME: &str = "audit.log";
+
+/// The `meta` key of the chain head: `{seq}:{hash}`.
+pub const HEAD_KEY: &str = "audit_head";
+
+/// The chain starts from this "previous hash".
+const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// How often, at most, the writer records the chain head in the database when no request is
+/// waiting for its record.
+const HEAD_EVERY: Duration = Duration::from_millis(250);
+
+/// How a request ended, as far as access control is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Authenticated and authorized; `status` says how the operation itself ended.
+    Allowed,
+    /// Authenticated, but no role assignment grants the action.
+    Denied,
+    /// No valid credential.
+    Unauthenticated,
+    /// Authenticated, but refused before an action could be checked (an unknown path, a
+    /// missing api-version).
+    Rejected,
+}
+
+/// One thing that happened, before it is numbered and chained.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    pub time: String,
+    pub request_id: String,
+    pub client_request_id: Option<String>,
+    pub source: Option<String>,
+    pub principal: Option<String>,
+    pub principal_name: Option<String>,
+    pub method: String,
+    pub path: String,
+    pub action: Option<String>,
+    pub key: Option<String>,
+    pub version: Option<String>,
+    pub outcome: Outcome,
+    pub status: u16,
+}
+
+impl Event {
+    /// The current wall-clock time in the records' format.
+    pub fn now() -> String {
+        let ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        crate::clock::rfc3339_millis(ms)
+    }
+}
+
+#[derive(Serialize)]
+struct Record<'a> {
+    seq: u64,
+    #[serde(flatten)]
+    event: &'a Event,
+    prev: &'a str,
+}
+
+/// The end of the chain as the file has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Tail {
+    seq: u64,
+    hash: String,
+    len: u64,
+}
+
+/// Appends to the log under an exclusive file lock, so the service and the admin CLI can both
+/// write without forking the chain.
+pub struct Appender {
+    file: File,
+    tail: Tail,
+}
+
+impl Appender {
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let file = OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(path)?;
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+        file.lock()?;
+        let tail = read_tail(&file);
+        file.unlock()?;
+        Ok(Self { file, tail: tail? })
+    }
+
+    /// Appends events as one write and syncs the file. Returns the new head.
+    pub fn append(&mut self, events: &[Event]) -> io::Result<(u64, String)> {
+        self.file.lock()?;
+        let result = self.append_locked(events);
+        self.file.unlock()?;
+        result
+    }
+
+    /// Appends, then records the new head in the database before the lock is released.
+    pub fn append_and_record_head(
+        &mut self,
+        events: &[Event],
+        store: &Store,
+    ) -> io::Result<(u64, String)> {
+        self.file.lock()?;
+        let result = self.append_locked(events).and_then(|head| {
+            record_head(store, &head)?;
+            Ok(head)
+        });
+        self.file.unlock()?;
+        result
+    }
+
+    fn append_locked(&mut self, events: &[Event]) -> io::Result<(u64, String)> {
+        // Another process (the admin CLI) may have appended since this one last did.
+        if self.file.metadata()?.len() != self.tail.len {
+            self.tail = read_tail(&self.file)?;
+        }
+        let mut out = Vec::with_capacity(events.len() * 400);
+        let mut tail = self.tail.clone();
+        for event in events {
+            let seq = tail.seq + 1;
+            let body = serde_json::to_string(&Record {
+                seq,
+                event,
+                prev: &tail.hash,
+            })
+            .map_err(io::Error::other)?;
+            let hash = hex::encode(Sha256::digest(body.as_bytes()));
+            out.extend_from_slice(&body.as_bytes()[..body.len() - 1]);
+            out.extend_from_slice(format!(",\"hash\":\"{hash}\"}}\n").as_bytes());
+            tail.seq = seq;
+            tail.hash = hash;
+        }
+        self.file.write_all(&out)?;
+        self.file.sync_data()?;
+        tail.len += out.len() as u64;
+        self.tail = tail;
+        Ok((self.tail.seq, self.tail.hash.clone()))
+    }
+
+    /// Records the current head in the database, under the lock, so a head written by another
+    /// process is never replaced by an older one.
+    pub fn sync_head(&mut self, store: &Store) -> io::Result<()> {
+        self.file.lock()?;
+        let result = (|| {
+            if self.file.metadata()?.len() != self.tail.len {
+                self.tail = read_tail(&self.file)?;
+            }
+            record_head(store, &self.head())
+        })();
+        self.file.unlock()?;
+        result
+    }
+
+    /// The head as this appender last saw it.
+    pub fn head(&self) -> (u64, String) {
+        (self.tail.seq, self.tail.hash.clone())
+    }
+}
+
+fn record_head(store: &Store, head: &(u64, String)) -> io::Result<()> {
+    store
+        .set_meta_untracked(HEAD_KEY, &format!("{}:{}", head.0, head.1))
+        .map_err(io::Error::other)
+}
+
+/// The chain head the database records, if any.
+pub fn recorded_head(store: &Store) -> Result<Option<(u64, String)>, crate::store::Error> {
+    Ok(store.meta(HEAD_KEY)?.and_then(|v| {
+        let (seq, hash) = v.split_once(':')?;
+        Some((seq.parse().ok()?, hash.to_owned()))
+    }))
+}
+
+/// Finds the last complete record. A torn last line (the machine stopped mid-write) is cut
+/// off: it was never synced, so no request that waited for it was answered.
+fn read_tail(file: &File) -> io::Result<Tail> {
+    let len = file.metadata()?.len();
+    if len == 0 {
+        return Ok(Tail {
+            seq: 0,
+            hash: GENESIS.to_owned(),
+            len: 0,
+        });
+    }
+    let mut reader = file;
+    let window = len.min(1 << 20);
+    reader.seek(SeekFrom::Start(len - window))?;
+    let mut buf = Vec::with_capacity(window as usize);
+    reader.take(window).read_to_end(&mut buf)?;
+    let complete = match buf.iter().rposition(|&b| b == b'\n') {
+        Some(i) => i + 1,
+        None => 0,
+    };
+    if complete < buf.len() {
+        let keep = len - (buf.len() - complete) as u64;
+        tracing::warn!(
+            dropped = buf.len() - complete,
+            "the audit log ended in a torn record; cutting it off"
+        );
+        file.set_len(keep)?;
+        file.sync_data()?;
+        return read_tail(file);
+    }
+    let last_line = buf[..complete - 1]
+        .rsplit(|&b| b == b'\n')
+        .next()
+        .unwrap_or_default();
+    let value: serde_json::Value = serde_json::from_slice(last_line)
+        .map_err(|e| io::Error::other(format!("the last audit record is not JSON: {e}")))?;
+    let seq = value["seq"]
+        .as_u64()
+        .ok_or_else(|| io::Error::other("the last audit record has no seq"))?;
+    let hash = value["hash"]
+        .as_str()
+        .ok_or_else(|| io::Error::other("the last audit record has no hash"))?
+        .to_owned();
+    Ok(Tail { seq, hash, len })
+}
+
+enum Message {
+    Event(Box<Event>, Option<tokio::sync::oneshot::Sender<()>>),
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// The service's handle on the log: cheap to clone, sends records to the writer thread.
+#[derive(Clone)]
+pub struct AuditLog {
+    tx: mpsc::Sender<Message>,
+}
+
+impl AuditLog {
+    /// Opens the log and starts its writer thread.
+    pub fn start(path: PathBuf, store: Arc<Store>) -> io::Result<Self> {
+        let mut appender = Appender::open(&path)?;
+        if let Ok(Some((seq, _))) = recorded_head(&store)
+            && seq > appender.head().0
+        {
+            tracing::error!(
+                recorded = seq,
+                file = appender.head().0,
+                "the audit log ends before the head the database recorded: records were removed; `p11vault audit verify` says more"
+            );
+        }
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("audit".into())
+            .spawn(move || write_loop(&mut appender, &rx, &store))?;
+        Ok(Self { tx })
+    }
+
+    /// Queues a record; it reaches the disk within milliseconds.
+    pub fn record(&self, event: Event) {
+        if self.tx.send(Message::Event(Box::new(event), None)).is_err() {
+            tracing::error!("the audit writer has stopped; a record was not written");
+        }
+    }
+
+    /// Queues a record and waits until it is on disk.
+    pub async fn record_durably(&self, event: Event) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if self
+            .tx
+            .send(Message::Event(Box::new(event), Some(done)))
+            .is_err()
+        {
+            tracing::error!("the audit writer has stopped; a record was not written");
+            return;
+        }
+        if wait.await.is_err() {
+            tracing::error!("the audit writer failed to write a record");
+        }
+    }
+
+    /// Waits until everything queued so far is on disk and the head is recorded.
+    pub async fn flush(&self) {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        if self.tx.send(Message::Flush(done)).is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+fn write_loop(appender: &mut Appender, rx: &mpsc::Receiver<Message>, store: &Store) {
+    let mut last_head = Instant::now();
+    let mut head_behind = false;
+    let record_head_now = |appender: &mut Appender| {
+        if let Err(e) = appender.sync_head(store) {
+            tracing::error!(error = %e, "cannot record the audit chain head");
+        }
+    };
+    loop {
+        let first = match rx.recv_timeout(HEAD_EVERY) {
+            Ok(m) => m,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if head_behind {
+                    record_head_now(appender);
+                    head_behind = false;
+                    last_head = Instant::now();
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        let mut events = Vec::new();
+        let mut waiters = Vec::new();
+        let mut next = Some(first);
+        while let Some(message) = next.take() {
+            match message {
+                Message::Event(e, w) => {
+                    events.push(*e);
+                    waiters.extend(w);
+                }
+                Message::Flush(w) => waiters.push(w),
+            }
+            if events.len() < 4096 {
+                next = rx.try_recv().ok();
+            }
+        }
+        // A request waiting for its record, or a quiet quarter second, also moves the head.
+        let with_head = !waiters.is_empty() || last_head.elapsed() >= HEAD_EVERY;
+        let result = match (events.is_empty(), with_head) {
+            (true, true) if head_behind => appender.sync_head(store),
+            (true, _) => Ok(()),
+            (false, true) => appender.append_and_record_head(&events, store).map(drop),
+            (false, false) => appender.append(&events).map(drop),
+        };
+        match result {
+            Ok(()) => {
+                if with_head {
+                    head_behind = false;
+                    last_head = Instant::now();
+                } else if !events.is_empty() {
+                    head_behind = true;
+                }
+                for w in waiters {
+                    let _ = w.send(());
+                }
+            }
+            // The waiters' senders drop here, so their requests log the failure.
+            Err(e) => tracing::error!(error = %e, count = events.len(), "cannot write audit records"),
+        }
+    }
+    record_head_now(appender);
+}
+
+/// Which records `show` returns.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// Records at or after this time (RFC 3339, as the records spell it).
+    pub since: Option<String>,
+    /// Records before this time.
+    pub until: Option<String>,
+    pub principal: Option<String>,
+    pub key: Option<String>,
+    /// A case-insensitive part of the data action.
+    pub action: Option<String>,
+    pub outcome: Option<String>,
+    /// Records with a larger sequence number (for paging).
+    pub after_seq: Option<u64>,
+}
+
+impl Filter {
+    fn matches(&self, record: &serde_json::Value) -> bool {
+        let text = |field: &str| record[field].as_str().unwrap_or_default();
+        let eq = |want: &Option<String>, field: &str| {
+            want.as_ref()
+                .is_none_or(|w| text(field).eq_ignore_ascii_case(w))
+        };
+        self.since.as_ref().is_none_or(|s| text("time") >= s.as_str())
+            && self.until.as_ref().is_none_or(|u| text("time") < u.as_str())
+            && eq(&self.principal, "principal")
+            && eq(&self.key, "key")
+            && eq(&self.outcome, "outcome")
+            && self.action.as_ref().is_none_or(|a| {
+                text("action")
+                    .to_ascii_lowercase()
+                    .contains(&a.to_ascii_lowercase())
+            })
+            && self
+                .after_seq
+                .is_none_or(|after| record["seq"].as_u64().is_some_and(|s| s > after))
+    }
+}
+
+/// The records that match, oldest first, at most `limit` of them, as the JSON lines stored.
+pub fn read(path: &Path, filter: &Filter, limit: usize) -> io::Result<Vec<String>> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    let mut out = Vec::new();
+    for line in BufReader::new(file).lines() {
+        let line = line?;
+        // A record still being written has no newline yet and fails to parse: skip it.
+        let Ok(record) = serde_json::from_str::<serde_json::Value>(&line) else {
+            continue;
+        };
+        if filter.matches(&record) {
+            out.push(line);
+            if out.len() >= limit {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What a verification found when the chain is whole.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Verified {
+    pub records: u64,
+    pub head: (u64, String),
+}
+
+/// Where and why the chain is broken.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("line {line}: {reason}")]
+pub struct Broken {
+    /// 1-based line in the file (0: the file as a whole).
+    pub line: u64,
+    pub reason: String,
+}
+
+/// Checks every record's hash, sequence number and link to the one before, and the end of the
+/// file against the head the database recorded.
+pub fn verify(path: &Path, recorded: Option<(u64, String)>) -> Result<Verified, Broken> {
+    let file = File::open(path).map_err(|e| Broken {
+        line: 0,
+        reason: format!("cannot open {}: {e}", path.display()),
+    })?;
+    let mut prev = GENESIS.to_owned();
+    let mut seq = 0u64;
+    let mut line_no = 0u64;
+    let mut hashes_at_head = None;
+    for line in BufReader::new(file).split(b'\n') {
+        line_no += 1;
+        let broken = |reason: String| Broken {
+            line: line_no,
+            reason,
+        };
+        let line = line.map_err(|e| broken(format!("cannot read: {e}")))?;
+        let text = std::str::from_utf8(&line).map_err(|_| broken("not UTF-8".into()))?;
+        let value: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| broken(format!("not a JSON record: {e}")))?;
+        let stated = value["hash"]
+            .as_str()
+            .ok_or_else(|| broken("no hash".into()))?
+            .to_owned();
+        let suffix = format!(",\"hash\":\"{stated}\"}}");
+        let body = text
+            .strip_suffix(&suffix)
+            .map(|b| format!("{b}}}"))
+            .ok_or_else(|| broken("the hash is not the record's last field".into()))?;
+        let record_seq = value["seq"]
+            .as_u64()
+            .ok_or_else(|| broken("no sequence number".into()))?;
+        if record_seq != seq + 1 {
+            return Err(broken(format!(
+                "sequence number {record_seq} follows {seq}: records {} to {} are missing or out of order",
+                seq + 1,
+                record_seq.saturating_sub(1).max(seq + 1)
+            )));
+        }
+        if value["prev"].as_str() != Some(prev.as_str()) {
+            return Err(broken(format!(
+                "record {record_seq} does not link to record {seq}: a record before it was removed or replaced"
+            )));
+        }
+        if hex::encode(Sha256::digest(body.as_bytes())) != stated {
+            return Err(broken(format!(
+                "record {record_seq} does not match its hash: it was edited"
+            )));
+        }
+        seq = record_seq;
+        prev = stated;
+        if recorded.as_ref().is_some_and(|(s, _)| *s == seq) {
+            hashes_at_head = Some(prev.clone());
+        }
+    }
+    if let Some((head_seq, head_hash)) = recorded {
+        if head_seq > seq {
+            return Err(Broken {
+                line: line_no + 1,
+                reason: format!(
+                    "the log ends at record {seq} but the database recorded record {head_seq}: the last {} record(s) were removed",
+                    head_seq - seq
+                ),
+            });
+        }
+        if head_seq > 0 && hashes_at_head.as_deref() != Some(head_hash.as_str()) {
+            return Err(Broken {
+                line: head_seq,
+                reason: format!(
+                    "record {head_seq} is not the one the database recorded as the chain head: the log was rewritten"
+                ),
+            });
+        }
+    }
+    Ok(Verified {
+        records: seq,
+        head: (seq, prev),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(n: u32) -> Event {
+        Event {
+            time: format!("2026-11-21T10:00:{n:02}.000Z"),
+            request_id: format!("r{n}"),
+            client_request_id: None,
+            source: Some("127.0.0.1:1".into()),
+            principal: Some(if n % 2 == 0 { "alice" } else { "bob" }.into()),
+            principal_name: None,
+            method: "POST".into(),
+            path: format!("/keys/k{n}/create"),
+            action: Some("Microsoft.KeyVault/managedHsm/keys/create".into()),
+            key: Some(format!("k{n}")),
+            version: None,
+            outcome: Outcome::Allowed,
+            status: 200,
+        }
+    }
+
+    fn write_log(dir: &Path, n: u32) -> (PathBuf, (u64, String)) {
+        let path = dir.join(FILE_NAME);
+        let mut a = Appender::open(&path).expect("open");
+        a.append(&(1..=n).map(event).collect::<Vec<_>>())
+            .expect("append");
+        let head = a.head();
+        (path, head)
+    }
+
+    fn lines(path: &Path) -> Vec<String> {
+        std::fs::read_to_string(path)
+            .expect("read")
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn rewrite(path: &Path, lines: &[String]) {
+        let mut text = lines.join("\n");
+        text.push('\n');
+        std::fs::write(path, text).expect("write");
+    }
+
+    #[test]
+    fn a_whole_chain_verifies_and_appending_continues_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, head) = write_log(dir.path(), 5);
+        assert_eq!(head.0, 5);
+        let mut again = Appender::open(&path).expect("reopen");
+        again.append(&[event(6)]).expect("append");
+        let verified = verify(&path, Some(head)).expect("verifies");
+        assert_eq!(verified.records, 6);
+        assert_eq!(verified.head, again.head());
+    }
+
+    #[test]
+    fn every_kind_of_tampering_is_found_at_the_right_record() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, head) = write_log(dir.path(), 6);
+        let original = lines(&path);
+
+        let mut edited = original.clone();
+        edited[2] = edited[2].replace("\"status\":200", "\"status\":403");
+        rewrite(&path, &edited);
+        let e = verify(&path, Some(head.clone())).expect_err("edit");
+        assert_eq!(e.line, 3, "{e}");
+        assert!(e.reason.contains("edited"), "{e}");
+
+        let mut removed = original.clone();
+        removed.remove(3);
+        rewrite(&path, &removed);
+        let e = verify(&path, Some(head.clone())).expect_err("removal");
+        assert_eq!(e.line, 4, "{e}");
+        assert!(e.reason.contains("missing"), "{e}");
+
+        rewrite(&path, &original[..4]);
+        let e = verify(&path, Some(head.clone())).expect_err("truncation");
+        assert!(e.reason.contains("last 2 record(s) were removed"), "{e}");
+
+        // A record re-hashed after editing still breaks the link of the next one.
+        let mut rehashed = original.clone();
+        let body = rehashed[1].split(",\"hash\":").next().expect("hash field");
+        let body = body.replace("\"status\":200", "\"status\":201");
+        let hash = hex::encode(Sha256::digest(format!("{body}}}").as_bytes()));
+        rehashed[1] = format!("{body},\"hash\":\"{hash}\"}}");
+        rewrite(&path, &rehashed);
+        let e = verify(&path, Some(head.clone())).expect_err("re-hash");
+        assert_eq!(e.line, 3, "{e}");
+
+        rewrite(&path, &original);
+        assert!(verify(&path, Some(head)).is_ok());
+    }
+
+    #[test]
+    fn a_torn_last_record_is_cut_off_on_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, head) = write_log(dir.path(), 3);
+        let mut f = OpenOptions::new().append(true).open(&path).expect("open");
+        f.write_all(b"{\"seq\":4,\"time\":\"20").expect("torn write");
+        drop(f);
+        let mut a = Appender::open(&path).expect("reopen");
+        assert_eq!(a.head(), head);
+        a.append(&[event(4)]).expect("append");
+        assert_eq!(verify(&path, None).expect("verifies").records, 4);
+    }
+
+    #[test]
+    fn filters_select_records() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, _) = write_log(dir.path(), 6);
+        let by_alice = Filter {
+            principal: Some("alice".into()),
+            ..Filter::default()
+        };
+        assert_eq!(read(&path, &by_alice, 100).expect("read").len(), 3);
+        let window = Filter {
+            since: Some("2026-11-21T10:00:02.000Z".into()),
+            until: Some("2026-11-21T10:00:05.000Z".into()),
+            ..Filter::default()
+        };
+        assert_eq!(read(&path, &window, 100).expect("read").len(), 3);
+        let key = Filter {
+            key: Some("K4".into()),
+            action: Some("keys/CREATE".into()),
+            ..Filter::default()
+        };
+        assert_eq!(read(&path, &key, 100).expect("read").len(), 1);
+        assert_eq!(read(&path, &Filter::default(), 2).expect("read").len(), 2);
+    }
+}
