@@ -90,13 +90,53 @@ impl Service {
             .trim()
             .to_owned();
         let agent = agent_trusting(&dir.join("ca.pem"));
-        Ok(Service {
+        let service = Service {
             child: Some(child),
             url,
             dir: dir.to_owned(),
             token,
             agent,
-        })
+        };
+        // The initial administrator holds only the Administrator role, which uses no keys. The
+        // tests' default caller is that principal with the key roles added, as an operator
+        // would do after activating a Managed HSM.
+        let admin = service.admin_principal();
+        if !admin["roles"].to_string().contains("Crypto User") {
+            let id = admin["id"].as_str().expect("an id").to_owned();
+            for role in ["Managed HSM Crypto User", "Managed HSM Crypto Officer"] {
+                service.cli(&["role", "assign", "--principal", &id, "--role", role]);
+            }
+        }
+        Ok(service)
+    }
+
+    /// The initial administrator as `principal list --json` shows it.
+    pub fn admin_principal(&self) -> Value {
+        let listed = self.cli(&["principal", "list", "--json"]);
+        serde_json::from_str(listed.lines().next().expect("a principal")).expect("JSON")
+    }
+
+    /// Runs the admin CLI on this service's data dir; fails the test unless it succeeds.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let (ok, stdout, stderr) = cli(&self.dir, args);
+        assert!(ok, "p11vault {}: {stderr}", args.join(" "));
+        stdout
+    }
+
+    /// Registers a principal with roles at `scope`; returns (id, token).
+    pub fn new_principal(&self, name: &str, roles: &[&str], scope: &str) -> (String, String) {
+        let mut args = vec!["principal", "create", "--name", name, "--scope", scope];
+        for role in roles {
+            args.extend(["--role", role]);
+        }
+        let out = self.cli(&args);
+        let field = |k: &str| {
+            out.lines()
+                .find_map(|l| l.strip_prefix(&format!("{k}=")))
+                .unwrap_or_else(|| panic!("no {k} in {out}"))
+                .to_owned()
+        };
+        (field("id"), field("token"))
     }
 
     /// The service's process id.
@@ -248,6 +288,21 @@ impl Drop for Service {
             let _ = child.wait();
         }
     }
+}
+
+/// Runs the admin CLI on a data dir; returns (success, stdout, stderr).
+pub fn cli(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_p11vault"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(dir)
+        .output()
+        .expect("the p11vault binary runs");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// An HTTPS client that trusts exactly the given CA.

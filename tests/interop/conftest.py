@@ -10,6 +10,7 @@ Environment:
 
 from __future__ import annotations
 
+import json
 import os
 import queue
 import re
@@ -73,7 +74,28 @@ class Service:
     data_dir: Path
     proc: subprocess.Popen
     stderr_path: Path
+    bin_path: Path
+    admin_id: str = ""
     stdout_lines: List[str] = field(default_factory=list)
+
+    def cli(self, *args: str) -> Dict[str, str]:
+        """Runs the admin CLI on this service's data dir; returns its ``k=v`` output lines."""
+        done = subprocess.run(
+            [str(self.bin_path), *args, "--data-dir", str(self.data_dir)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, f"p11vault {' '.join(args)}: {done.stderr}"
+        return dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+
+    def new_principal(self, name: str, *roles: str, scope: str = "/") -> "tuple[str, str]":
+        """Registers a principal with roles; returns (id, token)."""
+        args = ["principal", "create", "--name", name, "--scope", scope]
+        for role in roles:
+            args += ["--role", role]
+        out = self.cli(*args)
+        return out["id"], out["token"]
 
     def stderr_tail(self, limit: int = STDERR_TAIL_CHARS) -> str:
         try:
@@ -176,7 +198,7 @@ def _start_service(bin_path: Path, data_dir: Path) -> Service:
         proc.wait(SHUTDOWN_TIMEOUT_S)
         pytest.fail(f"{token_file} is empty")
 
-    return Service(
+    service = Service(
         url=url,
         port=port,
         ca=str(ca),
@@ -184,8 +206,22 @@ def _start_service(bin_path: Path, data_dir: Path) -> Service:
         data_dir=data_dir,
         proc=proc,
         stderr_path=stderr_path,
+        bin_path=bin_path,
         stdout_lines=stdout_lines,
     )
+    # The initial administrator holds only the Administrator role, which uses no keys. The
+    # suite's default client is that principal with the key roles added, as an operator would
+    # do after activating a Managed HSM.
+    listed = subprocess.run(
+        [str(bin_path), "principal", "list", "--json", "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    service.admin_id = json.loads(listed.stdout.splitlines()[0])["id"]
+    for role in ("Managed HSM Crypto User", "Managed HSM Crypto Officer"):
+        service.cli("role", "assign", "--principal", service.admin_id, "--role", role)
+    return service
 
 
 @pytest.fixture(scope="session")
