@@ -262,15 +262,18 @@ impl AccessControl {
         principal_id: Option<&str>,
     ) -> Result<RoleAssignment, Error> {
         let name = guid(name, "role assignment name")?;
-        let definition = role_definition_id
-            .ok_or_else(|| Error::BadParameter("The role assignment needs a 'roleDefinitionId'.".into()))?;
+        let definition = role_definition_id.ok_or_else(|| {
+            Error::BadParameter("The role assignment needs a 'roleDefinitionId'.".into())
+        })?;
         // Clients send the full id (`Microsoft.KeyVault/providers/…/roleDefinitions/{guid}`)
         // or the bare name.
         let definition = definition.rsplit('/').next().unwrap_or(definition);
         let principal_id = principal_id
             .map(str::trim)
             .filter(|p| !p.is_empty())
-            .ok_or_else(|| Error::BadParameter("The role assignment needs a 'principalId'.".into()))?;
+            .ok_or_else(|| {
+                Error::BadParameter("The role assignment needs a 'principalId'.".into())
+            })?;
         let current = self.current()?;
         let role = current.role(definition).ok_or_else(|| {
             Error::BadParameter(format!(

@@ -69,14 +69,23 @@ impl DataDir {
     ) -> Result<(String, BearerToken)> {
         let name = name.trim();
         if name.is_empty() || name.len() > 64 {
-            return Err(AdminError::Refused("a principal name is 1 to 64 characters".into()));
+            return Err(AdminError::Refused(
+                "a principal name is 1 to 64 characters".into(),
+            ));
         }
         let id = match id {
             Some(id) => validate_id(id)?,
             None => uuid::Uuid::new_v4().to_string(),
         };
-        if self.store.principals()?.iter().any(|p| p.id.eq_ignore_ascii_case(&id)) {
-            return Err(AdminError::Refused(format!("a principal with id {id} exists")));
+        if self
+            .store
+            .principals()?
+            .iter()
+            .any(|p| p.id.eq_ignore_ascii_case(&id))
+        {
+            return Err(AdminError::Refused(format!(
+                "a principal with id {id} exists"
+            )));
         }
         let scope = parse_scope(scope)?;
         let assignments = role_names
@@ -112,7 +121,11 @@ impl DataDir {
         )?;
         self.audit("principal/create", &id, name)?;
         for a in &assignments {
-            self.audit("roleAssignments/write", &id, &format!("{} at {}", a.role_definition, a.scope))?;
+            self.audit(
+                "roleAssignments/write",
+                &id,
+                &format!("{} at {}", a.role_definition, a.scope),
+            )?;
         }
         Ok((id, token))
     }
@@ -147,7 +160,15 @@ impl DataDir {
     pub fn set_enabled(&self, id: &str, enabled: bool) -> Result<()> {
         let id = self.principal_id(id)?;
         self.store.set_principal_enabled(&id, enabled)?;
-        self.audit(if enabled { "principal/enable" } else { "principal/disable" }, &id, "")
+        self.audit(
+            if enabled {
+                "principal/enable"
+            } else {
+                "principal/disable"
+            },
+            &id,
+            "",
+        )
     }
 
     /// Gives a principal a new token; the old one stops working at once.
@@ -214,7 +235,9 @@ impl DataDir {
     fn resolve_role(&self, wanted: &str) -> Result<RoleDefinition> {
         self.all_roles()?
             .into_iter()
-            .find(|r| r.name.eq_ignore_ascii_case(wanted) || r.role_name.eq_ignore_ascii_case(wanted))
+            .find(|r| {
+                r.name.eq_ignore_ascii_case(wanted) || r.role_name.eq_ignore_ascii_case(wanted)
+            })
             .ok_or_else(|| {
                 AdminError::Refused(format!(
                     "no role named {wanted:?}; built-in roles: {}",
@@ -265,7 +288,9 @@ impl DataDir {
 
 fn parse_scope(raw: &str) -> Result<Scope> {
     Scope::parse(raw).ok_or_else(|| {
-        AdminError::Refused(format!("{raw:?} is not a scope; use /, /keys or /keys/NAME"))
+        AdminError::Refused(format!(
+            "{raw:?} is not a scope; use /, /keys or /keys/NAME"
+        ))
     })
 }
 

@@ -367,7 +367,9 @@ fn write_loop(appender: &mut Appender, rx: &mpsc::Receiver<Message>, store: &Sto
                 }
             }
             // The waiters' senders drop here, so their requests log the failure.
-            Err(e) => tracing::error!(error = %e, count = events.len(), "cannot write audit records"),
+            Err(e) => {
+                tracing::error!(error = %e, count = events.len(), "cannot write audit records")
+            }
         }
     }
     record_head_now(appender);
@@ -396,8 +398,13 @@ impl Filter {
             want.as_ref()
                 .is_none_or(|w| text(field).eq_ignore_ascii_case(w))
         };
-        self.since.as_ref().is_none_or(|s| text("time") >= s.as_str())
-            && self.until.as_ref().is_none_or(|u| text("time") < u.as_str())
+        self.since
+            .as_ref()
+            .is_none_or(|s| text("time") >= s.as_str())
+            && self
+                .until
+                .as_ref()
+                .is_none_or(|u| text("time") < u.as_str())
             && eq(&self.principal, "principal")
             && eq(&self.key, "key")
             && eq(&self.outcome, "outcome")
@@ -543,7 +550,7 @@ mod tests {
             request_id: format!("r{n}"),
             client_request_id: None,
             source: Some("127.0.0.1:1".into()),
-            principal: Some(if n % 2 == 0 { "alice" } else { "bob" }.into()),
+            principal: Some(if n.is_multiple_of(2) { "alice" } else { "bob" }.into()),
             principal_name: None,
             method: "POST".into(),
             path: format!("/keys/k{n}/create"),
@@ -633,7 +640,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (path, head) = write_log(dir.path(), 3);
         let mut f = OpenOptions::new().append(true).open(&path).expect("open");
-        f.write_all(b"{\"seq\":4,\"time\":\"20").expect("torn write");
+        f.write_all(b"{\"seq\":4,\"time\":\"20")
+            .expect("torn write");
         drop(f);
         let mut a = Appender::open(&path).expect("reopen");
         assert_eq!(a.head(), head);

@@ -84,7 +84,11 @@ pub fn parse_time(raw: &str) -> Option<i64> {
         Some(t) => {
             let t = t.split('.').next()?;
             let mut parts = t.split(':');
-            let v = (num(parts.next()?)?, num(parts.next()?)?, num(parts.next()?)?);
+            let v = (
+                num(parts.next()?)?,
+                num(parts.next()?)?,
+                num(parts.next()?)?,
+            );
             if parts.next().is_some() || v.0 > 23 || v.1 > 59 || v.2 > 60 {
                 return None;
             }
@@ -127,7 +131,10 @@ mod tests {
     #[test]
     fn utc_formatting_round_trips() {
         assert_eq!(rfc3339_millis(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(rfc3339_millis(1_795_000_000_123), "2026-11-18T11:06:40.123Z");
+        assert_eq!(
+            rfc3339_millis(1_795_000_000_123),
+            "2026-11-18T11:06:40.123Z"
+        );
         assert_eq!(compact_utc(951_782_400), "20000229000000");
         for secs in [0, 951_782_400, 1_795_000_000, 4_102_444_800] {
             let text = rfc3339_millis(secs * 1000);

@@ -17,10 +17,7 @@ pub enum Error {
     KeyNotFound(String),
     /// Something other than a key does not exist (404 with `code`).
     #[error("{message}")]
-    NotFound {
-        code: &'static str,
-        message: String,
-    },
+    NotFound { code: &'static str, message: String },
     /// The caller's role assignments do not grant the data action (403 AccessDenied).
     #[error("{0}")]
     AccessDenied(String),

@@ -120,7 +120,7 @@ enum AuditCommand {
     /// Check the hash chain of the whole log against the head the database recorded.
     Verify(AdminArgs),
     /// Read records through the service, as a principal allowed to (Crypto Auditor).
-    Show(AuditShow),
+    Show(Box<AuditShow>),
 }
 
 #[derive(Args)]
@@ -336,7 +336,11 @@ fn principal(cmd: PrincipalCommand) -> CliResult {
                         p.name,
                         if p.enabled { "enabled" } else { "disabled" },
                         p.created,
-                        if p.roles.is_empty() { "(no roles)".to_owned() } else { p.roles.join("; ") }
+                        if p.roles.is_empty() {
+                            "(no roles)".to_owned()
+                        } else {
+                            p.roles.join("; ")
+                        }
                     );
                 }
             }
@@ -404,7 +408,10 @@ fn audit_show(args: &AuditShow) -> CliResult {
         .unwrap_or_else(|| args.data_dir.join("ca.pem"));
     let agent = tls::client_agent(&ca)?;
     let mut req = agent
-        .get(&format!("{}/p11vault/audit", args.url.trim_end_matches('/')))
+        .get(&format!(
+            "{}/p11vault/audit",
+            args.url.trim_end_matches('/')
+        ))
         .query("api-version", p11vault::http::LATEST_API_VERSION)
         .query("limit", &args.limit.to_string())
         .set("Authorization", &format!("Bearer {}", token.trim()));
@@ -423,7 +430,11 @@ fn audit_show(args: &AuditShow) -> CliResult {
     let body = match req.call() {
         Ok(r) => r.into_string()?,
         Err(ureq::Error::Status(code, r)) => {
-            return Err(format!("the service answered {code}: {}", r.into_string().unwrap_or_default()).into());
+            return Err(format!(
+                "the service answered {code}: {}",
+                r.into_string().unwrap_or_default()
+            )
+            .into());
         }
         Err(e) => return Err(format!("cannot reach {}: {e}", args.url).into()),
     };
@@ -447,7 +458,10 @@ fn audit_show(args: &AuditShow) -> CliResult {
             s("method"),
             s("path"),
             s("key"),
-            r["principalName"].as_str().or(r["principal"].as_str()).unwrap_or("-"),
+            r["principalName"]
+                .as_str()
+                .or(r["principal"].as_str())
+                .unwrap_or("-"),
             s("source"),
         )?;
     }

@@ -7,13 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::auth::BearerToken;
+use crate::auth::PrincipalRow;
+use crate::auth::roles::{self, RoleAssignment, Scope};
 use crate::config::{Config, TokenSource};
 use crate::failpoint;
 use crate::fsutil::{create_private_dir, write_atomic};
 use crate::hsm::{self, HsmSettings, Module, Pin};
 use crate::model::{Retention, VersionId};
-use crate::auth::PrincipalRow;
-use crate::auth::roles::{self, RoleAssignment, Scope};
 use crate::store::{self, Store};
 use crate::tls::{self, TlsPaths};
 

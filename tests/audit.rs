@@ -42,7 +42,10 @@ fn every_request_is_recorded_without_secrets_and_changes_are_on_disk_first() {
         .expect("the create is on disk before it was acknowledged");
     assert_eq!(created["principal"], user_id.as_str());
     assert_eq!(created["principalName"], "app");
-    assert_eq!(created["action"], "Microsoft.KeyVault/managedHsm/keys/create");
+    assert_eq!(
+        created["action"],
+        "Microsoft.KeyVault/managedHsm/keys/create"
+    );
     assert_eq!(created["key"], "audited");
     assert_eq!(created["outcome"], "allowed");
     assert_eq!(created["status"], 200);
@@ -66,12 +69,27 @@ fn every_request_is_recorded_without_secrets_and_changes_are_on_disk_first() {
     let path = format!("/keys/audited/{version}/encrypt?{API}");
     assert_eq!(svc.call_as(Some(&user), "POST", &path, Some(&body)).0, 200);
     assert_eq!(
-        svc.call_as(Some(&user), "DELETE", &format!("/deletedkeys/audited?{API}"), None).0,
+        svc.call_as(
+            Some(&user),
+            "DELETE",
+            &format!("/deletedkeys/audited?{API}"),
+            None
+        )
+        .0,
         403
     );
-    assert_eq!(svc.call_as(None, "GET", &format!("/keys?{API}"), None).0, 401);
     assert_eq!(
-        svc.call_as(Some("p11v_not-a-token"), "GET", &format!("/keys?{API}"), None).0,
+        svc.call_as(None, "GET", &format!("/keys?{API}"), None).0,
+        401
+    );
+    assert_eq!(
+        svc.call_as(
+            Some("p11v_not-a-token"),
+            "GET",
+            &format!("/keys?{API}"),
+            None
+        )
+        .0,
         401
     );
     svc.stop();
@@ -86,18 +104,36 @@ fn every_request_is_recorded_without_secrets_and_changes_are_on_disk_first() {
         .iter()
         .find(|r| r["outcome"] == "denied")
         .expect("the denial is recorded");
-    assert_eq!(denied["action"], "Microsoft.KeyVault/managedHsm/keys/deletedKeys/delete");
+    assert_eq!(
+        denied["action"],
+        "Microsoft.KeyVault/managedHsm/keys/deletedKeys/delete"
+    );
     assert_eq!(denied["status"], 403);
     assert_eq!(denied["principal"], user_id.as_str());
-    let anonymous: Vec<&Value> = all.iter().filter(|r| r["outcome"] == "unauthenticated").collect();
+    let anonymous: Vec<&Value> = all
+        .iter()
+        .filter(|r| r["outcome"] == "unauthenticated")
+        .collect();
     assert_eq!(anonymous.len(), 2, "{anonymous:?}");
-    assert!(anonymous.iter().all(|r| r["principal"].is_null() && r["status"] == 401));
-    let seqs: Vec<u64> = all.iter().map(|r| r["seq"].as_u64().expect("seq")).collect();
+    assert!(
+        anonymous
+            .iter()
+            .all(|r| r["principal"].is_null() && r["status"] == 401)
+    );
+    let seqs: Vec<u64> = all
+        .iter()
+        .map(|r| r["seq"].as_u64().expect("seq"))
+        .collect();
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
 
     let text = std::fs::read_to_string(dir.join("audit.log")).expect("log");
     let pin = std::fs::read_to_string(dir.join("user.pin")).expect("pin");
-    for secret in [user.as_str(), svc_token(&dir).as_str(), plaintext.as_str(), pin.trim()] {
+    for secret in [
+        user.as_str(),
+        svc_token(&dir).as_str(),
+        plaintext.as_str(),
+        pin.trim(),
+    ] {
         assert!(!text.contains(secret), "the audit log holds a secret");
     }
     let (ok, out) = verify(&dir);
@@ -119,7 +155,13 @@ fn an_auditor_reads_the_log_through_the_cli_and_others_cannot() {
     let (user_id, user) = svc.new_principal("app", &["Managed HSM Crypto User"], "/");
     svc.create("k1", r#"{"kty":"EC","crv":"P-256"}"#);
     assert_eq!(
-        svc.call_as(Some(&user), "DELETE", &format!("/deletedkeys/k1?{API}"), None).0,
+        svc.call_as(
+            Some(&user),
+            "DELETE",
+            &format!("/deletedkeys/k1?{API}"),
+            None
+        )
+        .0,
         403
     );
     let token_file = |token: &str, name: &str| {
@@ -137,23 +179,38 @@ fn an_auditor_reads_the_log_through_the_cli_and_others_cannot() {
     let auditor_file = token_file(&auditor, "auditor");
     let (ok, out, err) = show(&auditor_file, &["--json", "--outcome", "denied"]);
     assert!(ok, "{err}");
-    let lines: Vec<Value> = out.lines().map(|l| serde_json::from_str(l).expect("JSON")).collect();
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
     assert_eq!(lines.len(), 1, "{out}");
     assert_eq!(lines[0]["principal"], user_id.as_str());
-    assert!(lines[0]["hash"].is_string(), "the stored record, chain fields included");
+    assert!(
+        lines[0]["hash"].is_string(),
+        "the stored record, chain fields included"
+    );
 
     let (ok, out, err) = show(&auditor_file, &["--key", "k1"]);
     assert!(ok, "{err}");
-    assert!(out.contains("keys/create") && out.contains("denied"), "{out}");
+    assert!(
+        out.contains("keys/create") && out.contains("denied"),
+        "{out}"
+    );
 
-    let (ok, out, err) = show(&auditor_file, &["--since", "2001-01-01", "--until", "2001-01-02"]);
+    let (ok, out, err) = show(
+        &auditor_file,
+        &["--since", "2001-01-01", "--until", "2001-01-02"],
+    );
     assert!(ok && out.is_empty(), "{out}{err}");
     let (ok, _, err) = show(&auditor_file, &["--since", "last tuesday"]);
     assert!(!ok && err.contains("400"), "{err}");
 
     let user_file = token_file(&user, "user");
     let (ok, _, err) = show(&user_file, &[]);
-    assert!(!ok && err.contains("403"), "a Crypto User may not read the log: {err}");
+    assert!(
+        !ok && err.contains("403"),
+        "a Crypto User may not read the log: {err}"
+    );
 }
 
 #[test]
@@ -184,7 +241,10 @@ fn verify_finds_tampering_at_the_right_record() {
     assert_ne!(edited[4], owned[4]);
     write(&edited);
     let (ok, out) = verify(&dir);
-    assert!(!ok && out.contains("line 5") && out.contains("edited"), "{out}");
+    assert!(
+        !ok && out.contains("line 5") && out.contains("edited"),
+        "{out}"
+    );
 
     // Remove the third record.
     let mut removed = owned.clone();

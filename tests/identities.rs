@@ -21,7 +21,10 @@ fn the_cli_manages_principals_and_the_service_follows_at_once() {
     assert_eq!(list(&token), 200);
 
     let listed = svc.cli(&["principal", "list"]);
-    assert!(listed.contains(&id) && listed.contains("Managed HSM Crypto User at /"), "{listed}");
+    assert!(
+        listed.contains(&id) && listed.contains("Managed HSM Crypto User at /"),
+        "{listed}"
+    );
     assert!(!listed.contains(&token), "list never shows a token");
 
     svc.cli(&["principal", "disable", &id]);
@@ -40,7 +43,11 @@ fn the_cli_manages_principals_and_the_service_follows_at_once() {
     assert_eq!(list(&new_token), 200);
 
     svc.cli(&["principal", "delete", &id]);
-    assert_eq!(list(&new_token), 401, "a deleted principal is refused at once");
+    assert_eq!(
+        list(&new_token),
+        401,
+        "a deleted principal is refused at once"
+    );
     let (_, assignments) = svc.call(
         "GET",
         &format!("/providers/Microsoft.Authorization/roleAssignments?{API}"),
@@ -60,15 +67,33 @@ fn the_cli_manages_principals_and_the_service_follows_at_once() {
     for args in [
         vec!["principal", "disable", "no-such-id"],
         vec!["principal", "create", "--name", ""],
-        vec!["principal", "create", "--name", "x", "--role", "Managed HSM Wizard"],
+        vec![
+            "principal",
+            "create",
+            "--name",
+            "x",
+            "--role",
+            "Managed HSM Wizard",
+        ],
         vec!["principal", "create", "--name", "x", "--id", "has space"],
-        vec!["role", "assign", "--principal", "no-such-id", "--role", "Managed HSM Crypto User"],
+        vec![
+            "role",
+            "assign",
+            "--principal",
+            "no-such-id",
+            "--role",
+            "Managed HSM Crypto User",
+        ],
     ] {
         let before = svc.cli(&["principal", "list"]);
         let (ok, _, stderr) = cli(&dir, &args);
         assert!(!ok, "{args:?} succeeded");
         assert!(!stderr.trim().is_empty(), "{args:?} gave no reason");
-        assert_eq!(svc.cli(&["principal", "list"]), before, "{args:?} changed something");
+        assert_eq!(
+            svc.cli(&["principal", "list"]),
+            before,
+            "{args:?} changed something"
+        );
     }
 }
 
@@ -108,16 +133,20 @@ fn bearer_jwts_from_the_configured_issuer_map_to_principals() {
     let svc = Service::start(&dir);
     let oid = "6f0e6bd4-3c1e-4a39-9d7f-2b1d0d5c7e11";
     svc.cli(&[
-        "principal", "create", "--name", "alice@idp", "--id", oid, "--role",
+        "principal",
+        "create",
+        "--name",
+        "alice@idp",
+        "--id",
+        oid,
+        "--role",
         "Managed HSM Crypto Auditor",
     ]);
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("time")
         .as_secs() as i64;
-    let claims = |iss: &str, aud: &str, exp: i64, oid: &str| {
-        json!({"iss": iss, "aud": aud, "exp": exp, "nbf": now - 10, "oid": oid, "sub": "ignored"})
-    };
+    let claims = |iss: &str, aud: &str, exp: i64, oid: &str| json!({"iss": iss, "aud": aud, "exp": exp, "nbf": now - 10, "oid": oid, "sub": "ignored"});
     let iss = "https://idp.test.internal/realms/ops";
     let list = |t: &str| svc.call_as(Some(t), "GET", &format!("/keys?{API}"), None).0;
     let good = jwt(&key, claims(iss, "p11vault", now + 600, oid));
@@ -133,16 +162,45 @@ fn bearer_jwts_from_the_configured_issuer_map_to_principals() {
         .0,
         403
     );
-    assert_eq!(list(&jwt(&key, claims(iss, "p11vault", now - 3600, oid))), 401, "expired");
-    assert_eq!(list(&jwt(&key, claims(iss, "other-audience", now + 600, oid))), 401);
-    assert_eq!(list(&jwt(&key, claims("https://evil.example", "p11vault", now + 600, oid))), 401);
     assert_eq!(
-        list(&jwt(&key, claims(iss, "p11vault", now + 600, "4b1a51b0-0000-4000-8000-000000000000"))),
+        list(&jwt(&key, claims(iss, "p11vault", now - 3600, oid))),
+        401,
+        "expired"
+    );
+    assert_eq!(
+        list(&jwt(&key, claims(iss, "other-audience", now + 600, oid))),
+        401
+    );
+    assert_eq!(
+        list(&jwt(
+            &key,
+            claims("https://evil.example", "p11vault", now + 600, oid)
+        )),
+        401
+    );
+    assert_eq!(
+        list(&jwt(
+            &key,
+            claims(
+                iss,
+                "p11vault",
+                now + 600,
+                "4b1a51b0-0000-4000-8000-000000000000"
+            )
+        )),
         401,
         "an object id that is not a registered principal"
     );
     let stranger = PKey::from_rsa(Rsa::generate(2048).expect("RSA key")).expect("pkey");
-    assert_eq!(list(&jwt(&stranger, claims(iss, "p11vault", now + 600, oid))), 401, "foreign key");
+    assert_eq!(
+        list(&jwt(&stranger, claims(iss, "p11vault", now + 600, oid))),
+        401,
+        "foreign key"
+    );
     svc.cli(&["principal", "disable", oid]);
-    assert_eq!(list(&good), 401, "a disabled principal's JWTs are refused too");
+    assert_eq!(
+        list(&good),
+        401,
+        "a disabled principal's JWTs are refused too"
+    );
 }

@@ -54,7 +54,8 @@ fn ec_jwk() -> Value {
     key.public_key()
         .affine_coordinates(&group, &mut x, &mut y, &mut ctx)
         .expect("coordinates");
-    let b64 = |n: &openssl::bn::BigNumRef| URL_SAFE_NO_PAD.encode(n.to_vec_padded(32).expect("pad"));
+    let b64 =
+        |n: &openssl::bn::BigNumRef| URL_SAFE_NO_PAD.encode(n.to_vec_padded(32).expect("pad"));
     json!({"kty": "EC", "crv": "P-256", "x": b64(&x), "y": b64(&y), "d": b64(key.private_key())})
 }
 
@@ -90,7 +91,9 @@ impl Fixture {
                 assert_eq!(s, 200, "{j}");
             }
             State::Deleted => {
-                let (s, j) = self.svc.call("DELETE", &format!("/keys/{name}?{API}"), None);
+                let (s, j) = self
+                    .svc
+                    .call("DELETE", &format!("/keys/{name}?{API}"), None);
                 assert_eq!(s, 200, "{j}");
             }
         }
@@ -121,9 +124,12 @@ type Operation = (&'static str, fn(&Fixture, &str, State) -> String);
 fn send(fx: &Fixture, token: &str, method: &str, path: &str, body: Option<Value>) -> String {
     let body = body.map(|b| b.to_string());
     let sep = if path.contains('?') { '&' } else { '?' };
-    let (status, json) =
-        fx.svc
-            .call_as(Some(token), method, &format!("{path}{sep}{API}"), body.as_deref());
+    let (status, json) = fx.svc.call_as(
+        Some(token),
+        method,
+        &format!("{path}{sep}{API}"),
+        body.as_deref(),
+    );
     if status == 403 && json["error"]["code"] == "AccessDenied" {
         "deny".to_owned()
     } else {
@@ -144,15 +150,33 @@ fn operations() -> Vec<Operation> {
         }),
         ("create (new version)", |fx, t, s| {
             let k = fx.key("ec", s);
-            send(fx, t, "POST", &format!("/keys/{k}/create"), Some(json!({"kty": "EC", "crv": "P-256"})))
+            send(
+                fx,
+                t,
+                "POST",
+                &format!("/keys/{k}/create"),
+                Some(json!({"kty": "EC", "crv": "P-256"})),
+            )
         }),
         ("import", |fx, t, s| {
             let k = fx.key("ec", s);
-            send(fx, t, "PUT", &format!("/keys/{k}"), Some(json!({"key": ec_jwk()})))
+            send(
+                fx,
+                t,
+                "PUT",
+                &format!("/keys/{k}"),
+                Some(json!({"key": ec_jwk()})),
+            )
         }),
         ("update", |fx, t, s| {
             let k = fx.key("ec", s);
-            send(fx, t, "PATCH", &format!("/keys/{k}"), Some(json!({"tags": {"a": "b"}})))
+            send(
+                fx,
+                t,
+                "PATCH",
+                &format!("/keys/{k}"),
+                Some(json!({"tags": {"a": "b"}})),
+            )
         }),
         ("rotate", |fx, t, s| {
             let k = fx.key("ec", s);
@@ -165,7 +189,13 @@ fn operations() -> Vec<Operation> {
         ("sign", |fx, t, s| {
             let k = fx.key("ec", s);
             let value = URL_SAFE_NO_PAD.encode([7u8; 32]);
-            send(fx, t, "POST", &format!("/keys/{k}//sign"), Some(json!({"alg": "ES256", "value": value})))
+            send(
+                fx,
+                t,
+                "POST",
+                &format!("/keys/{k}//sign"),
+                Some(json!({"alg": "ES256", "value": value})),
+            )
         }),
         ("verify", |fx, t, s| {
             let k = fx.key("ec", s);
@@ -181,7 +211,13 @@ fn operations() -> Vec<Operation> {
         }),
         ("encrypt", |fx, t, s| {
             let k = fx.key("aes", s);
-            send(fx, t, "POST", &format!("/keys/{k}//encrypt"), Some(json!({"alg": "A256GCM", "value": "AAAA"})))
+            send(
+                fx,
+                t,
+                "POST",
+                &format!("/keys/{k}//encrypt"),
+                Some(json!({"alg": "A256GCM", "value": "AAAA"})),
+            )
         }),
         ("decrypt", |fx, t, s| {
             let k = fx.key("aes", s);
@@ -191,15 +227,31 @@ fn operations() -> Vec<Operation> {
         ("wrapkey", |fx, t, s| {
             let k = fx.key("aes", s);
             let value = URL_SAFE_NO_PAD.encode([5u8; 32]);
-            send(fx, t, "POST", &format!("/keys/{k}//wrapkey"), Some(json!({"alg": "A256KW", "value": value})))
+            send(
+                fx,
+                t,
+                "POST",
+                &format!("/keys/{k}//wrapkey"),
+                Some(json!({"alg": "A256KW", "value": value})),
+            )
         }),
         ("unwrapkey", |fx, t, s| {
             let k = fx.key("aes", s);
             let value = URL_SAFE_NO_PAD.encode([5u8; 40]);
-            send(fx, t, "POST", &format!("/keys/{k}//unwrapkey"), Some(json!({"alg": "A256KW", "value": value})))
+            send(
+                fx,
+                t,
+                "POST",
+                &format!("/keys/{k}//unwrapkey"),
+                Some(json!({"alg": "A256KW", "value": value})),
+            )
         }),
-        ("random bytes", |fx, t, _| send(fx, t, "POST", "/rng", Some(json!({"count": 8})))),
-        ("list deleted", |fx, t, _| send(fx, t, "GET", "/deletedkeys", None)),
+        ("random bytes", |fx, t, _| {
+            send(fx, t, "POST", "/rng", Some(json!({"count": 8})))
+        }),
+        ("list deleted", |fx, t, _| {
+            send(fx, t, "GET", "/deletedkeys", None)
+        }),
         ("get deleted", |fx, t, s| {
             let k = fx.key("ec", s);
             send(fx, t, "GET", &format!("/deletedkeys/{k}"), None)
@@ -213,32 +265,72 @@ fn operations() -> Vec<Operation> {
             send(fx, t, "DELETE", &format!("/deletedkeys/{k}"), None)
         }),
         ("list role definitions", |fx, t, _| {
-            send(fx, t, "GET", "/providers/Microsoft.Authorization/roleDefinitions", None)
+            send(
+                fx,
+                t,
+                "GET",
+                "/providers/Microsoft.Authorization/roleDefinitions",
+                None,
+            )
         }),
         ("create role definition", |fx, t, _| {
             let name = uuid::Uuid::new_v4();
             let body = json!({"properties": {"roleName": format!("custom {name}"), "permissions": [{"dataActions": ["Microsoft.KeyVault/managedHsm/keys/read/action"]}]}});
-            send(fx, t, "PUT", &format!("/providers/Microsoft.Authorization/roleDefinitions/{name}"), Some(body))
+            send(
+                fx,
+                t,
+                "PUT",
+                &format!("/providers/Microsoft.Authorization/roleDefinitions/{name}"),
+                Some(body),
+            )
         }),
         ("list role assignments", |fx, t, _| {
-            send(fx, t, "GET", "/providers/Microsoft.Authorization/roleAssignments", None)
+            send(
+                fx,
+                t,
+                "GET",
+                "/providers/Microsoft.Authorization/roleAssignments",
+                None,
+            )
         }),
         ("create role assignment", |fx, t, _| {
             let name = uuid::Uuid::new_v4();
             let body = json!({"properties": {"principalId": fx.bystander, "roleDefinitionId": CRYPTO_AUDITOR_ID}});
-            send(fx, t, "PUT", &format!("/providers/Microsoft.Authorization/roleAssignments/{name}"), Some(body))
+            send(
+                fx,
+                t,
+                "PUT",
+                &format!("/providers/Microsoft.Authorization/roleAssignments/{name}"),
+                Some(body),
+            )
         }),
         ("delete role assignment", |fx, t, _| {
             let name = fx.assignment();
-            send(fx, t, "DELETE", &format!("/providers/Microsoft.Authorization/roleAssignments/{name}"), None)
+            send(
+                fx,
+                t,
+                "DELETE",
+                &format!("/providers/Microsoft.Authorization/roleAssignments/{name}"),
+                None,
+            )
         }),
-        ("read settings", |fx, t, _| send(fx, t, "GET", "/settings", None)),
+        ("read settings", |fx, t, _| {
+            send(fx, t, "GET", "/settings", None)
+        }),
         ("change a setting", |fx, t, _| {
             // Asks for what is already so (purge protection off): the check is what is
             // measured, and the shared service keeps purging possible for the other cells.
-            send(fx, t, "PATCH", "/settings/EnablePurgeProtection", Some(json!({"value": "false"})))
+            send(
+                fx,
+                t,
+                "PATCH",
+                "/settings/EnablePurgeProtection",
+                Some(json!({"value": "false"})),
+            )
         }),
-        ("read audit log", |fx, t, _| send(fx, t, "GET", "/p11vault/audit?limit=1", None)),
+        ("read audit log", |fx, t, _| {
+            send(fx, t, "GET", "/p11vault/audit?limit=1", None)
+        }),
     ]
 }
 
@@ -293,7 +385,10 @@ fn the_role_matrix_matches_the_golden_file() {
     // The issue's own sentences, checked directly as well as through the table.
     let ops = operations();
     let at = |op: &str, state: &'static str, role: &'static str| -> String {
-        let index = ops.iter().position(|(name, _)| *name == op).expect("operation");
+        let index = ops
+            .iter()
+            .position(|(name, _)| *name == op)
+            .expect("operation");
         results[&(index, state, role)].clone()
     };
     assert_eq!(at("list deleted", "deleted", "User"), "200");
@@ -307,7 +402,11 @@ fn the_role_matrix_matches_the_golden_file() {
     }
     for index in 0..ops.len() {
         for state in ["active", "disabled", "deleted"] {
-            assert_eq!(results[&(index, state, "none")], "deny", "no roles, no access");
+            assert_eq!(
+                results[&(index, state, "none")],
+                "deny",
+                "no roles, no access"
+            );
         }
     }
 
@@ -342,15 +441,30 @@ fn a_key_scoped_assignment_reaches_that_key_only() {
     let (_, token) = svc.new_principal("scoped", &["Managed HSM Crypto User"], "/keys/mine");
     let sign = |key: &str| {
         let body = json!({"alg": "ES256", "value": URL_SAFE_NO_PAD.encode([1u8; 32])}).to_string();
-        svc.call_as(Some(&token), "POST", &format!("/keys/{key}//sign?{API}"), Some(&body))
-            .0
+        svc.call_as(
+            Some(&token),
+            "POST",
+            &format!("/keys/{key}//sign?{API}"),
+            Some(&body),
+        )
+        .0
     };
     assert_eq!(sign("mine"), 200);
     assert_eq!(sign("MINE"), 200, "key names compare case-insensitively");
     assert_eq!(sign("theirs"), 403);
-    assert_eq!(svc.call_as(Some(&token), "GET", &format!("/keys?{API}"), None).0, 403);
     assert_eq!(
-        svc.call_as(Some(&token), "POST", &format!("/rng?{API}"), Some(r#"{"count":4}"#)).0,
+        svc.call_as(Some(&token), "GET", &format!("/keys?{API}"), None)
+            .0,
+        403
+    );
+    assert_eq!(
+        svc.call_as(
+            Some(&token),
+            "POST",
+            &format!("/rng?{API}"),
+            Some(r#"{"count":4}"#)
+        )
+        .0,
         403
     );
     // The assignment is visible at the key's scope, with the scope it was made at.
@@ -389,7 +503,11 @@ fn custom_roles_and_refusals_that_change_nothing() {
                                "Microsoft.KeyVault/managedHsm/keys/delete"]
         }]
     }});
-    let (s, created) = svc.call("PUT", &format!("{defs}/{role}?{API}"), Some(&custom.to_string()));
+    let (s, created) = svc.call(
+        "PUT",
+        &format!("{defs}/{role}?{API}"),
+        Some(&custom.to_string()),
+    );
     assert_eq!(s, 201, "{created}");
     assert_eq!(created["properties"]["type"], "CustomRole");
     assert_eq!(
@@ -398,15 +516,26 @@ fn custom_roles_and_refusals_that_change_nothing() {
     );
     let assignment = uuid::Uuid::new_v4().to_string();
     let body = json!({"properties": {"principalId": worker, "roleDefinitionId": created["id"]}});
-    let (s, a) = svc.call("PUT", &format!("{assigns}/{assignment}?{API}"), Some(&body.to_string()));
+    let (s, a) = svc.call(
+        "PUT",
+        &format!("{assigns}/{assignment}?{API}"),
+        Some(&body.to_string()),
+    );
     assert_eq!(s, 201, "{a}");
     let sign = json!({"alg": "ES256", "value": URL_SAFE_NO_PAD.encode([1u8; 32])}).to_string();
     assert_eq!(
-        svc.call_as(Some(&token), "POST", &format!("/keys/k//sign?{API}"), Some(&sign)).0,
+        svc.call_as(
+            Some(&token),
+            "POST",
+            &format!("/keys/k//sign?{API}"),
+            Some(&sign)
+        )
+        .0,
         200
     );
     assert_eq!(
-        svc.call_as(Some(&token), "DELETE", &format!("/keys/k?{API}"), None).0,
+        svc.call_as(Some(&token), "DELETE", &format!("/keys/k?{API}"), None)
+            .0,
         403,
         "excluded by notDataActions"
     );
@@ -426,7 +555,13 @@ fn custom_roles_and_refusals_that_change_nothing() {
             400,
             "BadParameter",
         ),
-        ("a name that is not a GUID", format!("{defs}/not-a-guid"), custom.clone(), 400, "BadParameter"),
+        (
+            "a name that is not a GUID",
+            format!("{defs}/not-a-guid"),
+            custom.clone(),
+            400,
+            "BadParameter",
+        ),
         (
             "an unknown data action",
             format!("{defs}/{}", uuid::Uuid::new_v4()),
@@ -484,18 +619,38 @@ fn custom_roles_and_refusals_that_change_nothing() {
     }
     let (s, j) = svc.call("DELETE", &format!("{defs}/{role}?{API}"), None);
     assert_eq!(s, 409, "a role in use cannot be deleted: {j}");
-    let (s, j) = svc.call("DELETE", &format!("{defs}/a290e904-7015-4bba-90c8-60543313cdb4?{API}"), None);
+    let (s, j) = svc.call(
+        "DELETE",
+        &format!("{defs}/a290e904-7015-4bba-90c8-60543313cdb4?{API}"),
+        None,
+    );
     assert_eq!(s, 400, "a built-in role cannot be deleted: {j}");
     assert_eq!(before(&svc), snapshot, "the refusals changed nothing");
 
     // Removing the assignment takes the access away at once; then the role can go.
-    assert_eq!(svc.call("DELETE", &format!("{assigns}/{assignment}?{API}"), None).0, 200);
     assert_eq!(
-        svc.call_as(Some(&token), "POST", &format!("/keys/k//sign?{API}"), Some(&sign)).0,
+        svc.call("DELETE", &format!("{assigns}/{assignment}?{API}"), None)
+            .0,
+        200
+    );
+    assert_eq!(
+        svc.call_as(
+            Some(&token),
+            "POST",
+            &format!("/keys/k//sign?{API}"),
+            Some(&sign)
+        )
+        .0,
         403
     );
-    assert_eq!(svc.call("DELETE", &format!("{defs}/{role}?{API}"), None).0, 200);
-    assert_eq!(svc.call("GET", &format!("{defs}/{role}?{API}"), None).0, 404);
+    assert_eq!(
+        svc.call("DELETE", &format!("{defs}/{role}?{API}"), None).0,
+        200
+    );
+    assert_eq!(
+        svc.call("GET", &format!("{defs}/{role}?{API}"), None).0,
+        404
+    );
 }
 
 #[test]
@@ -507,7 +662,11 @@ fn only_an_administrator_enables_purge_protection() {
     let on = r#"{"value":"true"}"#;
     let path = format!("/settings/EnablePurgeProtection?{API}");
     let (s, j) = svc.call_as(Some(&officer), "PATCH", &path, Some(on));
-    assert_eq!((s, j["error"]["code"].as_str()), (403, Some("AccessDenied")), "{j}");
+    assert_eq!(
+        (s, j["error"]["code"].as_str()),
+        (403, Some("AccessDenied")),
+        "{j}"
+    );
     assert_eq!(svc.call("GET", &path, None).1["value"], "false");
     let (s, j) = svc.call_as(Some(&admin_only), "PATCH", &path, Some(on));
     assert_eq!(s, 200, "{j}");

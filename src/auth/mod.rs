@@ -115,7 +115,9 @@ impl AccessSnapshot {
             if let Some(hash) = TokenHash::from_bytes(&row.token_hash) {
                 snapshot.by_hash.insert(hash, principal.clone());
             }
-            snapshot.by_id.insert(row.id.to_ascii_lowercase(), principal);
+            snapshot
+                .by_id
+                .insert(row.id.to_ascii_lowercase(), principal);
         }
         for role in roles::built_in_roles().into_iter().chain(custom_roles) {
             snapshot.roles.insert(role.name.to_ascii_lowercase(), role);

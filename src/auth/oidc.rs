@@ -276,8 +276,8 @@ fn public_key(jwk: &Jwk) -> Result<PKey<Public>, String> {
             let group = EcGroup::from_curve_name(nid).map_err(|e| e.to_string())?;
             let (x, y) = (field(&jwk.x, "x")?, field(&jwk.y, "y")?);
             EcKey::from_public_key_affine_coordinates(&group, &x, &y)
-            .and_then(PKey::from_ec_key)
-            .map_err(|e| e.to_string())
+                .and_then(PKey::from_ec_key)
+                .map_err(|e| e.to_string())
         }
         other => Err(format!("key type {other:?} is not accepted")),
     }
@@ -326,9 +326,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let (key, verifier) = rsa_setup(dir.path());
         let header = serde_json::json!({"alg": "RS256", "kid": "k1"});
-        let claims = |iss: &str, aud: &str, exp: i64| {
-            serde_json::json!({"iss": iss, "aud": aud, "exp": exp, "oid": "0f8fad5b-d9cb-469f-a165-70867728950e"})
-        };
+        let claims = |iss: &str, aud: &str, exp: i64| serde_json::json!({"iss": iss, "aud": aud, "exp": exp, "oid": "0f8fad5b-d9cb-469f-a165-70867728950e"});
         let iss = "https://idp.example.internal";
         let aud = "https://p11vault";
         let good = sign(&key, header.clone(), claims(iss, aud, 2_000));
@@ -337,7 +335,10 @@ mod tests {
             verifier.verify(&good, 1_000).as_deref(),
             Ok("0f8fad5b-d9cb-469f-a165-70867728950e")
         );
-        assert!(verifier.verify(&good, 2_000 + LEEWAY + 1).is_err(), "expired");
+        assert!(
+            verifier.verify(&good, 2_000 + LEEWAY + 1).is_err(),
+            "expired"
+        );
         let wrong_iss = sign(&key, header.clone(), claims("https://evil", aud, 2_000));
         assert!(verifier.verify(&wrong_iss, 1_000).is_err());
         let wrong_aud = sign(&key, header.clone(), claims(iss, "other", 2_000));
@@ -356,7 +357,8 @@ mod tests {
         assert!(verifier.verify(&none_alg, 1_000).is_err());
         // A payload swapped after signing.
         let parts: Vec<&str> = good.split('.').collect();
-        let forged_claims = serde_json::json!({"iss": iss, "aud": aud, "exp": 2_000, "oid": "someone-else"});
+        let forged_claims =
+            serde_json::json!({"iss": iss, "aud": aud, "exp": 2_000, "oid": "someone-else"});
         let forged = format!(
             "{}.{}.{}",
             parts[0],

@@ -215,11 +215,9 @@ impl Scope {
         match parts.as_slice() {
             [] => Some(Scope::Global),
             [keys] if keys.eq_ignore_ascii_case("keys") => Some(Scope::AllKeys),
-            [keys, name] if keys.eq_ignore_ascii_case("keys") => {
-                crate::model::KeyName::parse(name)
-                    .ok()
-                    .map(|n| Scope::Key(n.as_str().to_owned()))
-            }
+            [keys, name] if keys.eq_ignore_ascii_case("keys") => crate::model::KeyName::parse(name)
+                .ok()
+                .map(|n| Scope::Key(n.as_str().to_owned())),
             _ => None,
         }
     }
@@ -272,7 +270,10 @@ impl Permission {
     /// its not-data-actions does. Another role can still grant what this one excludes.
     pub fn grants(&self, action: Action) -> bool {
         self.data_actions.iter().any(|p| pattern_matches(p, action))
-            && !self.not_data_actions.iter().any(|p| pattern_matches(p, action))
+            && !self
+                .not_data_actions
+                .iter()
+                .any(|p| pattern_matches(p, action))
     }
 }
 
@@ -346,8 +347,8 @@ pub const BACKUP: &str = "7b127d3c-77bd-4e3e-bbe0-dbb8971fa7f8";
 /// settings and audit actions).
 pub fn built_in_roles() -> Vec<RoleDefinition> {
     use Action::*;
-    let role = |name: &str, role_name: &str, description: &str, actions: &[Action]| {
-        RoleDefinition {
+    let role =
+        |name: &str, role_name: &str, description: &str, actions: &[Action]| RoleDefinition {
             name: name.to_owned(),
             role_name: role_name.to_owned(),
             description: description.to_owned(),
@@ -357,8 +358,7 @@ pub fn built_in_roles() -> Vec<RoleDefinition> {
                 ..Permission::default()
             }],
             assignable_scopes: vec!["/".to_owned()],
-        }
-    };
+        };
     let role_admin = [
         RoleAssignmentsRead,
         RoleAssignmentsWrite,
@@ -515,7 +515,9 @@ mod tests {
         names.dedup();
         assert_eq!(names.len(), Action::ALL.len());
         assert!(is_valid_pattern("Microsoft.KeyVault/managedHsm/keys/*"));
-        assert!(!is_valid_pattern("Microsoft.KeyVault/managedHsm/keys/teleport/action"));
+        assert!(!is_valid_pattern(
+            "Microsoft.KeyVault/managedHsm/keys/teleport/action"
+        ));
         assert!(!is_valid_pattern(""));
     }
 

@@ -64,8 +64,12 @@ impl IntoResponse for Error {
                 error_response(StatusCode::FORBIDDEN, "AccessDenied", m, None)
             }
             Error::Busy(m) => {
-                let mut response =
-                    error_response(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", m, None);
+                let mut response = error_response(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "ServiceUnavailable",
+                    m,
+                    None,
+                );
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));

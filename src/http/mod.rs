@@ -90,7 +90,9 @@ pub fn router(state: AppState) -> Router {
                 get(rbac::list_definitions),
             )
             .route(
-                &format!("{prefix}/providers/Microsoft.Authorization/roleDefinitions/{{definition}}"),
+                &format!(
+                    "{prefix}/providers/Microsoft.Authorization/roleDefinitions/{{definition}}"
+                ),
                 get(rbac::get_definition)
                     .put(rbac::put_definition)
                     .delete(rbac::delete_definition),
@@ -100,7 +102,9 @@ pub fn router(state: AppState) -> Router {
                 get(rbac::list_assignments),
             )
             .route(
-                &format!("{prefix}/providers/Microsoft.Authorization/roleAssignments/{{assignment}}"),
+                &format!(
+                    "{prefix}/providers/Microsoft.Authorization/roleAssignments/{{assignment}}"
+                ),
                 get(rbac::get_assignment)
                     .put(rbac::put_assignment)
                     .delete(rbac::delete_assignment),
@@ -189,10 +193,12 @@ pub fn requirement(
             .map(|(_, v)| v.to_owned())
     };
     let key = param("name");
-    let need = |action: Action| Ok(Requirement {
-        action,
-        key: key.clone(),
-    });
+    let need = |action: Action| {
+        Ok(Requirement {
+            action,
+            key: key.clone(),
+        })
+    };
     if let Some(rest) = route.split("/providers/Microsoft.Authorization/").nth(1) {
         let scope = rbac::scope_of(route, params)?;
         let assignments = rest.starts_with("roleAssignments");
@@ -211,9 +217,10 @@ pub fn requirement(
     }
     match (method.as_str(), route) {
         ("GET", "/keys") => need(Action::KeysRead),
-        ("GET", "/keys/{name}" | "/keys/{name}/" | "/keys/{name}/{version}" | "/keys/{name}/versions") => {
-            need(Action::KeysRead)
-        }
+        (
+            "GET",
+            "/keys/{name}" | "/keys/{name}/" | "/keys/{name}/{version}" | "/keys/{name}/versions",
+        ) => need(Action::KeysRead),
         ("PUT", "/keys/{name}") => need(Action::KeysImport),
         ("PATCH", "/keys/{name}" | "/keys/{name}/" | "/keys/{name}/{version}") => {
             need(Action::KeysWrite)
@@ -286,11 +293,8 @@ async fn authorize(
             Some(k) => format!("/keys/{k}"),
             None => "/".to_owned(),
         };
-        Error::AccessDenied(format!(
-            "Not authorized to access {} on {on}.",
-            need.action
-        ))
-        .into_response()
+        Error::AccessDenied(format!("Not authorized to access {} on {on}.", need.action))
+            .into_response()
     };
     response.extensions_mut().insert(Authorized {
         action: need.action,
@@ -369,12 +373,14 @@ async fn audit_request(State(state): State<AppState>, req: Request, next: Next) 
         }
     }
     let req = Request::from_parts(parts, body);
-    let span =
-        tracing::info_span!("request", method = %method, route, request_id = %request_id);
+    let span = tracing::info_span!("request", method = %method, route, request_id = %request_id);
     let mut response = next.run(req).instrument(span.clone()).await;
     let status = response.status().as_u16();
     span.in_scope(|| tracing::debug!(status, "answered"));
-    let principal = response.extensions().get::<Authenticated>().map(|a| a.0.clone());
+    let principal = response
+        .extensions()
+        .get::<Authenticated>()
+        .map(|a| a.0.clone());
     let authorized = response.extensions().get::<Authorized>().copied();
     let outcome = match (&principal, authorized) {
         (None, _) => Outcome::Unauthenticated,
@@ -382,8 +388,7 @@ async fn audit_request(State(state): State<AppState>, req: Request, next: Next) 
         (Some(_), Some(_)) => Outcome::Allowed,
         (Some(_), None) => Outcome::Rejected,
     };
-    let durable = authorized
-        .is_some_and(|a| a.granted && a.action.changes_state() && status < 400);
+    let durable = authorized.is_some_and(|a| a.granted && a.action.changes_state() && status < 400);
     let event = Event {
         time,
         request_id: request_id.clone(),

@@ -14,7 +14,8 @@ use crate::auth::roles::{Permission, RoleAssignment, RoleDefinition, Scope};
 use crate::error::Error;
 use crate::model::truncate_for_message;
 
-const DEFINITION_PREFIX: &str = "Microsoft.KeyVault/providers/Microsoft.Authorization/roleDefinitions/";
+const DEFINITION_PREFIX: &str =
+    "Microsoft.KeyVault/providers/Microsoft.Authorization/roleDefinitions/";
 
 /// The scope a request's path names: the part before `/providers/Microsoft.Authorization`.
 pub struct RbacScope(pub Scope);
@@ -241,7 +242,9 @@ pub async fn delete_definition(
     AzPath(name): AzPath<Vec<(String, String)>>,
 ) -> Result<Json<DefinitionOut>, Error> {
     let name = param(&name, "definition")?;
-    Ok(Json(state.access.delete_role_definition(name).await?.into()))
+    Ok(Json(
+        state.access.delete_role_definition(name).await?.into(),
+    ))
 }
 
 pub async fn list_assignments(
@@ -304,7 +307,11 @@ pub async fn delete_assignment(
 ) -> Result<Json<AssignmentOut>, Error> {
     let name = param(&name, "assignment")?;
     Ok(Json(
-        state.access.delete_role_assignment(&scope, name).await?.into(),
+        state
+            .access
+            .delete_role_assignment(&scope, name)
+            .await?
+            .into(),
     ))
 }
 

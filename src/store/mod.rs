@@ -557,10 +557,7 @@ impl Store {
     /// Removes a principal and every role assignment it holds; false if there is none.
     pub fn delete_principal(&self, id: &str) -> Result<bool> {
         self.write(|tx| {
-            tx.execute(
-                "DELETE FROM role_assignments WHERE principal_id = ?1",
-                [id],
-            )?;
+            tx.execute("DELETE FROM role_assignments WHERE principal_id = ?1", [id])?;
             Ok(tx.execute("DELETE FROM principals WHERE id = ?1", [id])? == 1)
         })
     }
@@ -648,8 +645,9 @@ impl Store {
             rows.map(|row| {
                 let (name, scope, principal_id, role_definition) = row?;
                 Ok(RoleAssignment {
-                    scope: Scope::parse(&scope)
-                        .ok_or_else(|| Error::Corrupt(format!("role assignment scope {scope:?}")))?,
+                    scope: Scope::parse(&scope).ok_or_else(|| {
+                        Error::Corrupt(format!("role assignment scope {scope:?}"))
+                    })?,
                     name,
                     principal_id,
                     role_definition,
@@ -677,7 +675,9 @@ impl Store {
 
     /// Removes an assignment by name; false if there is none.
     pub fn delete_role_assignment(&self, name: &str) -> Result<bool> {
-        self.write(|tx| Ok(tx.execute("DELETE FROM role_assignments WHERE name = ?1", [name])? == 1))
+        self.write(|tx| {
+            Ok(tx.execute("DELETE FROM role_assignments WHERE name = ?1", [name])? == 1)
+        })
     }
 
     /// A number that changes whenever another connection, or another process, commits to the
@@ -693,7 +693,9 @@ impl Store {
             configure(&c)?;
             *watch = Some(c);
         }
-        let conn = watch.as_ref().expect("the watch connection was opened above");
+        let conn = watch
+            .as_ref()
+            .expect("the watch connection was opened above");
         Ok(conn.pragma_query_value(None, "data_version", |r| r.get(0))?)
     }
 }
@@ -711,7 +713,13 @@ fn insert_assignment(tx: &Transaction, a: &RoleAssignment, now: i64) -> Result<(
     tx.execute(
         "INSERT INTO role_assignments(name, scope, principal_id, role_definition, created)
          VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![a.name, a.scope.to_string(), a.principal_id, a.role_definition, now],
+        params![
+            a.name,
+            a.scope.to_string(),
+            a.principal_id,
+            a.role_definition,
+            now
+        ],
     )?;
     Ok(())
 }
