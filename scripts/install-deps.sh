@@ -32,6 +32,6 @@ if ((${#missing[@]})); then
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then
-    echo "cargo is not installed: install Rust 1.88 or newer (https://rustup.rs) and run this again" >&2
+    echo "cargo is not installed: install Rust 1.89 or newer (https://rustup.rs) and run this again" >&2
     exit 1
 fi

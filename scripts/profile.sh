@@ -18,6 +18,10 @@ pid=$!
 for _ in $(seq 100); do grep -q listening "$work/out" 2>/dev/null && break; sleep 0.1; done
 url="$(sed -n 's/^p11vault listening on //p' "$work/out")"
 token="$(cat "$work/data/admin.token")"
+# The administrator uses no keys until it holds a key role (Managed HSM local RBAC).
+admin_id="$(./target/release/p11vault principal list --json --data-dir "$work/data" | sed -n '1s/.*"id":"\([^"]*\)".*/\1/p')"
+./target/release/p11vault role assign --data-dir "$work/data" --principal "$admin_id" \
+    --role "Managed HSM Crypto User" >/dev/null
 curl -sf --cacert "$work/data/ca.pem" -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
     -X POST "$url/keys/prof-ec/create?api-version=7.4" -d '{"kty":"EC","crv":"P-256"}' >/dev/null
 curl -sf --cacert "$work/data/ca.pem" -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
