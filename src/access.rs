@@ -3,8 +3,9 @@
 //! tokens, and validates and stores role definitions and assignments. The rules themselves are
 //! in `auth`; this is where they meet the store.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use crate::auth::oidc::OidcVerifier;
 use crate::auth::roles::{
@@ -16,12 +17,18 @@ use crate::error::Error;
 use crate::model::truncate_for_message;
 use crate::store::{RoleRemoval, Store};
 
+/// How stale the snapshot may be, at most, after another process changed the database.
+pub const RECHECK_EVERY: Duration = Duration::from_millis(1);
+
 pub struct AccessControl {
     store: Arc<Store>,
     clock: Arc<dyn Clock>,
     snapshot: RwLock<Arc<AccessSnapshot>>,
     /// The store's `data_version` when the snapshot was read.
     loaded_at: AtomicI64,
+    /// When `data_version` was last looked at, in microseconds since `epoch`.
+    checked_at: AtomicU64,
+    epoch: Instant,
     oidc: Option<OidcVerifier>,
 }
 
@@ -46,6 +53,8 @@ impl AccessControl {
             clock,
             snapshot: RwLock::new(Arc::new(AccessSnapshot::default())),
             loaded_at: AtomicI64::new(i64::MIN),
+            checked_at: AtomicU64::new(0),
+            epoch: Instant::now(),
             oidc,
         };
         access.reload()?;
@@ -53,12 +62,22 @@ impl AccessControl {
     }
 
     /// The snapshot in force, re-read first if anything committed to the database since it was
-    /// read — so a principal disabled or deleted by the admin CLI is refused on its very next
-    /// request.
+    /// read — so a principal disabled or deleted by the admin CLI is refused from its next
+    /// request on. The database is asked at most once per [`RECHECK_EVERY`]: under load the
+    /// question would otherwise cost a read transaction per request.
     pub fn current(&self) -> Result<Arc<AccessSnapshot>, Error> {
-        let version = self.store.data_version()?;
-        if version != self.loaded_at.load(Ordering::Acquire) {
-            self.reload()?;
+        let now = self.epoch.elapsed().as_micros() as u64;
+        let last = self.checked_at.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= RECHECK_EVERY.as_micros() as u64
+            && self
+                .checked_at
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            let version = self.store.data_version()?;
+            if version != self.loaded_at.load(Ordering::Acquire) {
+                self.reload()?;
+            }
         }
         Ok(Arc::clone(
             &self.snapshot.read().unwrap_or_else(|p| p.into_inner()),

@@ -281,7 +281,7 @@ impl DataDir {
             status: 200,
         };
         let mut appender = Appender::open(&self.dir.join(audit::FILE_NAME))?;
-        appender.append_and_record_head(&[event], &self.store)?;
+        appender.append(&[event], Some(&self.store))?;
         Ok(())
     }
 }

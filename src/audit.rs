@@ -6,14 +6,15 @@
 //! what, which key, when, from where, and how it ended.
 //!
 //! The service appends from one writer thread in batches; a request that changed state waits
-//! until its record is on disk before it is answered, so an acknowledged change is always in
-//! the log. The admin CLI appends under the same file lock.
+//! until its record is synced to disk before it is answered, so an acknowledged change is
+//! always in the log. Other records are synced within a second (a power cut can lose that
+//! last second of reads and key operations; a crash of the process cannot). The admin CLI
+//! appends under the same file lock.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -30,9 +31,13 @@ pub const HEAD_KEY: &str = "audit_head";
 /// The chain starts from this "previous hash".
 const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// How often, at most, the writer records the chain head in the database when no request is
-/// waiting for its record.
-const HEAD_EVERY: Duration = Duration::from_millis(250);
+/// How long records of requests that changed nothing (reads, key operations) may sit in the page
+/// cache before the file is synced and the chain head recorded in the database. A request that
+/// changed state never waits for this: its record is synced before it is answered.
+const SYNC_EVERY: Duration = Duration::from_secs(1);
+
+/// How long the writer lets records gather before writing a batch, when no request waits.
+const BATCH_WINDOW: Duration = Duration::from_millis(5);
 
 /// How a request ended, as far as access control is concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -116,23 +121,16 @@ impl Appender {
         Ok(Self { file, tail: tail? })
     }
 
-    /// Appends events as one write and syncs the file. Returns the new head.
-    pub fn append(&mut self, events: &[Event]) -> io::Result<(u64, String)> {
-        self.file.lock()?;
-        let result = self.append_locked(events);
-        self.file.unlock()?;
-        result
-    }
-
-    /// Appends, then records the new head in the database before the lock is released.
-    pub fn append_and_record_head(
-        &mut self,
-        events: &[Event],
-        store: &Store,
-    ) -> io::Result<(u64, String)> {
+    /// Appends events as one write. With `store`, also syncs the file and then records the new
+    /// head in the database, before the lock is released; without, the records reach the disk
+    /// with the next sync. Returns the new head.
+    pub fn append(&mut self, events: &[Event], store: Option<&Store>) -> io::Result<(u64, String)> {
         self.file.lock()?;
         let result = self.append_locked(events).and_then(|head| {
-            record_head(store, &head)?;
+            if let Some(store) = store {
+                self.file.sync_data()?;
+                record_head(store, &head)?;
+            }
             Ok(head)
         });
         self.file.unlock()?;
@@ -161,20 +159,20 @@ impl Appender {
             tail.hash = hash;
         }
         self.file.write_all(&out)?;
-        self.file.sync_data()?;
         tail.len += out.len() as u64;
         self.tail = tail;
         Ok((self.tail.seq, self.tail.hash.clone()))
     }
 
-    /// Records the current head in the database, under the lock, so a head written by another
-    /// process is never replaced by an older one.
+    /// Syncs the file and records the current head in the database, under the lock, so a head
+    /// written by another process is never replaced by an older one.
     pub fn sync_head(&mut self, store: &Store) -> io::Result<()> {
         self.file.lock()?;
         let result = (|| {
             if self.file.metadata()?.len() != self.tail.len {
                 self.tail = read_tail(&self.file)?;
             }
+            self.file.sync_data()?;
             record_head(store, &self.head())
         })();
         self.file.unlock()?;
@@ -247,15 +245,27 @@ fn read_tail(file: &File) -> io::Result<Tail> {
     Ok(Tail { seq, hash, len })
 }
 
-enum Message {
-    Event(Box<Event>, Option<tokio::sync::oneshot::Sender<()>>),
-    Flush(tokio::sync::oneshot::Sender<()>),
+type Waiter = tokio::sync::oneshot::Sender<()>;
+
+/// Records waiting for the writer, and the requests waiting for theirs to be synced.
+#[derive(Default)]
+struct Queue {
+    events: Vec<Event>,
+    waiters: Vec<Waiter>,
 }
 
-/// The service's handle on the log: cheap to clone, sends records to the writer thread.
+struct Shared {
+    queue: Mutex<Queue>,
+    /// Signalled when the queue stops being empty, and when someone starts waiting.
+    wake: Condvar,
+}
+
+/// The service's handle on the log: cheap to clone; queues records for the writer thread.
+/// Queuing a record takes a lock and, only when the queue was empty, wakes the writer: under
+/// load the writer wakes about once per batch window, not once per request.
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: mpsc::Sender<Message>,
+    shared: Arc<Shared>,
 }
 
 impl AuditLog {
@@ -271,96 +281,99 @@ impl AuditLog {
                 "the audit log ends before the head the database recorded: records were removed; `p11vault audit verify` says more"
             );
         }
-        let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+        });
+        let writer = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("audit".into())
-            .spawn(move || write_loop(&mut appender, &rx, &store))?;
-        Ok(Self { tx })
+            .spawn(move || write_loop(&mut appender, &writer, &store))?;
+        Ok(Self { shared })
     }
 
-    /// Queues a record; it reaches the disk within milliseconds.
-    pub fn record(&self, event: Event) {
-        if self.tx.send(Message::Event(Box::new(event), None)).is_err() {
-            tracing::error!("the audit writer has stopped; a record was not written");
+    fn push(&self, event: Option<Event>, waiter: Option<Waiter>) {
+        let mut queue = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+        let was_idle = queue.events.is_empty() && queue.waiters.is_empty();
+        let urgent = waiter.is_some();
+        queue.events.extend(event);
+        queue.waiters.extend(waiter);
+        drop(queue);
+        if was_idle || urgent {
+            self.shared.wake.notify_one();
         }
     }
 
-    /// Queues a record and waits until it is on disk.
+    /// Queues a record; it is written within milliseconds and synced within a second.
+    pub fn record(&self, event: Event) {
+        self.push(Some(event), None);
+    }
+
+    /// Queues a record and waits until it is synced to disk.
     pub async fn record_durably(&self, event: Event) {
         let (done, wait) = tokio::sync::oneshot::channel();
-        if self
-            .tx
-            .send(Message::Event(Box::new(event), Some(done)))
-            .is_err()
-        {
-            tracing::error!("the audit writer has stopped; a record was not written");
-            return;
-        }
+        self.push(Some(event), Some(done));
         if wait.await.is_err() {
             tracing::error!("the audit writer failed to write a record");
         }
     }
 
-    /// Waits until everything queued so far is on disk and the head is recorded.
+    /// Waits until everything queued so far is synced and the head is recorded.
     pub async fn flush(&self) {
         let (done, wait) = tokio::sync::oneshot::channel();
-        if self.tx.send(Message::Flush(done)).is_ok() {
-            let _ = wait.await;
-        }
+        self.push(None, Some(done));
+        let _ = wait.await;
     }
 }
 
-fn write_loop(appender: &mut Appender, rx: &mpsc::Receiver<Message>, store: &Store) {
-    let mut last_head = Instant::now();
-    let mut head_behind = false;
-    let record_head_now = |appender: &mut Appender| {
-        if let Err(e) = appender.sync_head(store) {
-            tracing::error!(error = %e, "cannot record the audit chain head");
-        }
-    };
+fn write_loop(appender: &mut Appender, shared: &Shared, store: &Store) {
+    let mut last_sync = Instant::now();
+    let mut unsynced = false;
     loop {
-        let first = match rx.recv_timeout(HEAD_EVERY) {
-            Ok(m) => m,
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                if head_behind {
-                    record_head_now(appender);
-                    head_behind = false;
-                    last_head = Instant::now();
+        let mut queue = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+        // Sleep until there is something to write, syncing what was written meanwhile.
+        while queue.events.is_empty() && queue.waiters.is_empty() {
+            let (q, timeout) = shared
+                .wake
+                .wait_timeout(queue, SYNC_EVERY)
+                .unwrap_or_else(|p| p.into_inner());
+            queue = q;
+            if timeout.timed_out() && unsynced {
+                drop(queue);
+                if let Err(e) = appender.sync_head(store) {
+                    tracing::error!(error = %e, "cannot sync the audit log");
                 }
-                continue;
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
-        };
-        let mut events = Vec::new();
-        let mut waiters = Vec::new();
-        let mut next = Some(first);
-        while let Some(message) = next.take() {
-            match message {
-                Message::Event(e, w) => {
-                    events.push(*e);
-                    waiters.extend(w);
-                }
-                Message::Flush(w) => waiters.push(w),
-            }
-            if events.len() < 4096 {
-                next = rx.try_recv().ok();
+                unsynced = false;
+                last_sync = Instant::now();
+                queue = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
             }
         }
-        // A request waiting for its record, or a quiet quarter second, also moves the head.
-        let with_head = !waiters.is_empty() || last_head.elapsed() >= HEAD_EVERY;
-        let result = match (events.is_empty(), with_head) {
-            (true, true) if head_behind => appender.sync_head(store),
+        // Let a batch gather, unless a request is waiting for its record.
+        if queue.waiters.is_empty() {
+            let (q, _) = shared
+                .wake
+                .wait_timeout(queue, BATCH_WINDOW)
+                .unwrap_or_else(|p| p.into_inner());
+            queue = q;
+        }
+        let Queue { events, waiters } = std::mem::take(&mut *queue);
+        drop(queue);
+        // A request waiting for its record, or a second gone by, syncs the file and moves the
+        // head; otherwise the records are written and wait for the next sync.
+        let sync_now = !waiters.is_empty() || last_sync.elapsed() >= SYNC_EVERY;
+        let result = match (events.is_empty(), sync_now) {
+            (true, true) if unsynced => appender.sync_head(store),
             (true, _) => Ok(()),
-            (false, true) => appender.append_and_record_head(&events, store).map(drop),
-            (false, false) => appender.append(&events).map(drop),
+            (false, true) => appender.append(&events, Some(store)).map(drop),
+            (false, false) => appender.append(&events, None).map(drop),
         };
         match result {
             Ok(()) => {
-                if with_head {
-                    head_behind = false;
-                    last_head = Instant::now();
+                if sync_now {
+                    unsynced = false;
+                    last_sync = Instant::now();
                 } else if !events.is_empty() {
-                    head_behind = true;
+                    unsynced = true;
                 }
                 for w in waiters {
                     let _ = w.send(());
@@ -372,7 +385,6 @@ fn write_loop(appender: &mut Appender, rx: &mpsc::Receiver<Message>, store: &Sto
             }
         }
     }
-    record_head_now(appender);
 }
 
 /// Which records `show` returns.
@@ -565,7 +577,7 @@ mod tests {
     fn write_log(dir: &Path, n: u32) -> (PathBuf, (u64, String)) {
         let path = dir.join(FILE_NAME);
         let mut a = Appender::open(&path).expect("open");
-        a.append(&(1..=n).map(event).collect::<Vec<_>>())
+        a.append(&(1..=n).map(event).collect::<Vec<_>>(), None)
             .expect("append");
         let head = a.head();
         (path, head)
@@ -591,7 +603,7 @@ mod tests {
         let (path, head) = write_log(dir.path(), 5);
         assert_eq!(head.0, 5);
         let mut again = Appender::open(&path).expect("reopen");
-        again.append(&[event(6)]).expect("append");
+        again.append(&[event(6)], None).expect("append");
         let verified = verify(&path, Some(head)).expect("verifies");
         assert_eq!(verified.records, 6);
         assert_eq!(verified.head, again.head());
@@ -645,7 +657,7 @@ mod tests {
         drop(f);
         let mut a = Appender::open(&path).expect("reopen");
         assert_eq!(a.head(), head);
-        a.append(&[event(4)]).expect("append");
+        a.append(&[event(4)], None).expect("append");
         assert_eq!(verify(&path, None).expect("verifies").records, 4);
     }
 
