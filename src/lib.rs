@@ -2,8 +2,10 @@
 //!
 //! Key material lives only as objects in a PKCS#11 token ([`hsm`]); key metadata and deletion
 //! state live in SQLite ([`store`]); the key service ([`keys`]) is the only code that touches
-//! both; [`http`] speaks the Azure Key Vault / Managed HSM data-plane API over HTTPS.
-//! Dependencies point one way: `http → keys → {store, hsm, auth} → model`.
+//! both; [`access`] keeps principals and role assignments and decides who may do what;
+//! [`audit`] records every request in a hash chain; [`http`] speaks the Azure Key Vault /
+//! Managed HSM data-plane API over HTTPS. Dependencies point one way:
+//! `http → {keys, access, audit} → {store, hsm, auth} → model`.
 
 pub mod access;
 pub mod admin;
