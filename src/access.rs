@@ -3,7 +3,7 @@
 //! tokens, and validates and stores role definitions and assignments. The rules themselves are
 //! in `auth`; this is where they meet the store.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -23,9 +23,9 @@ pub const RECHECK_EVERY: Duration = Duration::from_millis(1);
 pub struct AccessControl {
     store: Arc<Store>,
     clock: Arc<dyn Clock>,
-    snapshot: RwLock<Arc<AccessSnapshot>>,
-    /// The store's `data_version` when the snapshot was read.
-    loaded_at: AtomicI64,
+    /// The snapshot and the store's `data_version` it was read at. Replaced only by one read at
+    /// the same or a later version, so two reloads racing never leave the older one in force.
+    snapshot: RwLock<(i64, Arc<AccessSnapshot>)>,
     /// When `data_version` was last looked at, in microseconds since `epoch`.
     checked_at: AtomicU64,
     epoch: Instant,
@@ -51,8 +51,7 @@ impl AccessControl {
         let access = Self {
             store,
             clock,
-            snapshot: RwLock::new(Arc::new(AccessSnapshot::default())),
-            loaded_at: AtomicI64::new(i64::MIN),
+            snapshot: RwLock::new((i64::MIN, Arc::new(AccessSnapshot::default()))),
             checked_at: AtomicU64::new(0),
             epoch: Instant::now(),
             oidc,
@@ -75,12 +74,12 @@ impl AccessControl {
                 .is_ok()
         {
             let version = self.store.data_version()?;
-            if version != self.loaded_at.load(Ordering::Acquire) {
+            if version != self.snapshot.read().unwrap_or_else(|p| p.into_inner()).0 {
                 self.reload()?;
             }
         }
         Ok(Arc::clone(
-            &self.snapshot.read().unwrap_or_else(|p| p.into_inner()),
+            &self.snapshot.read().unwrap_or_else(|p| p.into_inner()).1,
         ))
     }
 
@@ -93,8 +92,10 @@ impl AccessControl {
             self.store.custom_roles()?,
             self.store.role_assignments()?,
         );
-        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snapshot);
-        self.loaded_at.store(version, Ordering::Release);
+        let mut current = self.snapshot.write().unwrap_or_else(|p| p.into_inner());
+        if version >= current.0 {
+            *current = (version, Arc::new(snapshot));
+        }
         Ok(())
     }
 
@@ -395,11 +396,7 @@ impl AccessControl {
         &self,
         f: impl FnOnce(&Store) -> Result<R, crate::store::Error> + Send + 'static,
     ) -> Result<R, Error> {
-        let store = Arc::clone(&self.store);
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .map_err(|e| Error::Internal(format!("a store call panicked: {e}")))?
-            .map_err(Error::from)
+        self.store.blocking(f).await.map_err(Error::from)
     }
 }
 

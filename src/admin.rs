@@ -281,6 +281,7 @@ impl DataDir {
             status: 200,
         };
         let mut appender = Appender::open(&self.dir.join(audit::FILE_NAME))?;
+        appender.expect_head(audit::recorded_head(&self.store)?);
         appender.append(&[event], Some(&self.store))?;
         Ok(())
     }

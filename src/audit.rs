@@ -105,7 +105,13 @@ struct Tail {
 pub struct Appender {
     file: File,
     tail: Tail,
+    /// The highest sequence number known to have been written, by this process or (through
+    /// the database's head) by anyone. A file that ends before it lost records.
+    known_seq: u64,
 }
+
+/// The data action of the record that says records are missing.
+pub const GAP_ACTION: &str = "p11vault/audit/gap";
 
 impl Appender {
     pub fn open(path: &Path) -> io::Result<Self> {
@@ -118,7 +124,21 @@ impl Appender {
         file.lock()?;
         let tail = read_tail(&file);
         file.unlock()?;
-        Ok(Self { file, tail: tail? })
+        let tail = tail?;
+        Ok(Self {
+            file,
+            known_seq: tail.seq,
+            tail,
+        })
+    }
+
+    /// Takes the head the database recorded into account: if the file ends before it, the
+    /// next append first writes a record saying which records are missing, so the loss stays
+    /// in the chain for `verify` to report, whatever is written after it.
+    pub fn expect_head(&mut self, recorded: Option<(u64, String)>) {
+        if let Some((seq, _)) = recorded {
+            self.known_seq = self.known_seq.max(seq);
+        }
     }
 
     /// Appends events as one write. With `store`, also syncs the file and then records the new
@@ -142,9 +162,11 @@ impl Appender {
         if self.file.metadata()?.len() != self.tail.len {
             self.tail = read_tail(&self.file)?;
         }
+        let gap =
+            (self.tail.seq < self.known_seq).then(|| gap_event(self.tail.seq, self.known_seq));
         let mut out = Vec::with_capacity(events.len() * 400);
         let mut tail = self.tail.clone();
-        for event in events {
+        for event in gap.iter().chain(events) {
             let seq = tail.seq + 1;
             let body = serde_json::to_string(&Record {
                 seq,
@@ -161,6 +183,7 @@ impl Appender {
         self.file.write_all(&out)?;
         tail.len += out.len() as u64;
         self.tail = tail;
+        self.known_seq = self.tail.seq;
         Ok((self.tail.seq, self.tail.hash.clone()))
     }
 
@@ -185,9 +208,36 @@ impl Appender {
     }
 }
 
+/// A record of records that are missing: the file ended at `last` though `known` was written.
+fn gap_event(last: u64, known: u64) -> Event {
+    tracing::error!(
+        file_ends_at = last,
+        written = known,
+        "the audit log ends before records known to have been written; recording the gap"
+    );
+    Event {
+        time: Event::now(),
+        request_id: uuid::Uuid::new_v4().to_string(),
+        client_request_id: None,
+        source: None,
+        principal: None,
+        principal_name: None,
+        method: "AUDIT".into(),
+        path: format!("records {} to {known} are missing from the log", last + 1),
+        action: Some(GAP_ACTION.into()),
+        key: None,
+        version: None,
+        outcome: Outcome::Rejected,
+        status: 0,
+    }
+}
+
+/// Records the head in the database; a head is never replaced by an earlier one, so a
+/// truncated log cannot make the database forget how far it went.
 fn record_head(store: &Store, head: &(u64, String)) -> io::Result<()> {
     store
-        .set_meta_untracked(HEAD_KEY, &format!("{}:{}", head.0, head.1))
+        .advance_sequenced_meta(HEAD_KEY, head.0, &format!("{}:{}", head.0, head.1))
+        .map(drop)
         .map_err(io::Error::other)
 }
 
@@ -229,6 +279,14 @@ fn read_tail(file: &File) -> io::Result<Tail> {
         file.sync_data()?;
         return read_tail(file);
     }
+    if complete == 0 {
+        // The file shrank to nothing while it was read.
+        return Ok(Tail {
+            seq: 0,
+            hash: GENESIS.to_owned(),
+            len: 0,
+        });
+    }
     let last_line = buf[..complete - 1]
         .rsplit(|&b| b == b'\n')
         .next()
@@ -255,6 +313,8 @@ struct Queue {
 }
 
 struct Shared {
+    /// Set when the writer thread has ended (it only ends by panicking): nobody waits for it.
+    dead: std::sync::atomic::AtomicBool,
     queue: Mutex<Queue>,
     /// Signalled when the queue stops being empty, and when someone starts waiting.
     wake: Condvar,
@@ -281,18 +341,28 @@ impl AuditLog {
                 "the audit log ends before the head the database recorded: records were removed; `p11vault audit verify` says more"
             );
         }
+        appender.expect_head(recorded_head(&store).ok().flatten());
         let shared = Arc::new(Shared {
+            dead: std::sync::atomic::AtomicBool::new(false),
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
         });
         let writer = Arc::clone(&shared);
         std::thread::Builder::new()
             .name("audit".into())
-            .spawn(move || write_loop(&mut appender, &writer, &store))?;
+            .spawn(move || {
+                let _guard = WriterGone(Arc::clone(&writer));
+                write_loop(&mut appender, &writer, &store);
+            })?;
         Ok(Self { shared })
     }
 
     fn push(&self, event: Option<Event>, waiter: Option<Waiter>) {
+        if self.shared.dead.load(std::sync::atomic::Ordering::Acquire) {
+            // Dropping the waiter tells the request its record was not written.
+            tracing::error!("the audit writer has stopped; a record was not written");
+            return;
+        }
         let mut queue = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
         let was_idle = queue.events.is_empty() && queue.waiters.is_empty();
         let urgent = waiter.is_some();
@@ -323,6 +393,20 @@ impl AuditLog {
         let (done, wait) = tokio::sync::oneshot::channel();
         self.push(None, Some(done));
         let _ = wait.await;
+    }
+}
+
+/// Marks the writer dead when its thread ends, and releases everyone waiting for it.
+struct WriterGone(Arc<Shared>);
+
+impl Drop for WriterGone {
+    fn drop(&mut self) {
+        self.0
+            .dead
+            .store(true, std::sync::atomic::Ordering::Release);
+        let mut queue = self.0.queue.lock().unwrap_or_else(|p| p.into_inner());
+        queue.waiters.clear();
+        tracing::error!("the audit writer stopped");
     }
 }
 
@@ -478,6 +562,11 @@ pub fn verify(path: &Path, recorded: Option<(u64, String)>) -> Result<Verified, 
         line: 0,
         reason: format!("cannot open {}: {e}", path.display()),
     })?;
+    // Writers hold the lock exclusively while they append: no half-written batch is read.
+    file.lock_shared().map_err(|e| Broken {
+        line: 0,
+        reason: format!("cannot lock {}: {e}", path.display()),
+    })?;
     let mut prev = GENESIS.to_owned();
     let mut seq = 0u64;
     let mut line_no = 0u64;
@@ -519,6 +608,12 @@ pub fn verify(path: &Path, recorded: Option<(u64, String)>) -> Result<Verified, 
         if hex::encode(Sha256::digest(body.as_bytes())) != stated {
             return Err(broken(format!(
                 "record {record_seq} does not match its hash: it was edited"
+            )));
+        }
+        if value["action"].as_str() == Some(GAP_ACTION) {
+            return Err(broken(format!(
+                "record {record_seq} says {}: the log was cut short and written on",
+                value["path"].as_str().unwrap_or("records are missing")
             )));
         }
         seq = record_seq;
@@ -645,6 +740,22 @@ mod tests {
 
         rewrite(&path, &original);
         assert!(verify(&path, Some(head)).is_ok());
+    }
+
+    #[test]
+    fn a_log_cut_short_and_written_on_says_so_in_the_chain() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, head) = write_log(dir.path(), 5);
+        let kept: Vec<String> = lines(&path).into_iter().take(3).collect();
+        rewrite(&path, &kept);
+        let mut a = Appender::open(&path).expect("reopen");
+        a.expect_head(Some(head.clone()));
+        a.append(&[event(6), event(7), event(8)], None)
+            .expect("append");
+        // The file now holds records 1 to 7 again, a valid chain, but record 4 is the gap.
+        let e = verify(&path, None).expect_err("the gap is reported");
+        assert_eq!(e.line, 4, "{e}");
+        assert!(e.reason.contains("records 4 to 5 are missing"), "{e}");
     }
 
     #[test]

@@ -63,7 +63,8 @@ pub fn compact_utc(secs: i64) -> String {
 /// Unix seconds.
 pub fn parse_time(raw: &str) -> Option<i64> {
     if let Ok(secs) = raw.parse::<i64>() {
-        return Some(secs);
+        // Years 1970 to 9999: every later use (milliseconds, formatting) stays in range.
+        return (0..=253_402_300_799).contains(&secs).then_some(secs);
     }
     let num = |s: &str| s.parse::<i64>().ok();
     let (date, time) = match raw.split_once('T') {
@@ -76,7 +77,11 @@ pub fn parse_time(raw: &str) -> Option<i64> {
         num(date_parts.next()?)?,
         num(date_parts.next()?)?,
     );
-    if date_parts.next().is_some() || !(1..=12).contains(&m) || !(1..=31).contains(&d) {
+    if date_parts.next().is_some()
+        || !(1..=9999).contains(&y)
+        || !(1..=12).contains(&m)
+        || !(1..=31).contains(&d)
+    {
         return None;
     }
     let (h, mi, s) = match time {
@@ -144,5 +149,7 @@ mod tests {
         assert_eq!(parse_time("1700000000"), Some(1_700_000_000));
         assert_eq!(parse_time("2026-13-01"), None);
         assert_eq!(parse_time("yesterday"), None);
+        assert_eq!(parse_time("9223372036854775807"), None);
+        assert_eq!(parse_time("999999999999999-01-01"), None);
     }
 }

@@ -40,6 +40,26 @@ fn every_request_is_recorded_without_secrets_and_changes_are_on_disk_first() {
         .into_iter()
         .find(|r| r["path"] == "/keys/audited/create")
         .expect("the create is on disk before it was acknowledged");
+    // … synced, and the chain head in the database has moved past it.
+    let db = rusqlite::Connection::open_with_flags(
+        dir.join("p11vault.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("db");
+    let head: String = db
+        .query_row("SELECT v FROM meta WHERE k = 'audit_head'", [], |r| {
+            r.get(0)
+        })
+        .expect("a recorded head");
+    let head_seq: u64 = head
+        .split(':')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("seq");
+    assert!(
+        head_seq >= created["seq"].as_u64().expect("seq"),
+        "{head} vs {created}"
+    );
     assert_eq!(created["principal"], user_id.as_str());
     assert_eq!(created["principalName"], "app");
     assert_eq!(

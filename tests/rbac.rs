@@ -137,16 +137,28 @@ fn send(fx: &Fixture, token: &str, method: &str, path: &str, body: Option<Value>
     }
 }
 
+/// Sends `method path` against a fresh key of `kind` in `state`; `{k}` in `path` is its name.
+fn on_key(
+    fx: &Fixture,
+    token: &str,
+    state: State,
+    kind: &str,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> String {
+    let key = fx.key(kind, state);
+    send(fx, token, method, &path.replace("{k}", &key), body)
+}
+
 fn operations() -> Vec<Operation> {
     vec![
         ("get key", |fx, t, s| {
-            let k = fx.key("ec", s);
-            send(fx, t, "GET", &format!("/keys/{k}"), None)
+            on_key(fx, t, s, "ec", "GET", "/keys/{k}", None)
         }),
         ("list keys", |fx, t, _| send(fx, t, "GET", "/keys", None)),
         ("list versions", |fx, t, s| {
-            let k = fx.key("ec", s);
-            send(fx, t, "GET", &format!("/keys/{k}/versions"), None)
+            on_key(fx, t, s, "ec", "GET", "/keys/{k}/versions", None)
         }),
         ("create (new version)", |fx, t, s| {
             let k = fx.key("ec", s);
@@ -179,12 +191,10 @@ fn operations() -> Vec<Operation> {
             )
         }),
         ("rotate", |fx, t, s| {
-            let k = fx.key("ec", s);
-            send(fx, t, "POST", &format!("/keys/{k}/rotate"), None)
+            on_key(fx, t, s, "ec", "POST", "/keys/{k}/rotate", None)
         }),
         ("delete", |fx, t, s| {
-            let k = fx.key("ec", s);
-            send(fx, t, "DELETE", &format!("/keys/{k}"), None)
+            on_key(fx, t, s, "ec", "DELETE", "/keys/{k}", None)
         }),
         ("sign", |fx, t, s| {
             let k = fx.key("ec", s);
@@ -253,16 +263,13 @@ fn operations() -> Vec<Operation> {
             send(fx, t, "GET", "/deletedkeys", None)
         }),
         ("get deleted", |fx, t, s| {
-            let k = fx.key("ec", s);
-            send(fx, t, "GET", &format!("/deletedkeys/{k}"), None)
+            on_key(fx, t, s, "ec", "GET", "/deletedkeys/{k}", None)
         }),
         ("recover", |fx, t, s| {
-            let k = fx.key("ec", s);
-            send(fx, t, "POST", &format!("/deletedkeys/{k}/recover"), None)
+            on_key(fx, t, s, "ec", "POST", "/deletedkeys/{k}/recover", None)
         }),
         ("purge", |fx, t, s| {
-            let k = fx.key("ec", s);
-            send(fx, t, "DELETE", &format!("/deletedkeys/{k}"), None)
+            on_key(fx, t, s, "ec", "DELETE", "/deletedkeys/{k}", None)
         }),
         ("list role definitions", |fx, t, _| {
             send(
@@ -467,6 +474,41 @@ fn a_key_scoped_assignment_reaches_that_key_only() {
         .0,
         403
     );
+    // HEAD needs what GET needs.
+    let (_, none) = svc.new_principal("nobody", &[], "/");
+    assert_eq!(
+        svc.raw(Some(&none), "HEAD", &format!("/keys/mine?{API}"), None)
+            .0,
+        403
+    );
+    assert_eq!(
+        svc.raw(Some(&token), "HEAD", &format!("/keys/mine?{API}"), None)
+            .0,
+        200
+    );
+    // A role administrator of one key cannot rewrite a role definition (they are HSM-wide),
+    // but can manage assignments on that key.
+    let (_, key_admin) = svc.new_principal(
+        "key-admin",
+        &["Managed HSM Policy Administrator"],
+        "/keys/mine",
+    );
+    let role = uuid::Uuid::new_v4();
+    let custom = json!({"properties": {"roleName": "everything", "permissions": [{"dataActions": ["Microsoft.KeyVault/managedHsm/*"]}]}}).to_string();
+    let (s, j) = svc.call_as(
+        Some(&key_admin),
+        "PUT",
+        &format!("/keys/mine/providers/Microsoft.Authorization/roleDefinitions/{role}?{API}"),
+        Some(&custom),
+    );
+    assert_eq!(s, 403, "{j}");
+    let (s, j) = svc.call_as(
+        Some(&key_admin),
+        "GET",
+        &format!("/keys/mine/providers/Microsoft.Authorization/roleAssignments?{API}"),
+        None,
+    );
+    assert_eq!(s, 200, "{j}");
     // The assignment is visible at the key's scope, with the scope it was made at.
     let (s, list) = svc.call(
         "GET",

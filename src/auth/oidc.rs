@@ -157,11 +157,14 @@ impl OidcVerifier {
             return Err("the audience is not the configured one".into());
         }
         match claims.exp {
-            Some(exp) if now <= exp + LEEWAY => {}
+            Some(exp) if now <= exp.saturating_add(LEEWAY) => {}
             Some(_) => return Err("the token has expired".into()),
             None => return Err("the token has no expiry".into()),
         }
-        if claims.nbf.is_some_and(|nbf| now + LEEWAY < nbf) {
+        if claims
+            .nbf
+            .is_some_and(|nbf| now.saturating_add(LEEWAY) < nbf)
+        {
             return Err("the token is not valid yet".into());
         }
         claims

@@ -6,141 +6,74 @@ use std::fmt;
 /// Every data action starts with this.
 pub const PREFIX: &str = "Microsoft.KeyVault/managedHsm/";
 
-/// The data actions the service checks. Each endpoint needs exactly one.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Action {
-    KeysRead,
-    KeysWrite,
-    KeysCreate,
-    KeysDelete,
-    KeysRotate,
-    KeysImport,
-    KeysExport,
-    KeysRelease,
-    KeysBackup,
-    KeysRestore,
-    KeysEncrypt,
-    KeysDecrypt,
-    KeysWrap,
-    KeysUnwrap,
-    KeysSign,
-    KeysVerify,
-    KeysDerive,
-    DeletedKeysRead,
-    DeletedKeysRecover,
-    DeletedKeysPurge,
-    Rng,
-    RoleAssignmentsRead,
-    RoleAssignmentsWrite,
-    RoleAssignmentsDelete,
-    RoleDefinitionsRead,
-    RoleDefinitionsWrite,
-    RoleDefinitionsDelete,
-    SecurityDomainDownload,
-    SecurityDomainDownloadRead,
-    SecurityDomainUpload,
-    SecurityDomainUploadRead,
-    SecurityDomainTransferKeyRead,
-    BackupStart,
-    BackupStatus,
-    RestoreStart,
-    RestoreStatus,
+/// Declares the data actions once: the enum, the list of all of them, and each one's name.
+macro_rules! data_actions {
+    ($($(#[$doc:meta])* $variant:ident => $suffix:literal,)*) => {
+        /// The data actions the service checks. Each endpoint needs exactly one.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Action {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl Action {
+            pub const ALL: &'static [Action] = &[$(Action::$variant,)*];
+
+            /// The part after [`PREFIX`].
+            pub fn suffix(self) -> &'static str {
+                match self {
+                    $(Action::$variant => $suffix,)*
+                }
+            }
+        }
+    };
+}
+
+data_actions! {
+    KeysRead => "keys/read/action",
+    KeysWrite => "keys/write/action",
+    KeysCreate => "keys/create",
+    KeysDelete => "keys/delete",
+    KeysRotate => "keys/rotate/action",
+    KeysImport => "keys/import/action",
+    KeysExport => "keys/export/action",
+    KeysRelease => "keys/release/action",
+    KeysBackup => "keys/backup/action",
+    KeysRestore => "keys/restore/action",
+    KeysEncrypt => "keys/encrypt/action",
+    KeysDecrypt => "keys/decrypt/action",
+    KeysWrap => "keys/wrap/action",
+    KeysUnwrap => "keys/unwrap/action",
+    KeysSign => "keys/sign/action",
+    KeysVerify => "keys/verify/action",
+    KeysDerive => "keys/derive/action",
+    DeletedKeysRead => "keys/deletedKeys/read/action",
+    DeletedKeysRecover => "keys/deletedKeys/recover/action",
+    DeletedKeysPurge => "keys/deletedKeys/delete",
+    Rng => "rng/action",
+    RoleAssignmentsRead => "roleAssignments/read/action",
+    RoleAssignmentsWrite => "roleAssignments/write/action",
+    RoleAssignmentsDelete => "roleAssignments/delete/action",
+    RoleDefinitionsRead => "roleDefinitions/read/action",
+    RoleDefinitionsWrite => "roleDefinitions/write/action",
+    RoleDefinitionsDelete => "roleDefinitions/delete/action",
+    SecurityDomainDownload => "securitydomain/download/action",
+    SecurityDomainDownloadRead => "securitydomain/download/read",
+    SecurityDomainUpload => "securitydomain/upload/action",
+    SecurityDomainUploadRead => "securitydomain/upload/read",
+    SecurityDomainTransferKeyRead => "securitydomain/transferkey/read",
+    BackupStart => "backup/start/action",
+    BackupStatus => "backup/status/action",
+    RestoreStart => "restore/start/action",
+    RestoreStatus => "restore/status/action",
     /// p11vault's own: read the service settings.
-    SettingsRead,
+    SettingsRead => "settings/read/action",
     /// p11vault's own: change the service settings (purge protection).
-    SettingsWrite,
+    SettingsWrite => "settings/write/action",
     /// p11vault's own: read the audit log.
-    AuditRead,
+    AuditRead => "audit/read/action",
 }
 
 impl Action {
-    pub const ALL: &'static [Action] = &[
-        Action::KeysRead,
-        Action::KeysWrite,
-        Action::KeysCreate,
-        Action::KeysDelete,
-        Action::KeysRotate,
-        Action::KeysImport,
-        Action::KeysExport,
-        Action::KeysRelease,
-        Action::KeysBackup,
-        Action::KeysRestore,
-        Action::KeysEncrypt,
-        Action::KeysDecrypt,
-        Action::KeysWrap,
-        Action::KeysUnwrap,
-        Action::KeysSign,
-        Action::KeysVerify,
-        Action::KeysDerive,
-        Action::DeletedKeysRead,
-        Action::DeletedKeysRecover,
-        Action::DeletedKeysPurge,
-        Action::Rng,
-        Action::RoleAssignmentsRead,
-        Action::RoleAssignmentsWrite,
-        Action::RoleAssignmentsDelete,
-        Action::RoleDefinitionsRead,
-        Action::RoleDefinitionsWrite,
-        Action::RoleDefinitionsDelete,
-        Action::SecurityDomainDownload,
-        Action::SecurityDomainDownloadRead,
-        Action::SecurityDomainUpload,
-        Action::SecurityDomainUploadRead,
-        Action::SecurityDomainTransferKeyRead,
-        Action::BackupStart,
-        Action::BackupStatus,
-        Action::RestoreStart,
-        Action::RestoreStatus,
-        Action::SettingsRead,
-        Action::SettingsWrite,
-        Action::AuditRead,
-    ];
-
-    /// The part after [`PREFIX`].
-    pub fn suffix(self) -> &'static str {
-        match self {
-            Action::KeysRead => "keys/read/action",
-            Action::KeysWrite => "keys/write/action",
-            Action::KeysCreate => "keys/create",
-            Action::KeysDelete => "keys/delete",
-            Action::KeysRotate => "keys/rotate/action",
-            Action::KeysImport => "keys/import/action",
-            Action::KeysExport => "keys/export/action",
-            Action::KeysRelease => "keys/release/action",
-            Action::KeysBackup => "keys/backup/action",
-            Action::KeysRestore => "keys/restore/action",
-            Action::KeysEncrypt => "keys/encrypt/action",
-            Action::KeysDecrypt => "keys/decrypt/action",
-            Action::KeysWrap => "keys/wrap/action",
-            Action::KeysUnwrap => "keys/unwrap/action",
-            Action::KeysSign => "keys/sign/action",
-            Action::KeysVerify => "keys/verify/action",
-            Action::KeysDerive => "keys/derive/action",
-            Action::DeletedKeysRead => "keys/deletedKeys/read/action",
-            Action::DeletedKeysRecover => "keys/deletedKeys/recover/action",
-            Action::DeletedKeysPurge => "keys/deletedKeys/delete",
-            Action::Rng => "rng/action",
-            Action::RoleAssignmentsRead => "roleAssignments/read/action",
-            Action::RoleAssignmentsWrite => "roleAssignments/write/action",
-            Action::RoleAssignmentsDelete => "roleAssignments/delete/action",
-            Action::RoleDefinitionsRead => "roleDefinitions/read/action",
-            Action::RoleDefinitionsWrite => "roleDefinitions/write/action",
-            Action::RoleDefinitionsDelete => "roleDefinitions/delete/action",
-            Action::SecurityDomainDownload => "securitydomain/download/action",
-            Action::SecurityDomainDownloadRead => "securitydomain/download/read",
-            Action::SecurityDomainUpload => "securitydomain/upload/action",
-            Action::SecurityDomainUploadRead => "securitydomain/upload/read",
-            Action::SecurityDomainTransferKeyRead => "securitydomain/transferkey/read",
-            Action::BackupStart => "backup/start/action",
-            Action::BackupStatus => "backup/status/action",
-            Action::RestoreStart => "restore/start/action",
-            Action::RestoreStatus => "restore/status/action",
-            Action::SettingsRead => "settings/read/action",
-            Action::SettingsWrite => "settings/write/action",
-            Action::AuditRead => "audit/read/action",
-        }
-    }
-
     /// Whether the action changes what the service holds (its request is answered only once
     /// its audit record is on disk).
     pub fn changes_state(self) -> bool {
@@ -200,7 +133,8 @@ pub fn pattern_matches(pattern: &str, action: Action) -> bool {
 }
 
 /// Where an assignment applies: the whole HSM (`/` or `/keys`) or one key (`/keys/{name}`).
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Key names compare case-insensitively, as everywhere in the API.
+#[derive(Clone, Debug, Eq)]
 pub enum Scope {
     Global,
     AllKeys,
@@ -237,6 +171,16 @@ impl Scope {
         match self {
             Scope::Key(k) => Some(k),
             _ => None,
+        }
+    }
+}
+
+impl PartialEq for Scope {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Scope::Global, Scope::Global) | (Scope::AllKeys, Scope::AllKeys) => true,
+            (Scope::Key(a), Scope::Key(b)) => a.eq_ignore_ascii_case(b),
+            _ => false,
         }
     }
 }
@@ -552,6 +496,8 @@ mod tests {
         assert!(!Scope::Key("k1".into()).covers(Some("k2")));
         assert!(!Scope::Key("k1".into()).covers(None));
         assert!(Scope::AllKeys.covers(None));
+        assert_eq!(Scope::Key("Mine".into()), Scope::Key("mINE".into()));
+        assert_ne!(Scope::Global, Scope::AllKeys);
     }
 
     #[test]

@@ -22,6 +22,7 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures_util::FutureExt;
 use tracing::Instrument;
 
 use crate::access::AccessControl;
@@ -161,11 +162,26 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Put on a response by [`authenticate`]: who made the request.
-#[derive(Clone)]
-struct Authenticated(Principal);
+/// What the inner layers learn about a request for its audit record: [`authenticate`] notes
+/// who made it, [`authorize`] which data action was checked and whether it was granted. Shared
+/// rather than put on the response, so a handler that panics still leaves a complete record.
+#[derive(Clone, Default)]
+struct AuditSlot(Arc<std::sync::Mutex<Noted>>);
 
-/// Put on a response by [`authorize`]: the data action checked and whether it was granted.
+#[derive(Default)]
+struct Noted {
+    principal: Option<Principal>,
+    authorized: Option<Authorized>,
+}
+
+impl AuditSlot {
+    fn note(req: &Request, f: impl FnOnce(&mut Noted)) {
+        if let Some(slot) = req.extensions().get::<AuditSlot>() {
+            f(&mut slot.0.lock().unwrap_or_else(|p| p.into_inner()));
+        }
+    }
+}
+
 #[derive(Clone, Copy)]
 struct Authorized {
     action: Action,
@@ -199,21 +215,34 @@ pub fn requirement(
             key: key.clone(),
         })
     };
+    // HEAD is answered by the GET handler, so it needs what GET needs.
+    let method = if *method == Method::HEAD {
+        &Method::GET
+    } else {
+        method
+    };
     if let Some(rest) = route.split("/providers/Microsoft.Authorization/").nth(1) {
         let scope = rbac::scope_of(route, params)?;
-        let assignments = rest.starts_with("roleAssignments");
-        let action = match (*method == Method::GET, *method == Method::PUT, assignments) {
-            (true, _, true) => Action::RoleAssignmentsRead,
-            (_, true, true) => Action::RoleAssignmentsWrite,
-            (_, _, true) => Action::RoleAssignmentsDelete,
-            (true, _, false) => Action::RoleDefinitionsRead,
-            (_, true, false) => Action::RoleDefinitionsWrite,
-            (_, _, false) => Action::RoleDefinitionsDelete,
+        let action = match (method.as_str(), rest.starts_with("roleAssignments")) {
+            ("GET", true) => Action::RoleAssignmentsRead,
+            ("PUT", true) => Action::RoleAssignmentsWrite,
+            ("DELETE", true) => Action::RoleAssignmentsDelete,
+            ("GET", false) => Action::RoleDefinitionsRead,
+            ("PUT", false) => Action::RoleDefinitionsWrite,
+            ("DELETE", false) => Action::RoleDefinitionsDelete,
+            _ => {
+                return Err(Error::Internal(format!(
+                    "no data action is defined for {method} {route}"
+                )));
+            }
         };
-        return Ok(Requirement {
-            action,
-            key: scope.key().map(str::to_owned),
-        });
+        // Role definitions are HSM-wide whatever scope the path names: changing one changes
+        // what every holder of it may do everywhere, so writing one needs the action at `/`.
+        let key = match action {
+            Action::RoleDefinitionsWrite | Action::RoleDefinitionsDelete => None,
+            _ => scope.key().map(str::to_owned),
+        };
+        return Ok(Requirement { action, key });
     }
     match (method.as_str(), route) {
         ("GET", "/keys") => need(Action::KeysRead),
@@ -285,7 +314,13 @@ async fn authorize(
     let granted = state
         .access
         .authorize(&principal, need.action, need.key.as_deref());
-    let mut response = if granted {
+    AuditSlot::note(&req, |n| {
+        n.authorized = Some(Authorized {
+            action: need.action,
+            granted,
+        });
+    });
+    if granted {
         next.run(req).await
     } else {
         drain(req).await;
@@ -295,12 +330,7 @@ async fn authorize(
         };
         Error::AccessDenied(format!("Not authorized to access {} on {on}.", need.action))
             .into_response()
-    };
-    response.extensions_mut().insert(Authorized {
-        action: need.action,
-        granted,
-    });
-    response
+    }
 }
 
 /// Every request without a valid bearer token gets 401 and the challenge, before its body is
@@ -318,10 +348,9 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
         None => Error::Unauthorized("The request carries no bearer token.".into()),
         Some(token) => match state.access.authenticate(token) {
             Ok(Some(principal)) => {
-                req.extensions_mut().insert(principal.clone());
-                let mut response = next.run(req).await;
-                response.extensions_mut().insert(Authenticated(principal));
-                return response;
+                AuditSlot::note(&req, |n| n.principal = Some(principal.clone()));
+                req.extensions_mut().insert(principal);
+                return next.run(req).await;
             }
             Ok(None) => Error::Unauthorized("The bearer token is not valid.".into()),
             Err(e) => {
@@ -374,45 +403,62 @@ async fn audit_request(State(state): State<AppState>, req: Request, next: Next) 
     }
     let req = Request::from_parts(parts, body);
     let span = tracing::info_span!("request", method = %method, route, request_id = %request_id);
-    let mut response = next.run(req).instrument(span.clone()).await;
-    let status = response.status().as_u16();
-    span.in_scope(|| tracing::debug!(status, "answered"));
-    let principal = response
-        .extensions()
-        .get::<Authenticated>()
-        .map(|a| a.0.clone());
-    let authorized = response.extensions().get::<Authorized>().copied();
-    let outcome = match (&principal, authorized) {
-        (None, _) => Outcome::Unauthenticated,
-        (Some(_), Some(a)) if !a.granted => Outcome::Denied,
-        (Some(_), Some(_)) => Outcome::Allowed,
-        (Some(_), None) => Outcome::Rejected,
-    };
-    let durable = authorized.is_some_and(|a| a.granted && a.action.changes_state() && status < 400);
-    let event = Event {
-        time,
-        request_id: request_id.clone(),
-        client_request_id,
-        source,
-        principal_name: principal.as_ref().map(|p| p.name.clone()),
-        principal: principal.map(|p| p.id),
-        method,
-        path,
-        action: authorized.map(|a| a.action.to_string()),
-        key,
-        version,
-        outcome,
-        status,
-    };
-    if durable {
-        state.audit.record_durably(event).await;
-    } else {
-        state.audit.record(event);
-    }
-    if let Ok(v) = HeaderValue::from_str(&request_id) {
-        response.headers_mut().insert("x-ms-request-id", v);
-    }
-    response
+    let slot = AuditSlot::default();
+    let mut req = req;
+    req.extensions_mut().insert(slot.clone());
+    // The request runs in its own task, so a client that goes away mid-request cannot stop it
+    // half-way or keep it out of the log; a handler that panics is answered with a 500 and
+    // recorded like any other request.
+    let task = tokio::spawn(async move {
+        let handled = std::panic::AssertUnwindSafe(next.run(req).instrument(span.clone()))
+            .catch_unwind()
+            .await;
+        let mut response = handled.unwrap_or_else(|_| {
+            Error::Internal("a request handler panicked".into()).into_response()
+        });
+        let status = response.status().as_u16();
+        span.in_scope(|| tracing::debug!(status, "answered"));
+        let Noted {
+            principal,
+            authorized,
+        } = std::mem::take(&mut *slot.0.lock().unwrap_or_else(|p| p.into_inner()));
+        let outcome = match (&principal, authorized) {
+            (None, _) => Outcome::Unauthenticated,
+            (Some(_), Some(a)) if !a.granted => Outcome::Denied,
+            (Some(_), Some(_)) => Outcome::Allowed,
+            (Some(_), None) => Outcome::Rejected,
+        };
+        let durable =
+            authorized.is_some_and(|a| a.granted && a.action.changes_state() && status < 400);
+        let event = Event {
+            time,
+            request_id: request_id.clone(),
+            client_request_id,
+            source,
+            principal_name: principal.as_ref().map(|p| p.name.clone()),
+            principal: principal.map(|p| p.id),
+            method,
+            path,
+            action: authorized.map(|a| a.action.to_string()),
+            key,
+            version,
+            outcome,
+            status,
+        };
+        if durable {
+            state.audit.record_durably(event).await;
+        } else {
+            state.audit.record(event);
+        }
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert("x-ms-request-id", v);
+        }
+        response
+    });
+    task.await.unwrap_or_else(|e| {
+        tracing::error!(error = %e, "the request task failed");
+        Error::Internal("the request task failed".into()).into_response()
+    })
 }
 
 /// Reads and discards the body of a request answered without it. The answer was decided

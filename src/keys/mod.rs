@@ -699,11 +699,7 @@ impl KeyService {
         &self,
         f: impl FnOnce(&Store) -> Result<R, crate::store::Error> + Send + 'static,
     ) -> Result<R, Error> {
-        let store = Arc::clone(&self.store);
-        tokio::task::spawn_blocking(move || f(&store))
-            .await
-            .map_err(|e| Error::Internal(format!("a store call panicked: {e}")))?
-            .map_err(Error::from)
+        self.store.blocking(f).await.map_err(Error::from)
     }
 }
 

@@ -119,6 +119,17 @@ impl Store {
         Ok(out)
     }
 
+    /// Runs `f` on a blocking thread, off the async executor (every store call blocks).
+    pub async fn blocking<R: Send + 'static>(
+        self: &std::sync::Arc<Self>,
+        f: impl FnOnce(&Store) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        let store = std::sync::Arc::clone(self);
+        tokio::task::spawn_blocking(move || f(&store))
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(format!("a store call panicked: {e}"))))?
+    }
+
     /// The write generation: it changes after every committed write (see [`Store::write`]).
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::SeqCst)
@@ -134,14 +145,20 @@ impl Store {
         self.write(|tx| meta_set(tx, key, value))
     }
 
-    /// Sets a setting without moving the write generation: for bookkeeping that no cached
-    /// key row depends on (the audit chain head, written several times a second under load).
-    pub fn set_meta_untracked(&self, key: &str, value: &str) -> Result<()> {
+    /// Sets a setting of the form `{seq}:…` only if `seq` is larger than the one it holds, and
+    /// without moving the write generation: bookkeeping no cached key row depends on (the
+    /// audit chain head). Returns whether it was set.
+    pub fn advance_sequenced_meta(&self, key: &str, seq: u64, value: &str) -> Result<bool> {
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        meta_set(&tx, key, value)?;
+        let current = meta_get(&tx, key)?
+            .and_then(|v| v.split(':').next().and_then(|n| n.parse::<u64>().ok()));
+        let advance = current.is_none_or(|c| seq > c);
+        if advance {
+            meta_set(&tx, key, value)?;
+        }
         tx.commit()?;
-        Ok(())
+        Ok(advance)
     }
 
     /// Sets a setting only if it has no value yet; returns the value in force.
