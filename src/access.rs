@@ -26,7 +26,7 @@ pub struct AccessControl {
     /// The snapshot and the store's `data_version` it was read at. Replaced only by one read at
     /// the same or a later version, so two reloads racing never leave the older one in force.
     snapshot: RwLock<(i64, Arc<AccessSnapshot>)>,
-    /// When `data_version` was last looked at, in microseconds since `epoch`.
+    /// When the latest finished look at `data_version` started, in microseconds since `epoch`.
     checked_at: AtomicU64,
     epoch: Instant,
     oidc: Option<OidcVerifier>,
@@ -65,18 +65,17 @@ impl AccessControl {
     /// request on. The database is asked at most once per [`RECHECK_EVERY`]: under load the
     /// question would otherwise cost a read transaction per request.
     pub fn current(&self) -> Result<Arc<AccessSnapshot>, Error> {
+        // A request skips the question only when one that started less than a millisecond ago
+        // has finished: what it saw was current then. Requests that arrive while a check is
+        // under way ask too, rather than use what may be an old snapshot.
         let now = self.epoch.elapsed().as_micros() as u64;
-        let last = self.checked_at.load(Ordering::Relaxed);
-        if now.saturating_sub(last) >= RECHECK_EVERY.as_micros() as u64
-            && self
-                .checked_at
-                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-        {
+        let last = self.checked_at.load(Ordering::Acquire);
+        if now.saturating_sub(last) >= RECHECK_EVERY.as_micros() as u64 {
             let version = self.store.data_version()?;
             if version != self.snapshot.read().unwrap_or_else(|p| p.into_inner()).0 {
                 self.reload()?;
             }
+            self.checked_at.fetch_max(now, Ordering::AcqRel);
         }
         Ok(Arc::clone(
             &self.snapshot.read().unwrap_or_else(|p| p.into_inner()).1,
