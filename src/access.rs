@@ -8,9 +8,7 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::auth::oidc::OidcVerifier;
-use crate::auth::roles::{
-    self, Action, Permission, RoleAssignment, RoleDefinition, RoleType, Scope,
-};
+use crate::auth::roles::{self, Permission, RoleAssignment, RoleDefinition, RoleType, Scope};
 use crate::auth::{AccessSnapshot, Principal};
 use crate::clock::Clock;
 use crate::error::Error;
@@ -98,24 +96,31 @@ impl AccessControl {
         Ok(())
     }
 
-    /// The principal a bearer credential stands for: a p11vault token, or a JWT from the
-    /// configured OpenID Connect issuer whose object id is a registered, enabled principal.
-    pub fn authenticate(&self, credential: &str) -> Result<Option<Principal>, Error> {
+    /// The principal a bearer credential stands for — a p11vault token, or a JWT from the
+    /// configured OpenID Connect issuer whose object id is a registered, enabled principal —
+    /// with the snapshot that said so, which the request's authorization then also uses.
+    pub fn authenticate(
+        &self,
+        credential: &str,
+    ) -> Result<Option<(Principal, Arc<AccessSnapshot>)>, Error> {
         let snapshot = self.current()?;
-        if let Some(p) = snapshot.authenticate(credential) {
-            return Ok(Some(p));
-        }
-        let Some(oidc) = &self.oidc else {
-            return Ok(None);
+        let principal = match snapshot.authenticate(credential) {
+            Some(p) => Some(p),
+            None => self.authenticate_jwt(credential, &snapshot),
         };
+        Ok(principal.map(|p| (p, snapshot)))
+    }
+
+    fn authenticate_jwt(&self, credential: &str, snapshot: &AccessSnapshot) -> Option<Principal> {
+        let oidc = self.oidc.as_ref()?;
         if !OidcVerifier::looks_like_jwt(credential) {
-            return Ok(None);
+            return None;
         }
         match oidc.verify(credential, self.clock.now()) {
-            Ok(object_id) => Ok(snapshot.principal(&object_id)),
+            Ok(object_id) => snapshot.principal(&object_id),
             Err(reason) => {
                 tracing::info!(%reason, "refused a bearer JWT");
-                Ok(None)
+                None
             }
         }
     }
@@ -382,13 +387,6 @@ impl AccessControl {
         }
         self.reload()?;
         Ok(assignment)
-    }
-
-    /// Whether `principal` may do `action` on `key`.
-    pub fn authorize(&self, principal: &Principal, action: Action, key: Option<&str>) -> bool {
-        self.current()
-            .map(|s| s.authorize(&principal.id, action, key))
-            .unwrap_or(false)
     }
 
     async fn blocking<R: Send + 'static>(

@@ -406,7 +406,7 @@ fn audit_show(args: &AuditShow) -> CliResult {
         .ca_file
         .clone()
         .unwrap_or_else(|| args.data_dir.join("ca.pem"));
-    let agent = tls::client_agent(&ca)?;
+    let agent = tls::client_agent(&ca, Duration::from_secs(60))?;
     let mut req = agent
         .get(&format!(
             "{}/p11vault/audit",

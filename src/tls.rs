@@ -114,8 +114,9 @@ pub fn server_config(paths: &TlsPaths) -> Result<Arc<rustls::ServerConfig>, TlsE
     Ok(Arc::new(config))
 }
 
-/// An HTTPS client that trusts only the CA in `ca` (the admin CLI talking to the service).
-pub fn client_agent(ca: &Path) -> Result<ureq::Agent, TlsError> {
+/// An HTTPS client that trusts only the CA in `ca` (the admin CLI talking to the service, and
+/// the integration tests).
+pub fn client_agent(ca: &Path, timeout: std::time::Duration) -> Result<ureq::Agent, TlsError> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
@@ -136,6 +137,6 @@ pub fn client_agent(ca: &Path) -> Result<ureq::Agent, TlsError> {
         .with_no_client_auth();
     Ok(ureq::AgentBuilder::new()
         .tls_config(Arc::new(config))
-        .timeout(std::time::Duration::from_secs(60))
+        .timeout(timeout)
         .build())
 }

@@ -137,6 +137,10 @@ fn send(fx: &Fixture, token: &str, method: &str, path: &str, body: Option<Value>
     }
 }
 
+fn b64(bytes: &[u8]) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
 /// Sends `method path` against a fresh key of `kind` in `state`; `{k}` in `path` is its name.
 fn on_key(
     fx: &Fixture,
@@ -197,64 +201,28 @@ fn operations() -> Vec<Operation> {
             on_key(fx, t, s, "ec", "DELETE", "/keys/{k}", None)
         }),
         ("sign", |fx, t, s| {
-            let k = fx.key("ec", s);
-            let value = URL_SAFE_NO_PAD.encode([7u8; 32]);
-            send(
-                fx,
-                t,
-                "POST",
-                &format!("/keys/{k}//sign"),
-                Some(json!({"alg": "ES256", "value": value})),
-            )
+            let body = json!({"alg": "ES256", "value": b64(&[7; 32])});
+            on_key(fx, t, s, "ec", "POST", "/keys/{k}//sign", Some(body))
         }),
         ("verify", |fx, t, s| {
-            let k = fx.key("ec", s);
-            let digest = URL_SAFE_NO_PAD.encode([7u8; 32]);
-            let value = URL_SAFE_NO_PAD.encode([1u8; 64]);
-            send(
-                fx,
-                t,
-                "POST",
-                &format!("/keys/{k}//verify"),
-                Some(json!({"alg": "ES256", "digest": digest, "value": value})),
-            )
+            let body = json!({"alg": "ES256", "digest": b64(&[7; 32]), "value": b64(&[1; 64])});
+            on_key(fx, t, s, "ec", "POST", "/keys/{k}//verify", Some(body))
         }),
         ("encrypt", |fx, t, s| {
-            let k = fx.key("aes", s);
-            send(
-                fx,
-                t,
-                "POST",
-                &format!("/keys/{k}//encrypt"),
-                Some(json!({"alg": "A256GCM", "value": "AAAA"})),
-            )
+            let body = json!({"alg": "A256GCM", "value": "AAAA"});
+            on_key(fx, t, s, "aes", "POST", "/keys/{k}//encrypt", Some(body))
         }),
         ("decrypt", |fx, t, s| {
-            let k = fx.key("aes", s);
-            let body = json!({"alg": "A256GCM", "value": "AAAA", "iv": URL_SAFE_NO_PAD.encode([0u8; 12]), "tag": URL_SAFE_NO_PAD.encode([0u8; 16])});
-            send(fx, t, "POST", &format!("/keys/{k}//decrypt"), Some(body))
+            let body = json!({"alg": "A256GCM", "value": "AAAA", "iv": b64(&[0; 12]), "tag": b64(&[0; 16])});
+            on_key(fx, t, s, "aes", "POST", "/keys/{k}//decrypt", Some(body))
         }),
         ("wrapkey", |fx, t, s| {
-            let k = fx.key("aes", s);
-            let value = URL_SAFE_NO_PAD.encode([5u8; 32]);
-            send(
-                fx,
-                t,
-                "POST",
-                &format!("/keys/{k}//wrapkey"),
-                Some(json!({"alg": "A256KW", "value": value})),
-            )
+            let body = json!({"alg": "A256KW", "value": b64(&[5; 32])});
+            on_key(fx, t, s, "aes", "POST", "/keys/{k}//wrapkey", Some(body))
         }),
         ("unwrapkey", |fx, t, s| {
-            let k = fx.key("aes", s);
-            let value = URL_SAFE_NO_PAD.encode([5u8; 40]);
-            send(
-                fx,
-                t,
-                "POST",
-                &format!("/keys/{k}//unwrapkey"),
-                Some(json!({"alg": "A256KW", "value": value})),
-            )
+            let body = json!({"alg": "A256KW", "value": b64(&[5; 40])});
+            on_key(fx, t, s, "aes", "POST", "/keys/{k}//unwrapkey", Some(body))
         }),
         ("random bytes", |fx, t, _| {
             send(fx, t, "POST", "/rng", Some(json!({"count": 8})))

@@ -27,8 +27,8 @@ use tracing::Instrument;
 
 use crate::access::AccessControl;
 use crate::audit::{AuditLog, Event, Outcome};
-use crate::auth::Principal;
 use crate::auth::roles::Action;
+use crate::auth::{AccessSnapshot, Principal};
 use crate::error::Error;
 use crate::keys::KeyService;
 use crate::model::{KeyOp, truncate_for_message};
@@ -148,7 +148,7 @@ pub fn router(state: AppState) -> Router {
         .route("/p11vault/audit", get(audit::read));
     let router = rbac("/keys/{scope_key}", rbac("/keys", rbac("", router)));
     router
-        .route_layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .route_layer(middleware::from_fn(authorize))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(require_api_version))
@@ -180,6 +180,14 @@ impl AuditSlot {
             f(&mut slot.0.lock().unwrap_or_else(|p| p.into_inner()));
         }
     }
+}
+
+/// Put on the request by [`authenticate`]: who is calling, and the access snapshot that
+/// authenticated them, so authorization decides on the same rules without asking again.
+#[derive(Clone)]
+struct Caller {
+    principal: Principal,
+    access: Arc<AccessSnapshot>,
 }
 
 #[derive(Clone, Copy)]
@@ -289,12 +297,7 @@ pub fn requirement(
 
 /// Checks the route's data action against the caller's role assignments. No assignment means
 /// no access; a denial is a 403 and the handler never runs.
-async fn authorize(
-    State(state): State<AppState>,
-    params: RawPathParams,
-    req: Request,
-    next: Next,
-) -> Response {
+async fn authorize(params: RawPathParams, req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
@@ -307,13 +310,13 @@ async fn authorize(
             return e.into_response();
         }
     };
-    let Some(principal) = req.extensions().get::<Principal>().cloned() else {
+    let Some(caller) = req.extensions().get::<Caller>().cloned() else {
         drain(req).await;
         return Error::Internal("authorization ran before authentication".into()).into_response();
     };
-    let granted = state
+    let granted = caller
         .access
-        .authorize(&principal, need.action, need.key.as_deref());
+        .authorize(&caller.principal.id, need.action, need.key.as_deref());
     AuditSlot::note(&req, |n| {
         n.authorized = Some(Authorized {
             action: need.action,
@@ -347,9 +350,9 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
     let error = match presented {
         None => Error::Unauthorized("The request carries no bearer token.".into()),
         Some(token) => match state.access.authenticate(token) {
-            Ok(Some(principal)) => {
+            Ok(Some((principal, access))) => {
                 AuditSlot::note(&req, |n| n.principal = Some(principal.clone()));
-                req.extensions_mut().insert(principal);
+                req.extensions_mut().insert(Caller { principal, access });
                 return next.run(req).await;
             }
             Ok(None) => Error::Unauthorized("The bearer token is not valid.".into()),

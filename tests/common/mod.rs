@@ -7,7 +7,6 @@
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -307,24 +306,7 @@ pub fn cli(dir: &Path, args: &[&str]) -> (bool, String, String) {
 
 /// An HTTPS client that trusts exactly the given CA.
 pub fn agent_trusting(ca: &Path) -> ureq::Agent {
-    use rustls::pki_types::CertificateDer;
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_file_iter(ca).expect("CA file reads") {
-        roots
-            .add(cert.expect("CA parses"))
-            .expect("CA is a valid root");
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    ureq::AgentBuilder::new()
-        .tls_config(Arc::new(config))
-        .timeout(Duration::from_secs(120))
-        .build()
+    p11vault::tls::client_agent(ca, Duration::from_secs(120)).expect("the CA file is usable")
 }
 
 /// A fresh data dir inside a temporary directory that lives as long as the returned guard.
