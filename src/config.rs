@@ -93,6 +93,19 @@ struct FileConfig {
     http: FileHttp,
     #[serde(default)]
     auth: FileAuth,
+    #[serde(default)]
+    backup: FileBackup,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileBackup {
+    /// The directory the default backup location keeps containers in.
+    root: Option<PathBuf>,
+    /// The name in backup folder names, `mhsm-{name}-{YYYYMMDDHHmmSS}`.
+    hsm_name: Option<String>,
+    /// A full restore needs a full backup of the current state at most this many minutes old.
+    restore_requires_backup_within_minutes: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -168,6 +181,10 @@ pub struct Config {
     pub challenge_authority: Option<String>,
     pub challenge_resource: String,
     pub oidc: Option<OidcSettings>,
+    /// Where full backups are written: `{backup_root}/{container}/{folder}`.
+    pub backup_root: PathBuf,
+    pub hsm_name: String,
+    pub restore_requires_backup_within_secs: i64,
     /// TEST-ONLY crash points (see `failpoint`), from `P11VAULT_TEST_FAILPOINTS`.
     pub test_failpoints: Vec<String>,
     /// TEST-ONLY clock offset file (see `clock::FileOffsetClock`), from
@@ -282,6 +299,33 @@ impl Config {
 
         let oidc = file.auth.oidc.map(oidc_settings).transpose()?;
 
+        let backup_root = file
+            .backup
+            .root
+            .unwrap_or_else(|| data_dir.join("backups"));
+        let hsm_name = file.backup.hsm_name.unwrap_or_else(|| token_label.clone());
+        let name_ok = !hsm_name.is_empty()
+            && hsm_name.len() <= 64
+            && hsm_name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if !name_ok {
+            return Err(ConfigError::Invalid {
+                setting: "backup.hsm_name",
+                message: "1 to 64 letters, digits and '-' (it names backup folders)".into(),
+            });
+        }
+        let window = file
+            .backup
+            .restore_requires_backup_within_minutes
+            .unwrap_or(30);
+        if !(1..=7 * 24 * 60).contains(&window) {
+            return Err(ConfigError::Invalid {
+                setting: "backup.restore_requires_backup_within_minutes",
+                message: "between 1 and 10080 (a week)".into(),
+            });
+        }
+
         Ok(Self {
             data_dir,
             listen,
@@ -298,6 +342,9 @@ impl Config {
                 .challenge_resource
                 .unwrap_or_else(|| "https://managedhsm.azure.net".to_owned()),
             oidc,
+            backup_root,
+            hsm_name,
+            restore_requires_backup_within_secs: i64::from(window) * 60,
             test_failpoints: std::env::var("P11VAULT_TEST_FAILPOINTS")
                 .map(|v| {
                     v.split(',')

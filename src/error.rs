@@ -48,6 +48,32 @@ pub enum Error {
     Internal(String),
 }
 
+impl Error {
+    /// The `(code, message)` a client may see of an error that ended a background job: a
+    /// client's mistake says what it was, a fault inside says nothing about the inside (the
+    /// detail is logged).
+    pub fn job_error(&self) -> (String, String) {
+        let pair = |code: &str, message: &str| (code.to_owned(), message.to_owned());
+        match self {
+            Error::BadParameter(m) => pair("BadParameter", m),
+            Error::KeyNotFound(m) => pair("KeyNotFound", m),
+            Error::NotFound { code, message } => pair(code, message),
+            Error::Conflict { message, .. } => pair("Conflict", message),
+            Error::Forbidden { message, .. } => pair("Forbidden", message),
+            Error::AccessDenied(m) => pair("AccessDenied", m),
+            Error::Busy(m) => pair("ServiceUnavailable", m),
+            Error::Unavailable(_) => pair(
+                "ServiceUnavailable",
+                "The HSM was unavailable; start the operation again.",
+            ),
+            Error::PayloadTooLarge { .. } | Error::Unauthorized(_) | Error::Internal(_) => pair(
+                "InternalError",
+                "The service met an internal error; see its log.",
+            ),
+        }
+    }
+}
+
 impl From<hsm::Error> for Error {
     fn from(err: hsm::Error) -> Self {
         if let hsm::Error::Rejected(message) = err {

@@ -12,6 +12,8 @@ use clap::{Args, Parser, Subcommand};
 use p11vault::access::AccessControl;
 use p11vault::admin::DataDir;
 use p11vault::audit::AuditLog;
+use p11vault::backup::location::DirLocation;
+use p11vault::backup::{BackupSettings, Backups};
 use p11vault::auth::oidc::{JwksSource, OidcVerifier};
 use p11vault::clock::{Clock, FileOffsetClock, SystemClock};
 use p11vault::config::{AdminArgs, Config, ServeArgs, TokenSource};
@@ -239,7 +241,21 @@ fn serve(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         }
         let audit_path = cfg.data_dir.join(p11vault::audit::FILE_NAME);
         let audit = AuditLog::start(audit_path.clone(), Arc::clone(&ready.store))?;
-        let keys = KeyService::new(ready.store, Arc::new(ready.hsm), clock, ready.retention);
+        let store = Arc::clone(&ready.store);
+        let keys = KeyService::new(ready.store, Arc::new(ready.hsm), Arc::clone(&clock), ready.retention);
+        let backups = Backups::new(
+            Arc::clone(&keys),
+            store,
+            Arc::new(DirLocation::new(cfg.backup_root.clone())),
+            clock,
+            BackupSettings {
+                hsm_name: cfg.hsm_name.clone(),
+                restore_needs_backup_within_secs: cfg.restore_requires_backup_within_secs,
+                work_dir: cfg.data_dir.join("restore"),
+            },
+        );
+        // A full restore a crash interrupted is finished before anything else looks at keys.
+        backups.recover().await?;
         let report = keys.reconcile().await?;
         tracing::info!(?report, "reconciled the token with the database");
         let mechanisms: Vec<String> = keys.hsm().mechanisms().iter().map(|m| m.to_string()).collect();
@@ -252,6 +268,7 @@ fn serve(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         let state = AppState {
             keys,
             access,
+            backups,
             audit: audit.clone(),
             audit_path: Arc::new(audit_path),
             public_url: public_url.as_str().into(),

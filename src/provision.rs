@@ -135,6 +135,11 @@ pub fn open(cfg: &Config, hosts: &[String]) -> Result<Ready, ProvisionError> {
             extraction: cfg.extraction,
         },
     )?;
+    let domain = store
+        .meta(meta::DOMAIN)?
+        .and_then(|d| VersionId::parse_hex(&d))
+        .ok_or_else(|| store::Error::Corrupt("security_domain".into()))?;
+    hsm.set_domain(domain)?;
     if !initialized {
         let objects = hsm.call_blocking(|h, s| h.scan(s))?;
         if !objects.is_empty() && store.key_count()? == 0 {

@@ -2,6 +2,7 @@
 //! cache, and the key-object operations the key service needs. Every call here blocks; the async
 //! entry point [`Hsm::call`] runs it on a blocking thread with a pooled session (DESIGN §7).
 
+pub mod backup;
 pub mod oaep;
 pub mod ops;
 pub mod templates;
@@ -218,6 +219,7 @@ impl Module {
                 generation: 0,
             }),
             cache: RwLock::new(HashMap::new()),
+            domain: RwLock::new(None),
             permits: Arc::new(Semaphore::new(settings.sessions)),
             mechanisms,
             oaep_sha256: ops::OaepSupport::default(),
@@ -370,6 +372,8 @@ pub struct Hsm {
     settings: HsmSettings,
     state: Mutex<Connection>,
     cache: RwLock<HashMap<VersionId, KeyHandles>>,
+    /// The security domain's halves, once [`Hsm::set_domain`] has found them.
+    domain: RwLock<Option<backup::DomainHandles>>,
     permits: Arc<Semaphore>,
     mechanisms: Vec<MechanismType>,
     oaep_sha256: ops::OaepSupport,
@@ -488,7 +492,10 @@ impl Hsm {
     /// Fills the handle cache from one scan of the token. Runs at start-up and after a
     /// reconnect, never on a request path.
     pub fn rebuild_cache(&self) -> Result<()> {
-        let objects = self.call_blocking(|hsm, s| hsm.scan(s))?;
+        let objects = self.call_blocking(|hsm, s| {
+            hsm.refresh_domain(s)?;
+            hsm.scan(s)
+        })?;
         let mut pairs: HashMap<VersionId, (Option<ObjectHandle>, Option<ObjectHandle>)> =
             HashMap::new();
         for obj in &objects {
@@ -561,7 +568,7 @@ impl Hsm {
         self.handles(id).is_ok()
     }
 
-    fn remember(&self, id: VersionId, handles: KeyHandles) {
+    pub(crate) fn remember(&self, id: VersionId, handles: KeyHandles) {
         self.cache
             .write()
             .unwrap_or_else(|p| p.into_inner())

@@ -168,6 +168,18 @@ pub fn secret_import(
     attrs
 }
 
+/// Template for a secret object unwrapped from a backup: the attributes of [`secret_import`]
+/// without the material, which the token supplies from the wrapped bytes.
+pub fn secret_unwrap(
+    id: VersionId,
+    label: &[u8],
+    family: KeyFamily,
+    ops: &KeyOps,
+    extraction: Extraction,
+) -> Vec<Attribute> {
+    secret_import(id, label, family, Vec::new(), ops, extraction)
+}
+
 /// Template for importing the public half of an RSA or EC key.
 pub fn public_import(
     id: VersionId,

@@ -2,6 +2,7 @@
 //! `api-version` check run as middleware before any handler reads a body.
 
 mod audit;
+mod backup;
 mod crypto;
 mod deleted;
 pub mod error;
@@ -21,7 +22,7 @@ use axum::extract::{
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use futures_util::FutureExt;
 use tracing::Instrument;
 
@@ -29,6 +30,7 @@ use crate::access::AccessControl;
 use crate::audit::{AuditLog, Event, Outcome};
 use crate::auth::roles::Action;
 use crate::auth::{AccessSnapshot, Principal};
+use crate::backup::Backups;
 use crate::error::Error;
 use crate::keys::KeyService;
 use crate::model::{KeyOp, truncate_for_message};
@@ -60,6 +62,7 @@ pub const LATEST_API_VERSION: &str = "2025-07-01";
 pub struct AppState {
     pub keys: Arc<KeyService>,
     pub access: Arc<AccessControl>,
+    pub backups: Arc<Backups>,
     pub audit: AuditLog,
     /// The audit log file, for `GET /p11vault/audit`.
     pub audit_path: Arc<PathBuf>,
@@ -124,6 +127,13 @@ pub fn router(state: AppState) -> Router {
             "/keys/{name}/",
             get(keys::get_latest).patch(keys::update_latest),
         )
+        .route("/keys/restore", post(backup::restore_key))
+        .route("/keys/{name}/backup", post(backup::backup_key))
+        .route("/keys/{name}/restore", put(backup::start_selective_restore))
+        .route("/backup", post(backup::start_backup))
+        .route(BACKUP_STATUS, get(backup::backup_status))
+        .route("/restore", put(backup::start_restore))
+        .route(RESTORE_STATUS, get(backup::restore_status))
         .route("/keys/{name}/create", post(keys::create_key))
         .route("/keys/{name}/rotate", post(keys::rotate_key))
         .route("/keys/{name}/versions", get(keys::list_versions))
@@ -157,9 +167,39 @@ pub fn router(state: AppState) -> Router {
             req.extensions_mut().insert(BodyLimit(limit));
             next.run(req)
         }))
+        .layer(middleware::from_fn_with_state(state.clone(), admit))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn_with_state(state.clone(), audit_request))
         .with_state(state)
+}
+
+/// The status routes of long-running operations: clients poll them as the service handed them
+/// out, and the restore status is the one route a full restore leaves open.
+const BACKUP_STATUS: &str = "/backup/{job}/pending";
+const RESTORE_STATUS: &str = "/restore/{job}/pending";
+
+fn matched_route(req: &Request) -> Option<&str> {
+    req.extensions().get::<MatchedPath>().map(MatchedPath::as_str)
+}
+
+/// While a full restore runs, every request but the restore status gets 503; otherwise a
+/// request holds a share of the request gate until it is answered, so a full restore starts
+/// only once the requests under way are done.
+async fn admit(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if matched_route(&req) == Some(RESTORE_STATUS) {
+        return next.run(req).await;
+    }
+    match state.backups.admit() {
+        Some(_share) => next.run(req).await,
+        None => {
+            drain(req).await;
+            Error::Busy(
+                "A full restore is in progress; the HSM serves requests again once it completes."
+                    .into(),
+            )
+            .into_response()
+        }
+    }
 }
 
 /// What the inner layers learn about a request for its audit record: [`authenticate`] notes
@@ -289,6 +329,16 @@ pub fn requirement(
             key: None,
         }),
         ("GET", "/p11vault/audit") => need(Action::AuditRead),
+        ("POST", "/keys/{name}/backup") => need(Action::KeysBackup),
+        ("POST", "/keys/restore") => need(Action::KeysRestore),
+        // A selective restore reads a full backup: the HSM-wide restore right.
+        ("PUT", "/keys/{name}/restore" | "/restore") => Ok(Requirement {
+            action: Action::RestoreStart,
+            key: None,
+        }),
+        ("POST", "/backup") => need(Action::BackupStart),
+        ("GET", BACKUP_STATUS) => need(Action::BackupStatus),
+        ("GET", RESTORE_STATUS) => need(Action::RestoreStatus),
         _ => Err(Error::Internal(format!(
             "no data action is defined for {method} {route}"
         ))),
@@ -472,6 +522,11 @@ async fn drain(req: Request) {
 }
 
 async fn require_api_version(req: Request, next: Next) -> Response {
+    // Status URLs are polled as handed out; a client that dropped the query still gets its
+    // job's status.
+    if matches!(matched_route(&req), Some(BACKUP_STATUS | RESTORE_STATUS)) {
+        return next.run(req).await;
+    }
     let version = req.uri().query().and_then(|q| {
         q.split('&')
             .filter_map(|pair| pair.split_once('='))

@@ -3,6 +3,8 @@
 //! token, commit the outcome and clear the intent — and runs on its own task, so a client that
 //! disconnects half-way cannot stop it between two steps.
 
+pub mod backup;
+pub mod blob;
 mod cache;
 pub mod crypto;
 pub mod import;
@@ -80,6 +82,12 @@ pub struct KeyService {
     /// purge read the database itself.
     purge_protection: AtomicBool,
     locks: NameLocks,
+    /// Held shared by every change to keys (and by full backups), exclusively by a full
+    /// restore, which replaces everything.
+    changes: Arc<tokio::sync::RwLock<()>>,
+    /// Held shared by purges (the only change that destroys committed token objects),
+    /// exclusively by a full backup while it reads key material.
+    purges: tokio::sync::RwLock<()>,
     versions: cache::VersionCache,
 }
 
@@ -97,6 +105,8 @@ impl KeyService {
             retention_days: retention.days,
             purge_protection: AtomicBool::new(retention.purge_protection),
             locks: NameLocks::default(),
+            changes: Arc::new(tokio::sync::RwLock::new(())),
+            purges: tokio::sync::RwLock::new(()),
             versions: cache::VersionCache::default(),
         })
     }
@@ -120,6 +130,16 @@ impl KeyService {
         let on = self.blocking_store(|s| s.purge_protection()).await?;
         self.purge_protection.store(on, Ordering::Relaxed);
         Ok(on)
+    }
+
+    /// Serialises changes to one key, and keeps a full restore out while they run.
+    async fn lock_key(&self, name: &KeyName) -> KeyGuard {
+        let changes = Arc::clone(&self.changes).read_owned().await;
+        let name = self.locks.lock(name).await;
+        KeyGuard {
+            _name: name,
+            _changes: changes,
+        }
     }
 
     /// The lifecycle state of a name, read under its lock.
@@ -173,7 +193,7 @@ impl KeyService {
     ) -> Result<(VersionRecord, Deletion), Error> {
         let this = Arc::clone(self);
         detached(async move {
-            let _guard = this.locks.lock(&name).await;
+            let _guard = this.lock_key(&name).await;
             let state = this.state_of(&name).await?;
             Self::refuse(lifecycle::decide(state, Event::Delete), &name)?;
             let now = this.clock.now();
@@ -229,7 +249,7 @@ impl KeyService {
     pub async fn recover(self: &Arc<Self>, name: KeyName) -> Result<VersionRecord, Error> {
         let this = Arc::clone(self);
         detached(async move {
-            let _guard = this.locks.lock(&name).await;
+            let _guard = this.lock_key(&name).await;
             let state = this.state_of(&name).await?;
             Self::refuse(lifecycle::decide(state, Event::Recover), &name)?;
             let (n, now) = (name.to_string(), this.clock.now());
@@ -278,7 +298,7 @@ impl KeyService {
     pub async fn purge(self: &Arc<Self>, name: KeyName) -> Result<(), Error> {
         let this = Arc::clone(self);
         detached(async move {
-            let _guard = this.locks.lock(&name).await;
+            let _guard = this.lock_key(&name).await;
             let state = this.state_of(&name).await?;
             Self::refuse(lifecycle::decide(state, Event::Purge), &name)?;
             this.purge_locked(&name, "purge").await
@@ -294,7 +314,7 @@ impl KeyService {
         for name in due {
             let this = Arc::clone(self);
             let done = detached(async move {
-                let _guard = this.locks.lock(&name).await;
+                let _guard = this.lock_key(&name).await;
                 let state = this.state_of(&name).await?;
                 if lifecycle::decide(state, Event::AutoPurge) != Decision::Proceed {
                     return Ok(false);
@@ -312,6 +332,8 @@ impl KeyService {
         name: &KeyName,
         why: &'static str,
     ) -> Result<(), Error> {
+        // A full backup reading key material keeps purges out until it is done.
+        let _purges = self.purges.read().await;
         let (n, now) = (name.to_string(), self.clock.now());
         let intent = self
             .blocking_store(move |s| s.begin_intent("purge", &n, None, why, now))
@@ -418,7 +440,7 @@ impl KeyService {
     ) -> Result<VersionRecord, Error> {
         let this = Arc::clone(self);
         detached(async move {
-            let _guard = this.locks.lock(&name).await;
+            let _guard = this.lock_key(&name).await;
             this.make_version(name, spec, Origin::Generated, None).await
         })
         .await
@@ -433,7 +455,7 @@ impl KeyService {
     ) -> Result<VersionRecord, Error> {
         let this = Arc::clone(self);
         detached(async move {
-            let _guard = this.locks.lock(&name).await;
+            let _guard = this.lock_key(&name).await;
             this.make_version(name, spec, Origin::Imported, Some(material))
                 .await
         })
@@ -445,7 +467,7 @@ impl KeyService {
     pub async fn rotate(self: &Arc<Self>, name: KeyName) -> Result<VersionRecord, Error> {
         let this = Arc::clone(self);
         detached(async move {
-            let _guard = this.locks.lock(&name).await;
+            let _guard = this.lock_key(&name).await;
             let latest = this.latest_or_404(&name).await?;
             let spec = NewKey {
                 kind: latest.kind,
@@ -621,7 +643,7 @@ impl KeyService {
     ) -> Result<VersionRecord, Error> {
         let this = Arc::clone(self);
         detached(async move {
-            let _guard = this.locks.lock(&name).await;
+            let _guard = this.lock_key(&name).await;
             let current = this.get(&name, version).await?;
             let mut next = current.clone();
             if let Some(raw) = &patch.ops {
@@ -750,6 +772,12 @@ async fn detached<R: Send + 'static>(
     tokio::spawn(fut)
         .await
         .map_err(|e| Error::Internal(format!("a key operation panicked: {e}")))?
+}
+
+/// Held while one key changes: its name's mutex, and a share of the change gate.
+struct KeyGuard {
+    _name: tokio::sync::OwnedMutexGuard<()>,
+    _changes: tokio::sync::OwnedRwLockReadGuard<()>,
 }
 
 /// One async mutex per key name (case-insensitive), so changes to one key run one at a time

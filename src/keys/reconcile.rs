@@ -34,7 +34,7 @@ pub(super) async fn run(svc: &Arc<KeyService>, sweep: bool) -> Result<ReconcileR
         };
         // An operation in flight holds the name's lock and its intent; once the lock is ours,
         // the intent is either gone (the operation finished) or abandoned.
-        let _guard = svc.locks.lock(&name).await;
+        let _guard = svc.lock_key(&name).await;
         let id = intent.id;
         let still_open = svc
             .blocking_store(move |s| Ok(s.open_intents()?.iter().any(|i| i.id == id)))
@@ -91,6 +91,20 @@ async fn settle(
             tracing::info!(key = %name, version = %version, op = %intent.op, "rolled back an unfinished key version");
             report.rolled_back += 1;
         }
+        // A restored key is committed with all its versions in the transaction that clears
+        // the intent: an open one means nothing was acknowledged, so its objects go.
+        ("restore", _) => {
+            let versions: Vec<String> = serde_json::from_str(&intent.payload)
+                .map_err(|e| Error::Internal(format!("restore intent {id}: {e}")))?;
+            for version in versions.iter().filter_map(|v| VersionId::parse_hex(v)) {
+                svc.hsm
+                    .call(move |hsm, s| hsm.destroy_by_id(s, version))
+                    .await?;
+            }
+            svc.blocking_store(move |s| s.drop_intent(id)).await?;
+            tracing::info!(key = %name, "rolled back an unfinished key restore");
+            report.rolled_back += 1;
+        }
         // An update may have changed some usage flags: roll it forward to the recorded target.
         ("update", Some(version)) => {
             let target: UpdateIntent = serde_json::from_str(&intent.payload)
@@ -143,6 +157,7 @@ async fn settle(
             report.rolled_forward += 1;
         }
         ("purge", _) => {
+            let _purges = svc.purges.read().await;
             svc.settle_purge(name).await?;
             let n = name.clone();
             svc.blocking_store(move |s| s.commit_purged(&n, id)).await?;

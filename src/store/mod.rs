@@ -2,6 +2,7 @@
 //! assignments, and settings. One writer connection, a few readers, WAL with
 //! `synchronous=FULL` so an acknowledged commit survives power loss. Every call blocks; the key service runs them on blocking threads.
 
+mod backup;
 mod schema;
 
 use std::path::{Path, PathBuf};
@@ -10,6 +11,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, params};
+
+pub use backup::{
+    Job, JobKind, JobStatus, KeySnapshot, LastBackup, RestoreJournal, RoleAssignmentRow,
+    RoleDefinitionRow, Snapshot,
+};
 
 use crate::auth::PrincipalRow;
 use crate::auth::roles::{RoleAssignment, RoleDefinition, RoleType, Scope};
@@ -43,7 +49,7 @@ pub struct Intent {
 }
 
 /// Deletion state of a key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Deletion {
     pub deleted_date: i64,
     pub scheduled_purge_date: i64,

@@ -98,6 +98,52 @@ const MIGRATIONS: &[&str] = &[
            '/', id, 'a290e904-7015-4bba-90c8-60543313cdb4', created
     FROM (SELECT hex(randomblob(16)) AS h, id, created FROM principals WHERE name = 'administrator');
     "#,
+    // 4: backups. `state_seq` counts every change to what a full backup holds (keys, versions,
+    // role definitions and assignments), bumped by triggers so no write path can forget it: a
+    // full restore is allowed only over a state some completed backup holds. `jobs` are the
+    // long-running backup and restore operations, kept across restarts.
+    r#"
+    INSERT INTO meta(k, v) VALUES ('state_seq', '0') ON CONFLICT(k) DO NOTHING;
+    CREATE TRIGGER state_seq_keys_insert AFTER INSERT ON keys
+    BEGIN UPDATE meta SET v = CAST(v AS INTEGER) + 1 WHERE k = 'state_seq'; END;
+    CREATE TRIGGER state_seq_keys_update AFTER UPDATE ON keys
+    BEGIN UPDATE meta SET v = CAST(v AS INTEGER) + 1 WHERE k = 'state_seq'; END;
+    CREATE TRIGGER state_seq_keys_delete AFTER DELETE ON keys
+    BEGIN UPDATE meta SET v = CAST(v AS INTEGER) + 1 WHERE k = 'state_seq'; END;
+    CREATE TRIGGER state_seq_versions_insert AFTER INSERT ON versions
+    BEGIN UPDATE meta SET v = CAST(v AS INTEGER) + 1 WHERE k = 'state_seq'; END;
+    CREATE TRIGGER state_seq_versions_update AFTER UPDATE ON versions
+    BEGIN UPDATE meta SET v = CAST(v AS INTEGER) + 1 WHERE k = 'state_seq'; END;
+    CREATE TRIGGER state_seq_versions_delete AFTER DELETE ON versions
+    BEGIN UPDATE meta SET v = CAST(v AS INTEGER) + 1 WHERE k = 'state_seq'; END;
+    CREATE TRIGGER state_seq_roles_insert AFTER INSERT ON role_definitions
+    BEGIN UPDATE meta SET v = CAST(v AS INTEGER) + 1 WHERE k = 'state_seq'; END;
+    CREATE TRIGGER state_seq_roles_update AFTER UPDATE ON role_definitions
+    BEGIN UPDATE meta SET v = CAST(v AS INTEGER) + 1 WHERE k = 'state_seq'; END;
+    CREATE TRIGGER state_seq_roles_delete AFTER DELETE ON role_definitions
+    BEGIN UPDATE meta SET v = CAST(v AS INTEGER) + 1 WHERE k = 'state_seq'; END;
+    CREATE TRIGGER state_seq_assignments_insert AFTER INSERT ON role_assignments
+    BEGIN UPDATE meta SET v = CAST(v AS INTEGER) + 1 WHERE k = 'state_seq'; END;
+    CREATE TRIGGER state_seq_assignments_update AFTER UPDATE ON role_assignments
+    BEGIN UPDATE meta SET v = CAST(v AS INTEGER) + 1 WHERE k = 'state_seq'; END;
+    CREATE TRIGGER state_seq_assignments_delete AFTER DELETE ON role_assignments
+    BEGIN UPDATE meta SET v = CAST(v AS INTEGER) + 1 WHERE k = 'state_seq'; END;
+    CREATE TABLE jobs (
+        id            TEXT PRIMARY KEY,
+        kind          TEXT NOT NULL,
+        status        TEXT NOT NULL,
+        details       TEXT NOT NULL,
+        error_code    TEXT,
+        error_message TEXT,
+        start_time    INTEGER NOT NULL,
+        end_time      INTEGER,
+        container     TEXT NOT NULL,
+        folder        TEXT,
+        key_name      TEXT,
+        done          INTEGER NOT NULL DEFAULT 0,
+        total         INTEGER NOT NULL DEFAULT 0
+    );
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<()> {

@@ -1,0 +1,464 @@
+//! Full backup, full restore and selective key restore as Azure's long-running operations:
+//! jobs with ids and a status kept in the database, run on their own tasks, against a
+//! pluggable backup location ([`location`]). The key service does the work on keys and token
+//! ([`crate::keys::KeyService::full_backup`] and friends); this module runs the jobs, keeps the
+//! service quiet during a full restore, and finishes what a restart interrupted.
+
+pub mod location;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use crate::clock::{Clock, compact_utc};
+use crate::error::Error;
+use crate::keys::KeyService;
+use crate::keys::backup::Progress;
+use crate::model::KeyName;
+use crate::store::{Job, JobKind, JobStatus, LastBackup, Store};
+use location::{BackupLocation, Container};
+
+/// The file of a full backup inside its folder.
+pub const BACKUP_FILE: &str = "backup.p11b";
+
+/// Settings of backups and restores.
+#[derive(Clone, Debug)]
+pub struct BackupSettings {
+    /// The name in folder names: `mhsm-{name}-{YYYYMMDDHHmmSS}`.
+    pub hsm_name: String,
+    /// A full restore needs a full backup of the current state at most this old.
+    pub restore_needs_backup_within_secs: i64,
+    /// Where a running full restore keeps its own copy of the backup (in the data dir).
+    pub work_dir: PathBuf,
+}
+
+pub struct Backups {
+    keys: Arc<KeyService>,
+    store: Arc<Store>,
+    location: Arc<dyn BackupLocation>,
+    clock: Arc<dyn Clock>,
+    settings: BackupSettings,
+    /// On from the moment a full restore is accepted until it is committed: every data-plane
+    /// request but the restore status gets 503.
+    restoring: AtomicBool,
+    /// Held shared by every data-plane request, exclusively by a full restore: it waits for the
+    /// requests under way to finish.
+    requests: Arc<tokio::sync::RwLock<()>>,
+    /// Backups name their folder one at a time, so two in one second cannot collide.
+    naming: tokio::sync::Mutex<()>,
+}
+
+/// What a full or selective restore reads.
+#[derive(Clone, Debug)]
+pub struct RestoreSource {
+    pub container_uri: String,
+    pub folder: String,
+}
+
+impl Backups {
+    pub fn new(
+        keys: Arc<KeyService>,
+        store: Arc<Store>,
+        location: Arc<dyn BackupLocation>,
+        clock: Arc<dyn Clock>,
+        settings: BackupSettings,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            keys,
+            store,
+            location,
+            clock,
+            settings,
+            restoring: AtomicBool::new(false),
+            requests: Arc::new(tokio::sync::RwLock::new(())),
+            naming: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// At start-up, before keys are reconciled or requests served: finishes a full restore a
+    /// crash interrupted, and closes the jobs the last run left open.
+    pub async fn recover(self: &Arc<Self>) -> Result<(), Error> {
+        if let Some(job) = self.keys.resume_restore().await? {
+            tracing::info!(job = %job, "finished the interrupted full restore");
+        }
+        let now = self.clock.now();
+        for job in self.blocking(|s| s.unfinished_jobs()).await? {
+            let message = match job.kind {
+                JobKind::Backup => "The service stopped during the backup; no folder was written.",
+                JobKind::Restore => {
+                    "The service stopped before the restore began; nothing was changed."
+                }
+                JobKind::SelectiveRestore => {
+                    "The service stopped during the restore; the key was not restored."
+                }
+            };
+            let id = job.id.clone();
+            self.blocking(move |s| {
+                s.finish_job(
+                    &id,
+                    JobStatus::Failed,
+                    message,
+                    Some(("Interrupted", message)),
+                    now,
+                )
+            })
+            .await?;
+        }
+        // Copies of backups that finished restores no longer need.
+        if let Ok(entries) = std::fs::read_dir(&self.settings.work_dir) {
+            for entry in entries.flatten() {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a full restore is under way (every data-plane request but its status is 503).
+    pub fn restoring(&self) -> bool {
+        self.restoring.load(Ordering::SeqCst)
+    }
+
+    /// A share of the request gate; `None` while a full restore runs or waits to.
+    pub fn admit(&self) -> Option<tokio::sync::OwnedRwLockReadGuard<()>> {
+        if self.restoring() {
+            return None;
+        }
+        Arc::clone(&self.requests).try_read_owned().ok()
+    }
+
+    // ----- full backup ----------------------------------------------------------------------
+
+    /// Starts a full backup into the container the URI names.
+    pub async fn start_backup(self: &Arc<Self>, storage_uri: &str) -> Result<Job, Error> {
+        let container = self.location.container(storage_uri)?;
+        let job = self.new_job(JobKind::Backup, &container, None, None).await?;
+        let this = Arc::clone(self);
+        let id = job.id.clone();
+        tokio::spawn(async move {
+            let outcome = this.run_backup(&id, &container).await;
+            this.finish(&id, outcome, "Full backup").await;
+        });
+        Ok(job)
+    }
+
+    async fn run_backup(self: &Arc<Self>, id: &str, container: &Container) -> Result<(), Error> {
+        let progress = self.progress(id, "Full backup is in progress");
+        let (file, state_seq) = self
+            .keys
+            .full_backup(self.settings.hsm_name.clone(), progress)
+            .await?;
+        let _naming = self.naming.lock().await;
+        let folder = loop {
+            let folder = format!(
+                "mhsm-{}-{}",
+                self.settings.hsm_name,
+                compact_utc(self.clock.now())
+            );
+            let exists = {
+                let (location, container, folder) =
+                    (Arc::clone(&self.location), container.clone(), folder.clone());
+                blocking_io(move || location.exists(&container, &folder)).await?
+            };
+            if !exists {
+                break folder;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+        };
+        {
+            let (location, container, folder) =
+                (Arc::clone(&self.location), container.clone(), folder.clone());
+            blocking_io(move || location.write(&container, &folder, BACKUP_FILE, &file)).await?;
+        }
+        crate::failpoint::hit("backup.after_folder");
+        let last = LastBackup {
+            state_seq,
+            completed: self.clock.now(),
+            folder: folder.clone(),
+        };
+        let (id, now) = (id.to_owned(), self.clock.now());
+        self.blocking(move |s| {
+            s.job_folder(&id, &folder)?;
+            s.commit_full_backup(&id, &last, now)
+        })
+        .await?;
+        Ok(())
+    }
+
+    // ----- full restore ---------------------------------------------------------------------
+
+    /// Starts a full restore. Refused (409) unless a full backup of the current state
+    /// completed within the configured window, so the state it replaces can be got back.
+    pub async fn start_restore(self: &Arc<Self>, source: RestoreSource) -> Result<Job, Error> {
+        let container = self.location.container(&source.container_uri)?;
+        location::check_folder(&source.folder)?;
+        self.require_recent_backup().await?;
+        let raw = self.read_backup(&container, &source.folder).await?;
+        // Everything a client can get wrong is checked before the 202: the backup opens under
+        // this domain and authenticates.
+        let backup = self.keys.open_full_backup(&raw).await?;
+        if self
+            .restoring
+            .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            return Err(Error::Conflict {
+                message: "A full restore is already under way.".into(),
+                inner: None,
+            });
+        }
+        let job = match self
+            .new_job(
+                JobKind::Restore,
+                &container,
+                Some(source.folder.clone()),
+                None,
+            )
+            .await
+        {
+            Ok(job) => job,
+            Err(e) => {
+                self.restoring.store(false, Ordering::SeqCst);
+                return Err(e);
+            }
+        };
+        let this = Arc::clone(self);
+        let id = job.id.clone();
+        tokio::spawn(async move {
+            // Every request already admitted finishes first; new ones get 503.
+            let _quiet = Arc::clone(&this.requests).write_owned().await;
+            let outcome = this.run_restore(&id, raw, backup).await;
+            let unfinished = matches!(this.blocking(|s| s.restore_journal()).await, Ok(Some(_)));
+            if unfinished {
+                // Past the point of no return and not finished: the service stays closed and
+                // a restart finishes the restore.
+                let message = format!(
+                    "The full restore could not finish ({}); restart the service to complete it.",
+                    outcome.err().map(|e| e.to_string()).unwrap_or_default()
+                );
+                tracing::error!(job = %id, "{message}");
+                let (id2, m) = (id.clone(), message.clone());
+                let _ = this
+                    .blocking(move |s| s.job_progress(&id2, &m, 0, 0))
+                    .await;
+                return;
+            }
+            this.finish(&id, outcome, "Full restore").await;
+            this.restoring.store(false, Ordering::SeqCst);
+        });
+        Ok(job)
+    }
+
+    async fn run_restore(
+        self: &Arc<Self>,
+        id: &str,
+        raw: Vec<u8>,
+        backup: crate::keys::backup::FullBackup,
+    ) -> Result<(), Error> {
+        let work_dir = self.settings.work_dir.clone();
+        let copy = work_dir.join(format!("{id}.p11b"));
+        {
+            let copy = copy.clone();
+            blocking_io(move || {
+                crate::fsutil::create_private_dir(&work_dir)
+                    .and_then(|()| crate::fsutil::write_atomic(&copy, &raw, 0o600))
+                    .map_err(|e| Error::Internal(format!("keeping a copy of the backup: {e}")))
+            })
+            .await?;
+        }
+        let progress = self.progress(id, "Full restore is in progress");
+        self.keys
+            .full_restore(id.to_owned(), backup, copy.clone(), progress)
+            .await?;
+        let _ = std::fs::remove_file(&copy);
+        Ok(())
+    }
+
+    async fn require_recent_backup(&self) -> Result<(), Error> {
+        let (last, current) = self
+            .blocking(|s| Ok((s.last_full_backup()?, s.state_seq()?)))
+            .await?;
+        let window = self.settings.restore_needs_backup_within_secs;
+        let now = self.clock.now();
+        let refusal = match last {
+            None => Some("no full backup has been made".to_owned()),
+            Some(l) if l.state_seq != current => Some(format!(
+                "keys or roles changed after the last full backup ({})",
+                l.folder
+            )),
+            Some(l) if now - l.completed > window => Some(format!(
+                "the last full backup ({}) completed {} minutes ago",
+                l.folder,
+                (now - l.completed) / 60
+            )),
+            Some(_) => None,
+        };
+        match refusal {
+            None => Ok(()),
+            Some(why) => Err(Error::Conflict {
+                message: format!(
+                    "A full restore replaces every key and role assignment, so it needs a full backup of the current state completed within the last {} minutes; {why}. Start a full backup first.",
+                    window / 60
+                ),
+                inner: Some("FullBackupRequired"),
+            }),
+        }
+    }
+
+    // ----- selective key restore ------------------------------------------------------------
+
+    /// Starts the restore of one key, with all its versions, from a full backup. Refused (409)
+    /// unless the name is free.
+    pub async fn start_selective_restore(
+        self: &Arc<Self>,
+        name: KeyName,
+        source: RestoreSource,
+    ) -> Result<Job, Error> {
+        let container = self.location.container(&source.container_uri)?;
+        location::check_folder(&source.folder)?;
+        self.keys.refuse_taken(&name).await?;
+        let raw = self.read_backup(&container, &source.folder).await?;
+        let backup = self.keys.open_full_backup(&raw).await?;
+        let restored = backup.key(&name).ok_or_else(|| {
+            Error::BadParameter(format!(
+                "The backup {} holds no key named {name}.",
+                source.folder
+            ))
+        })?;
+        let job = self
+            .new_job(
+                JobKind::SelectiveRestore,
+                &container,
+                Some(source.folder.clone()),
+                Some(name.to_string()),
+            )
+            .await?;
+        let this = Arc::clone(self);
+        let id = job.id.clone();
+        tokio::spawn(async move {
+            let outcome = this.keys.restore_key(restored).await.map(|_| ());
+            this.finish(&id, outcome, "Selective key restore").await;
+        });
+        Ok(job)
+    }
+
+    // ----- status ---------------------------------------------------------------------------
+
+    /// A job of one of `kinds`; 404 for an unknown id or a job of another kind.
+    pub async fn job(&self, id: &str, kinds: &[JobKind]) -> Result<Job, Error> {
+        let owned = id.to_owned();
+        self.blocking(move |s| s.job(&owned))
+            .await?
+            .filter(|j| kinds.contains(&j.kind))
+            .ok_or_else(|| Error::NotFound {
+                code: "JobNotFound",
+                message: format!(
+                    "No job {} exists.",
+                    crate::model::truncate_for_message(id)
+                ),
+            })
+    }
+
+    // ----- helpers --------------------------------------------------------------------------
+
+    async fn new_job(
+        &self,
+        kind: JobKind,
+        container: &Container,
+        folder: Option<String>,
+        key_name: Option<String>,
+    ) -> Result<Job, Error> {
+        let details = match kind {
+            JobKind::Backup => "Full backup is in progress",
+            JobKind::Restore => "Full restore is in progress",
+            JobKind::SelectiveRestore => "Selective key restore is in progress",
+        };
+        let job = Job {
+            id: uuid::Uuid::new_v4().simple().to_string(),
+            kind,
+            status: JobStatus::InProgress,
+            details: details.into(),
+            error: None,
+            start_time: self.clock.now(),
+            end_time: None,
+            container: container.uri.clone(),
+            folder,
+            key_name,
+            done: 0,
+            total: 0,
+        };
+        let stored = job.clone();
+        self.blocking(move |s| s.insert_job(&stored)).await?;
+        Ok(job)
+    }
+
+    async fn read_backup(&self, container: &Container, folder: &str) -> Result<Vec<u8>, Error> {
+        let (location, container, folder) =
+            (Arc::clone(&self.location), container.clone(), folder.to_owned());
+        blocking_io(move || location.read(&container, &folder, BACKUP_FILE)).await
+    }
+
+    fn progress(&self, id: &str, details: &'static str) -> Progress {
+        let (store, id) = (Arc::clone(&self.store), id.to_owned());
+        Arc::new(move |done, total| {
+            // Progress is advisory: a failed write must not fail the job.
+            if let Err(e) = store.job_progress(&id, details, done, total) {
+                tracing::warn!(job = %id, error = %e, "could not record job progress");
+            }
+        })
+    }
+
+    /// Records how a job ended (a backup's success is recorded with its folder).
+    async fn finish(&self, id: &str, outcome: Result<(), Error>, what: &str) {
+        let now = self.clock.now();
+        let id = id.to_owned();
+        let result = match outcome {
+            Ok(()) => {
+                let details = format!("{what} completed");
+                let id2 = id.clone();
+                self.blocking(move |s| {
+                    match s.job(&id2)? {
+                        Some(j) if j.status == JobStatus::InProgress => {
+                            s.finish_job(&id2, JobStatus::Succeeded, &details, None, now)
+                        }
+                        _ => Ok(()),
+                    }
+                })
+                .await
+            }
+            Err(e) => {
+                tracing::warn!(job = %id, error = %e, "{what} failed");
+                let (code, message) = e.job_error();
+                let details = format!("{what} failed");
+                let id2 = id.clone();
+                self.blocking(move |s| {
+                    s.finish_job(
+                        &id2,
+                        JobStatus::Failed,
+                        &details,
+                        Some((&code, &message)),
+                        now,
+                    )
+                })
+                .await
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(job = %id, error = %e, "could not record how the job ended");
+        }
+    }
+
+    async fn blocking<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<R, crate::store::Error> + Send + 'static,
+    ) -> Result<R, Error> {
+        self.store.blocking(f).await.map_err(Error::from)
+    }
+}
+
+async fn blocking_io<R: Send + 'static>(
+    f: impl FnOnce() -> Result<R, Error> + Send + 'static,
+) -> Result<R, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Internal(format!("a backup file operation panicked: {e}")))?
+}
