@@ -4,7 +4,8 @@
 //! state live in SQLite ([`store`]); the key service ([`keys`]) is the only code that touches
 //! both; [`access`] keeps principals and role assignments and decides who may do what;
 //! [`audit`] records every request in a hash chain; [`http`] speaks the Azure Key Vault /
-//! Managed HSM data-plane API over HTTPS. Dependencies point one way:
+//! Managed HSM data-plane API over HTTPS; [`pem`] turns a PEM private key into the JWK that
+//! `p11vault key import` sends. Dependencies point one way:
 //! `http → {keys, access, audit} → {store, hsm, auth} → model`.
 
 pub mod access;
@@ -21,6 +22,7 @@ pub mod hsm;
 pub mod http;
 pub mod keys;
 pub mod model;
+pub mod pem;
 pub mod provision;
 pub mod store;
 pub mod tls;

@@ -56,6 +56,9 @@ enum Command {
     /// The tamper-evident audit log.
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// Keys, through the service's HTTPS API.
+    #[command(subcommand)]
+    Key(KeyCommand),
 }
 
 #[derive(Subcommand)]
@@ -163,6 +166,53 @@ struct AuditShow {
 }
 
 #[derive(Subcommand)]
+enum KeyCommand {
+    /// Import an RSA or EC private key from a PEM file (encrypted PEM included) and print its
+    /// key id, as a principal allowed to import keys.
+    Import(Box<KeyImport>),
+}
+
+#[derive(Args)]
+struct KeyImport {
+    /// The key's name; importing onto an existing key makes a new version.
+    #[arg(long)]
+    name: String,
+    /// PKCS#8 (`BEGIN PRIVATE KEY`, `BEGIN ENCRYPTED PRIVATE KEY`) or a traditional
+    /// `BEGIN RSA PRIVATE KEY` / `BEGIN EC PRIVATE KEY`, encrypted or not.
+    #[arg(long)]
+    pem_file: std::path::PathBuf,
+    /// A file holding the password of an encrypted PEM file (a trailing newline is ignored).
+    #[arg(long)]
+    password_file: Option<std::path::PathBuf>,
+    /// The operations the key allows, comma separated (default: every one its type has).
+    #[arg(long, value_delimiter = ',')]
+    ops: Vec<String>,
+    /// Import the key disabled.
+    #[arg(long)]
+    disabled: bool,
+    /// A tag as NAME=VALUE; repeatable.
+    #[arg(long = "tag", value_name = "NAME=VALUE", value_parser = parse_tag)]
+    tags: Vec<(String, String)>,
+    /// The service's URL.
+    #[arg(long, env = "P11VAULT_URL", default_value = "https://127.0.0.1:8443")]
+    url: String,
+    /// A file holding the bearer token of a principal with the key import action.
+    #[arg(long, env = "P11VAULT_TOKEN_FILE")]
+    token_file: std::path::PathBuf,
+    /// The CA certificate to trust (default: the data dir's ca.pem).
+    #[arg(long)]
+    ca_file: Option<std::path::PathBuf>,
+    #[arg(long, env = "P11VAULT_DATA_DIR", default_value = p11vault::config::DEFAULT_DATA_DIR)]
+    data_dir: std::path::PathBuf,
+}
+
+fn parse_tag(raw: &str) -> Result<(String, String), String> {
+    raw.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("a tag is NAME=VALUE, not '{raw}'"))
+}
+
+#[derive(Subcommand)]
 enum SettingsCommand {
     /// Switch purge protection on. It can never be switched off again, by anyone.
     EnablePurgeProtection(AdminArgs),
@@ -185,6 +235,7 @@ fn main() -> ExitCode {
         Command::Principal(cmd) => principal(cmd),
         Command::Role(cmd) => role(cmd),
         Command::Audit(cmd) => audit(cmd),
+        Command::Key(KeyCommand::Import(args)) => key_import(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -482,6 +533,70 @@ fn audit_show(args: &AuditShow) -> CliResult {
             s("source"),
         )?;
     }
+    Ok(())
+}
+
+/// Reads the PEM file into a JWK and sends it to `PUT /keys/{name}`. The file, the password and
+/// the request body are zeroizing buffers, dropped as soon as they have served.
+fn key_import(args: &KeyImport) -> CliResult {
+    use p11vault::pem::{PrivateJwk, password_from_file, read_secret_file};
+    // Checked here, before the name becomes part of a URL path.
+    let name = p11vault::model::KeyName::parse(&args.name)?;
+    let jwk = {
+        let pem = read_secret_file(&args.pem_file)
+            .map_err(|e| format!("cannot read {}: {e}", args.pem_file.display()))?;
+        let password = match &args.password_file {
+            Some(path) => {
+                Some(password_from_file(read_secret_file(path).map_err(|e| {
+                    format!("cannot read {}: {e}", path.display())
+                })?))
+            }
+            None => None,
+        };
+        PrivateJwk::from_pem(&pem, password.as_deref().map(Vec::as_slice))
+            .map_err(|e| format!("{}: {e}", args.pem_file.display()))?
+    };
+    let tags = args.tags.iter().cloned().collect();
+    let body = jwk.import_body(&args.ops, !args.disabled, &tags);
+    drop(jwk);
+
+    let token = std::fs::read_to_string(&args.token_file)
+        .map_err(|e| format!("cannot read {}: {e}", args.token_file.display()))?;
+    let ca = args
+        .ca_file
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("ca.pem"));
+    let agent = tls::client_agent(&ca, Duration::from_secs(60))?;
+    let answer = agent
+        .put(&format!("{}/keys/{name}", args.url.trim_end_matches('/')))
+        .query("api-version", p11vault::http::LATEST_API_VERSION)
+        .set("Authorization", &format!("Bearer {}", token.trim()))
+        .set("Content-Type", "application/json")
+        .send_bytes(&body);
+    drop(body);
+    let bundle: serde_json::Value = match answer {
+        Ok(r) => r.into_json()?,
+        Err(ureq::Error::Status(code, r)) => {
+            let text = r.into_string().unwrap_or_default();
+            let error = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|v| {
+                    let e = &v["error"];
+                    Some(format!(
+                        "{}: {}",
+                        e["code"].as_str()?,
+                        e["message"].as_str()?
+                    ))
+                })
+                .unwrap_or(text);
+            return Err(format!("the service answered {code}: {error}").into());
+        }
+        Err(e) => return Err(format!("cannot reach {}: {e}", args.url).into()),
+    };
+    let kid = bundle["key"]["kid"]
+        .as_str()
+        .ok_or("the service's answer has no key id")?;
+    println!("{kid}");
     Ok(())
 }
 
