@@ -299,10 +299,7 @@ impl Config {
 
         let oidc = file.auth.oidc.map(oidc_settings).transpose()?;
 
-        let backup_root = file
-            .backup
-            .root
-            .unwrap_or_else(|| data_dir.join("backups"));
+        let backup_root = file.backup.root.unwrap_or_else(|| data_dir.join("backups"));
         let hsm_name = file.backup.hsm_name.unwrap_or_else(|| token_label.clone());
         let name_ok = !hsm_name.is_empty()
             && hsm_name.len() <= 64

@@ -64,6 +64,30 @@ fn the_token_itself_keeps_every_key_sensitive_and_uncopyable() {
         Some(&json!({"key": {"kty": "oct", "k": k}}).to_string()),
     );
     assert_eq!(status, 200, "{body}");
+    // Keys brought back from backup blobs get the same templates as generated ones.
+    for (name, body) in [
+        ("restored-rsa", r#"{"kty":"RSA","key_size":2048}"#),
+        ("restored-ec", r#"{"kty":"EC","crv":"P-256"}"#),
+    ] {
+        svc.create(name, body);
+        let (status, blob) = svc.call("POST", &format!("/keys/{name}/backup?{API}"), None);
+        assert_eq!(status, 200, "{blob}");
+        assert_eq!(
+            svc.call("DELETE", &format!("/keys/{name}?{API}"), None).0,
+            200
+        );
+        assert_eq!(
+            svc.call("DELETE", &format!("/deletedkeys/{name}?{API}"), None)
+                .0,
+            204
+        );
+        let (status, restored) = svc.call(
+            "POST",
+            &format!("/keys/restore?{API}"),
+            Some(&blob.to_string()),
+        );
+        assert_eq!(status, 200, "{restored}");
+    }
     svc.stop();
 
     let (_ctx, session) = common::open_token_as_user(&dir);
@@ -153,8 +177,11 @@ fn the_token_itself_keeps_every_key_sensitive_and_uncopyable() {
             );
         }
     }
-    assert_eq!(secrets, 4, "rsa, ec, aes, imported-aes");
-    assert_eq!(publics, 2, "rsa and ec public halves");
+    assert_eq!(
+        secrets, 6,
+        "rsa, ec, aes, imported-aes, restored-rsa, restored-ec"
+    );
+    assert_eq!(publics, 4, "the public halves of the RSA and EC keys");
 
     // The security domain: a trusted wrap-only half and a private unwrap-only half, neither
     // modifiable, so nobody can turn the trusted public half into an unwrapping key.

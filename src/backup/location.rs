@@ -62,7 +62,9 @@ impl BackupLocation for DirLocation {
             .or_else(|| uri.strip_prefix("http://"))
             .ok_or_else(|| bad("is not an http(s) URI"))?;
         let rest = rest.split(['?', '#']).next().unwrap_or_default();
-        let (host, path) = rest.split_once('/').ok_or_else(|| bad("names no container"))?;
+        let (host, path) = rest
+            .split_once('/')
+            .ok_or_else(|| bad("names no container"))?;
         if host.is_empty() {
             return Err(bad("has no host"));
         }
@@ -70,9 +72,15 @@ impl BackupLocation for DirLocation {
         if name.contains('/') {
             return Err(bad("names more than a container"));
         }
-        check_segment(name).map_err(|why| bad(&format!("has an invalid container name ({why})")))?;
+        check_segment(name)
+            .map_err(|why| bad(&format!("has an invalid container name ({why})")))?;
         Ok(Container {
-            uri: uri.split(['?', '#']).next().unwrap_or_default().trim_end_matches('/').to_owned(),
+            uri: uri
+                .split(['?', '#'])
+                .next()
+                .unwrap_or_default()
+                .trim_end_matches('/')
+                .to_owned(),
             name: name.to_owned(),
         })
     }
@@ -91,7 +99,10 @@ impl BackupLocation for DirLocation {
     ) -> Result<(), Error> {
         check_folder(folder)?;
         let io = |what: &str, e: std::io::Error| {
-            Error::Internal(format!("backup location {}: {what}: {e}", self.root.display()))
+            Error::Internal(format!(
+                "backup location {}: {what}: {e}",
+                self.root.display()
+            ))
         };
         let dir = self.dir(container);
         crate::fsutil::create_private_dir(&dir).map_err(|e| io("create the container", e))?;
@@ -113,7 +124,8 @@ impl BackupLocation for DirLocation {
             .mode(0o600)
             .open(partial.join(file))
             .map_err(|e| io("create the backup file", e))?;
-        f.write_all(data).map_err(|e| io("write the backup file", e))?;
+        f.write_all(data)
+            .map_err(|e| io("write the backup file", e))?;
         f.sync_all().map_err(|e| io("sync the backup file", e))?;
         std::fs::File::open(&partial)
             .and_then(|d| d.sync_all())

@@ -7,8 +7,8 @@
 pub mod location;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::clock::{Clock, compact_utc};
 use crate::error::Error;
@@ -131,7 +131,9 @@ impl Backups {
     /// Starts a full backup into the container the URI names.
     pub async fn start_backup(self: &Arc<Self>, storage_uri: &str) -> Result<Job, Error> {
         let container = self.location.container(storage_uri)?;
-        let job = self.new_job(JobKind::Backup, &container, None, None).await?;
+        let job = self
+            .new_job(JobKind::Backup, &container, None, None)
+            .await?;
         let this = Arc::clone(self);
         let id = job.id.clone();
         tokio::spawn(async move {
@@ -155,8 +157,11 @@ impl Backups {
                 compact_utc(self.clock.now())
             );
             let exists = {
-                let (location, container, folder) =
-                    (Arc::clone(&self.location), container.clone(), folder.clone());
+                let (location, container, folder) = (
+                    Arc::clone(&self.location),
+                    container.clone(),
+                    folder.clone(),
+                );
                 blocking_io(move || location.exists(&container, &folder)).await?
             };
             if !exists {
@@ -165,8 +170,11 @@ impl Backups {
             tokio::time::sleep(std::time::Duration::from_millis(250)).await;
         };
         {
-            let (location, container, folder) =
-                (Arc::clone(&self.location), container.clone(), folder.clone());
+            let (location, container, folder) = (
+                Arc::clone(&self.location),
+                container.clone(),
+                folder.clone(),
+            );
             blocking_io(move || location.write(&container, &folder, BACKUP_FILE, &file)).await?;
         }
         crate::failpoint::hit("backup.after_folder");
@@ -237,9 +245,7 @@ impl Backups {
                 );
                 tracing::error!(job = %id, "{message}");
                 let (id2, m) = (id.clone(), message.clone());
-                let _ = this
-                    .blocking(move |s| s.job_progress(&id2, &m, 0, 0))
-                    .await;
+                let _ = this.blocking(move |s| s.job_progress(&id2, &m, 0, 0)).await;
                 return;
             }
             this.finish(&id, outcome, "Full restore").await;
@@ -351,10 +357,7 @@ impl Backups {
             .filter(|j| kinds.contains(&j.kind))
             .ok_or_else(|| Error::NotFound {
                 code: "JobNotFound",
-                message: format!(
-                    "No job {} exists.",
-                    crate::model::truncate_for_message(id)
-                ),
+                message: format!("No job {} exists.", crate::model::truncate_for_message(id)),
             })
     }
 
@@ -392,8 +395,11 @@ impl Backups {
     }
 
     async fn read_backup(&self, container: &Container, folder: &str) -> Result<Vec<u8>, Error> {
-        let (location, container, folder) =
-            (Arc::clone(&self.location), container.clone(), folder.to_owned());
+        let (location, container, folder) = (
+            Arc::clone(&self.location),
+            container.clone(),
+            folder.to_owned(),
+        );
         blocking_io(move || location.read(&container, &folder, BACKUP_FILE)).await
     }
 
@@ -415,13 +421,11 @@ impl Backups {
             Ok(()) => {
                 let details = format!("{what} completed");
                 let id2 = id.clone();
-                self.blocking(move |s| {
-                    match s.job(&id2)? {
-                        Some(j) if j.status == JobStatus::InProgress => {
-                            s.finish_job(&id2, JobStatus::Succeeded, &details, None, now)
-                        }
-                        _ => Ok(()),
+                self.blocking(move |s| match s.job(&id2)? {
+                    Some(j) if j.status == JobStatus::InProgress => {
+                        s.finish_job(&id2, JobStatus::Succeeded, &details, None, now)
                     }
+                    _ => Ok(()),
                 })
                 .await
             }

@@ -197,8 +197,7 @@ impl Hsm {
         } else {
             (templates::deleted_label(name, id), KeyOps::none())
         };
-        let template =
-            templates::secret_unwrap(id, &label, family, &ops, self.settings.extraction);
+        let template = templates::secret_unwrap(id, &label, family, &ops, self.settings.extraction);
         let secret = session
             .unwrap_key(&Mechanism::AesKeyWrapPad, domain.unwrap, wrapped, &template)
             .map_err(|e| rejected(e.into(), NOT_OURS))?;
@@ -243,12 +242,16 @@ impl Hsm {
                 Err(e) => return Err(e.into()),
             }
         }
-        self.cache.write().unwrap_or_else(|p| p.into_inner()).clear();
+        self.cache
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         Ok(destroyed)
     }
 }
 
-const NOT_OURS: &str = "the backup does not open under this HSM's security domain (it was changed, or made elsewhere)";
+const NOT_OURS: &str =
+    "the backup does not open under this HSM's security domain (it was changed, or made elsewhere)";
 const TAMPERED: &str =
     "the backup failed its authentication check: it was changed after it was made";
 

@@ -35,7 +35,10 @@ pub struct BlobOut {
 #[serde(rename_all = "camelCase")]
 pub struct StorageIn {
     storage_resource_uri: Option<String>,
-    #[allow(dead_code, reason = "accepted as Azure's API has it; the directory store needs no SAS token")]
+    #[allow(
+        dead_code,
+        reason = "accepted as Azure's API has it; the directory store needs no SAS token"
+    )]
     token: Option<String>,
     use_managed_identity: Option<bool>,
 }
@@ -127,7 +130,9 @@ fn accepted(state: &AppState, job: Job, api_version: Option<&String>) -> Respons
 
 fn storage_uri(storage: Option<StorageIn>) -> Result<String, Error> {
     let storage = storage.ok_or_else(|| {
-        Error::BadParameter("The request lacks 'sasTokenParameters' (the storage container).".into())
+        Error::BadParameter(
+            "The request lacks 'sasTokenParameters' (the storage container).".into(),
+        )
     })?;
     if storage.use_managed_identity == Some(true) {
         return Err(Error::BadParameter(
@@ -135,7 +140,9 @@ fn storage_uri(storage: Option<StorageIn>) -> Result<String, Error> {
         ));
     }
     storage.storage_resource_uri.ok_or_else(|| {
-        Error::BadParameter("The request lacks 'storageResourceUri' (the storage container).".into())
+        Error::BadParameter(
+            "The request lacks 'storageResourceUri' (the storage container).".into(),
+        )
     })
 }
 

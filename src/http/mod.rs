@@ -179,7 +179,9 @@ const BACKUP_STATUS: &str = "/backup/{job}/pending";
 const RESTORE_STATUS: &str = "/restore/{job}/pending";
 
 fn matched_route(req: &Request) -> Option<&str> {
-    req.extensions().get::<MatchedPath>().map(MatchedPath::as_str)
+    req.extensions()
+        .get::<MatchedPath>()
+        .map(MatchedPath::as_str)
 }
 
 /// While a full restore runs, every request but the restore status gets 503; otherwise a

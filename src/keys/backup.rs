@@ -199,7 +199,11 @@ impl KeyService {
     }
 
     /// Creates the token objects of every version of a restored key.
-    async fn create_objects(self: &Arc<Self>, restored: &RestoredKey, live: bool) -> Result<(), Error> {
+    async fn create_objects(
+        self: &Arc<Self>,
+        restored: &RestoredKey,
+        live: bool,
+    ) -> Result<(), Error> {
         let restored = restored.clone();
         self.hsm
             .call(move |hsm, s| {
@@ -221,7 +225,10 @@ impl KeyService {
             .map_err(Error::from)
     }
 
-    async fn wrap_versions(self: &Arc<Self>, versions: &[VersionRecord]) -> Result<Vec<Vec<u8>>, Error> {
+    async fn wrap_versions(
+        self: &Arc<Self>,
+        versions: &[VersionRecord],
+    ) -> Result<Vec<Vec<u8>>, Error> {
         let ids: Vec<VersionId> = versions.iter().map(|v| v.version).collect();
         self.hsm
             .call(move |hsm, s| ids.iter().map(|id| hsm.wrap_version(s, *id)).collect())
@@ -410,11 +417,11 @@ impl KeyService {
         backup: &FullBackup,
         progress: &Progress,
     ) -> Result<(), Error> {
-        let destroyed = self
-            .hsm
-            .call(|hsm, s| hsm.destroy_all_keys(s))
-            .await?;
-        tracing::info!(destroyed, "full restore: removed every key object of the old state");
+        let destroyed = self.hsm.call(|hsm, s| hsm.destroy_all_keys(s)).await?;
+        tracing::info!(
+            destroyed,
+            "full restore: removed every key object of the old state"
+        );
         let total = backup.state.keys.len() as u64;
         progress(0, total);
         for (i, (key, material)) in backup.state.keys.iter().zip(&backup.material).enumerate() {

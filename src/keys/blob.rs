@@ -105,8 +105,8 @@ impl Envelope {
             2 => Content::Full,
             other => return Err(bad(&format!("malformed (unknown content type {other})"))),
         };
-        let blob_domain = VersionId::from_bytes(&raw[11..27])
-            .ok_or_else(|| bad("malformed (domain id)"))?;
+        let blob_domain =
+            VersionId::from_bytes(&raw[11..27]).ok_or_else(|| bad("malformed (domain id)"))?;
         if blob_domain != domain {
             return Err(Error::BadParameter(format!(
                 "The backup was made under security domain {blob_domain}; this HSM's security domain is {domain}, so it cannot be restored here."
@@ -252,7 +252,10 @@ impl KeyPayload {
             let id = VersionId::parse_hex(&v.id)
                 .ok_or_else(|| bad(format!("an invalid version id {:?}", v.id)))?;
             let family = v.kind.family();
-            if v.key_ops.iter().any(|op| !family.allowed_ops().contains(&op)) {
+            if v.key_ops
+                .iter()
+                .any(|op| !family.allowed_ops().contains(&op))
+            {
                 return Err(bad(format!("operations that do not fit version {id}")));
             }
             let public_fits = matches!(

@@ -232,7 +232,14 @@ impl Store {
     pub fn commit_full_backup(&self, job: &str, last: &LastBackup, now: i64) -> Result<()> {
         self.write(|tx| {
             meta_set(tx, LAST_FULL_BACKUP, &to_json(last)?)?;
-            finish_job(tx, job, JobStatus::Succeeded, "Full backup completed", None, now)
+            finish_job(
+                tx,
+                job,
+                JobStatus::Succeeded,
+                "Full backup completed",
+                None,
+                now,
+            )
         })
     }
 
@@ -335,9 +342,13 @@ impl Store {
 
     pub fn job(&self, id: &str) -> Result<Option<Job>> {
         self.read(|c| {
-            c.query_row(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"), [id], job_row)
-                .optional()?
-                .transpose()
+            c.query_row(
+                &format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?1"),
+                [id],
+                job_row,
+            )
+            .optional()?
+            .transpose()
         })
     }
 
@@ -394,7 +405,11 @@ fn state_seq(c: &Connection) -> Result<u64> {
 
 /// Every key (or the one named), each with all its versions oldest first.
 fn keys_in(c: &Connection, only: Option<&KeyName>) -> Result<Vec<KeySnapshot>> {
-    let filter = if only.is_some() { "WHERE name = ?1" } else { "" };
+    let filter = if only.is_some() {
+        "WHERE name = ?1"
+    } else {
+        ""
+    };
     let mut stmt = c.prepare(&format!(
         "SELECT name, created, deleted_date, scheduled_purge_date FROM keys {filter} ORDER BY name"
     ))?;
@@ -422,7 +437,8 @@ fn keys_in(c: &Connection, only: Option<&KeyName>) -> Result<Vec<KeySnapshot>> {
             .map(|r| r?)
             .collect::<Result<Vec<_>>>()?;
         keys.push(KeySnapshot {
-            name: KeyName::parse(&name).map_err(|_| Error::Corrupt(format!("key name {name:?}")))?,
+            name: KeyName::parse(&name)
+                .map_err(|_| Error::Corrupt(format!("key name {name:?}")))?,
             created,
             deletion: deleted.map(|deleted_date| Deletion {
                 deleted_date,
@@ -500,7 +516,9 @@ fn job_row(r: &rusqlite::Row) -> rusqlite::Result<Result<Job>> {
     let done: i64 = r.get(11)?;
     let total: i64 = r.get(12)?;
     let (Some(kind), Some(status)) = (JobKind::parse(&kind), JobStatus::parse(&status)) else {
-        return Ok(Err(Error::Corrupt(format!("job kind {kind:?} or status {status:?}"))));
+        return Ok(Err(Error::Corrupt(format!(
+            "job kind {kind:?} or status {status:?}"
+        ))));
     };
     Ok(Ok(Job {
         id: r.get(0)?,
