@@ -59,6 +59,87 @@ enum Command {
     /// Keys, through the service's HTTPS API.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Full backups, through the service's HTTPS API (as the administrator by default).
+    #[command(subcommand)]
+    Backup(BackupCommand),
+    /// Full restores and selective key restores, through the service's HTTPS API.
+    #[command(subcommand)]
+    Restore(RestoreCommand),
+}
+
+/// How the CLI reaches the service for job commands.
+#[derive(Args)]
+struct Connection {
+    /// The service's URL.
+    #[arg(long, env = "P11VAULT_URL", default_value = "https://127.0.0.1:8443")]
+    url: String,
+    /// A file holding the bearer token to use (default: the data dir's admin.token).
+    #[arg(long, env = "P11VAULT_TOKEN_FILE")]
+    token_file: Option<std::path::PathBuf>,
+    /// The CA certificate to trust (default: the data dir's ca.pem).
+    #[arg(long)]
+    ca_file: Option<std::path::PathBuf>,
+    #[arg(long, env = "P11VAULT_DATA_DIR", default_value = p11vault::config::DEFAULT_DATA_DIR)]
+    data_dir: std::path::PathBuf,
+    /// Start the job and print its id without waiting for it.
+    #[arg(long)]
+    no_wait: bool,
+}
+
+impl Connection {
+    fn client(&self) -> Result<p11vault::backup::client::Client, Box<dyn std::error::Error>> {
+        let token = self
+            .token_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("admin.token"));
+        let ca = self
+            .ca_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("ca.pem"));
+        p11vault::backup::client::Client::new(&self.url, &ca, &token)
+    }
+}
+
+#[derive(Subcommand)]
+enum BackupCommand {
+    /// Back up every key, version, attribute, tag, deletion state and role assignment into a
+    /// new folder `mhsm-{name}-{YYYYMMDDHHmmSS}` of the container.
+    Start {
+        /// The storage container (the default location maps its name to a directory under the
+        /// configured backup root).
+        #[arg(long, default_value = "https://backup.local/backups")]
+        storage_uri: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// A backup job's status (follows it until it ends, unless --no-wait).
+    Status {
+        job: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
+}
+
+#[derive(Subcommand)]
+enum RestoreCommand {
+    /// Restore from a backup folder: everything (replacing the current state, which needs a
+    /// full backup of it from the last 30 minutes), or with --key one key whose name is free.
+    Start {
+        /// The folder URL a backup printed (`folder_url=`).
+        #[arg(long)]
+        folder_url: String,
+        /// Restore only this key, with all its versions.
+        #[arg(long)]
+        key: Option<String>,
+        #[command(flatten)]
+        connection: Connection,
+    },
+    /// A restore job's status (follows it until it ends, unless --no-wait).
+    Status {
+        job: String,
+        #[command(flatten)]
+        connection: Connection,
+    },
 }
 
 #[derive(Subcommand)]
@@ -236,6 +317,8 @@ fn main() -> ExitCode {
         Command::Role(cmd) => role(cmd),
         Command::Audit(cmd) => audit(cmd),
         Command::Key(KeyCommand::Import(args)) => key_import(&args),
+        Command::Backup(cmd) => backup(cmd),
+        Command::Restore(cmd) => restore(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -597,6 +680,112 @@ fn key_import(args: &KeyImport) -> CliResult {
         .as_str()
         .ok_or("the service's answer has no key id")?;
     println!("{kid}");
+    Ok(())
+}
+
+fn backup(cmd: BackupCommand) -> CliResult {
+    match cmd {
+        BackupCommand::Start {
+            storage_uri,
+            connection,
+        } => {
+            let client = connection.client()?;
+            let body = serde_json::json!({ "storageResourceUri": storage_uri });
+            let url = client.start("POST", "/backup", &body)?;
+            follow_job(&client, &url, connection.no_wait)
+        }
+        BackupCommand::Status { job, connection } => {
+            let client = connection.client()?;
+            follow_job(
+                &client,
+                &client.status_url("backup", &job),
+                connection.no_wait,
+            )
+        }
+    }
+}
+
+fn restore(cmd: RestoreCommand) -> CliResult {
+    match cmd {
+        RestoreCommand::Start {
+            folder_url,
+            key,
+            connection,
+        } => {
+            // As the Azure SDK splits it: the container is the URL up to the first path
+            // segment, the folder the rest.
+            let (container, folder) = split_folder_url(&folder_url)?;
+            let sas = serde_json::json!({ "storageResourceUri": container });
+            let client = connection.client()?;
+            let url = match key {
+                None => client.start(
+                    "PUT",
+                    "/restore",
+                    &serde_json::json!({ "sasTokenParameters": sas, "folderToRestore": folder }),
+                )?,
+                Some(key) => {
+                    let key = p11vault::model::KeyName::parse(&key)?;
+                    client.start(
+                        "PUT",
+                        &format!("/keys/{key}/restore"),
+                        &serde_json::json!({ "sasTokenParameters": sas, "folder": folder }),
+                    )?
+                }
+            };
+            follow_job(&client, &url, connection.no_wait)
+        }
+        RestoreCommand::Status { job, connection } => {
+            let client = connection.client()?;
+            follow_job(
+                &client,
+                &client.status_url("restore", &job),
+                connection.no_wait,
+            )
+        }
+    }
+}
+
+fn split_folder_url(url: &str) -> Result<(String, String), String> {
+    let bad = || format!("'{url}' is not a backup folder URL (https://host/container/folder)");
+    let rest = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+        .ok_or_else(bad)?;
+    let mut parts = rest.trim_end_matches('/').splitn(3, '/');
+    let (Some(host), Some(container), Some(folder)) = (parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad());
+    };
+    let scheme = &url[..url.len() - rest.len()];
+    Ok((format!("{scheme}{host}/{container}"), folder.to_owned()))
+}
+
+/// Prints the job id, then (unless `no_wait`) follows the job to its end and prints its result.
+fn follow_job(
+    client: &p11vault::backup::client::Client,
+    status_url: &str,
+    no_wait: bool,
+) -> CliResult {
+    use std::io::IsTerminal;
+    let job = status_url
+        .split('/')
+        .rev()
+        .nth(1)
+        .unwrap_or_default()
+        .to_owned();
+    println!("job={job}");
+    let status = if no_wait {
+        client.status(status_url)?
+    } else {
+        let stderr = std::io::stderr();
+        let tty = stderr.is_terminal();
+        client.follow(status_url, tty, &mut stderr.lock())?
+    };
+    if no_wait && status["status"] == "InProgress" {
+        println!("status=InProgress");
+        return Ok(());
+    }
+    println!("{}", p11vault::backup::client::outcome(&status)?);
     Ok(())
 }
 

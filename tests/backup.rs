@@ -950,3 +950,67 @@ fn only_roles_with_the_right_actions_back_up_and_restore() {
     );
     assert_eq!(status, 403, "the Backup role cannot restore keys: {body}");
 }
+
+#[test]
+fn the_cli_starts_and_follows_backups_and_restores() {
+    let (_tmp, dir) = data_dir();
+    let svc = Service::start(&dir);
+    svc.create("k", r#"{"kty":"EC","crv":"P-256"}"#);
+    let run = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--url", svc.url.as_str()]);
+        common::cli(&dir, &all)
+    };
+    let (ok, out, err) = run(&["backup", "start", "--storage-uri", CONTAINER]);
+    assert!(ok, "{err}");
+    let folder_url = out
+        .lines()
+        .find_map(|l| l.strip_prefix("folder_url="))
+        .unwrap_or_else(|| panic!("no folder_url in {out}"))
+        .to_owned();
+    assert!(
+        folder_url.starts_with(&format!("{CONTAINER}/mhsm-p11vault-")),
+        "{out}"
+    );
+    assert!(
+        err.lines().any(|l| l.starts_with("Succeeded: 1/1 keys")),
+        "plain progress lines: {err}"
+    );
+    let job = out
+        .lines()
+        .find_map(|l| l.strip_prefix("job="))
+        .expect("a job id")
+        .to_owned();
+    let (ok, out, _) = run(&["backup", "status", &job, "--no-wait"]);
+    assert!(
+        ok && out.contains(&format!("folder_url={folder_url}")),
+        "{out}"
+    );
+
+    delete_and_purge(&svc, "k");
+    let (ok, out, err) = run(&[
+        "restore",
+        "start",
+        "--folder-url",
+        &folder_url,
+        "--key",
+        "k",
+    ]);
+    assert!(ok && out.contains("restored"), "{out} {err}");
+    signs_and_verifies(&svc, "k", "", "ES256");
+
+    let (ok, _, err) = run(&["restore", "start", "--folder-url", &folder_url]);
+    assert!(
+        !ok && err.contains("409") && err.contains("needs a full backup"),
+        "{err}"
+    );
+    let (ok, _, err) = run(&[
+        "restore",
+        "start",
+        "--folder-url",
+        "https://h/only-container",
+    ]);
+    assert!(!ok && err.contains("not a backup folder URL"), "{err}");
+    let (ok, _, err) = run(&["restore", "status", "0123456789abcdef0123456789abcdef"]);
+    assert!(!ok && err.contains("404"), "{err}");
+}

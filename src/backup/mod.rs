@@ -4,6 +4,7 @@
 //! ([`crate::keys::KeyService::full_backup`] and friends); this module runs the jobs, keeps the
 //! service quiet during a full restore, and finishes what a restart interrupted.
 
+pub mod client;
 pub mod location;
 
 use std::path::PathBuf;
