@@ -306,6 +306,66 @@ fn operations() -> Vec<Operation> {
         ("read audit log", |fx, t, _| {
             send(fx, t, "GET", "/p11vault/audit?limit=1", None)
         }),
+        ("back up a key", |fx, t, s| {
+            on_key(fx, t, s, "ec", "POST", "/keys/{k}/backup", None)
+        }),
+        ("restore a key", |fx, t, _| {
+            // A blob of a key the administrator then purged, so the name is free.
+            let k = fx.key("ec", State::Active);
+            let (status, blob) = fx
+                .svc
+                .call("POST", &format!("/keys/{k}/backup?{API}"), None);
+            assert_eq!(status, 200, "{blob}");
+            assert_eq!(
+                fx.svc.call("DELETE", &format!("/keys/{k}?{API}"), None).0,
+                200
+            );
+            assert_eq!(
+                fx.svc
+                    .call("DELETE", &format!("/deletedkeys/{k}?{API}"), None)
+                    .0,
+                204
+            );
+            send(
+                fx,
+                t,
+                "POST",
+                "/keys/restore",
+                Some(json!({"value": blob["value"]})),
+            )
+        }),
+        ("start a full backup", |fx, t, _| {
+            let body = json!({"storageResourceUri": "https://acct.blob.core.windows.net/matrix"});
+            send(fx, t, "POST", "/backup", Some(body))
+        }),
+        ("backup status", |fx, t, _| {
+            send(
+                fx,
+                t,
+                "GET",
+                &format!("/backup/{}/pending", "0".repeat(32)),
+                None,
+            )
+        }),
+        // The restores name a folder that cannot exist: the answer when allowed is a 400, and
+        // nothing is ever restored over the shared service.
+        ("start a full restore", |fx, t, _| {
+            let body = json!({"sasTokenParameters": {"storageResourceUri": "https://a/matrix"}, "folderToRestore": "..bad"});
+            send(fx, t, "PUT", "/restore", Some(body))
+        }),
+        ("restore one key", |fx, t, s| {
+            let body = json!({"sasTokenParameters": {"storageResourceUri": "https://a/matrix"}, "folder": "..bad"});
+            on_key(fx, t, s, "ec", "PUT", "/keys/{k}/restore", Some(body))
+        }),
+        ("restore status", |fx, t, _| {
+            send(
+                fx,
+                t,
+                "GET",
+                &format!("/restore/{}/pending", "0".repeat(32)),
+                None,
+            )
+        }),
     ]
 }
 
