@@ -200,7 +200,7 @@ impl Backups {
     pub async fn start_restore(self: &Arc<Self>, source: RestoreSource) -> Result<Job, Error> {
         let container = self.location.container(&source.container_uri)?;
         location::check_folder(&source.folder)?;
-        self.require_recent_backup().await?;
+        let state = self.require_recent_backup().await?;
         let raw = self.read_backup(&container, &source.folder).await?;
         // Everything a client can get wrong is checked before the 202: the backup opens under
         // this domain and authenticates.
@@ -234,8 +234,8 @@ impl Backups {
         let id = job.id.clone();
         tokio::spawn(async move {
             // Every request already admitted finishes first; new ones get 503.
-            let _quiet = Arc::clone(&this.requests).write_owned().await;
-            let outcome = this.run_restore(&id, raw, backup).await;
+            let quiet = Arc::clone(&this.requests).write_owned().await;
+            let outcome = this.run_restore(&id, raw, backup, state).await;
             let unfinished = matches!(this.blocking(|s| s.restore_journal()).await, Ok(Some(_)));
             if unfinished {
                 // Past the point of no return and not finished: the service stays closed and
@@ -247,10 +247,14 @@ impl Backups {
                 tracing::error!(job = %id, "{message}");
                 let (id2, m) = (id.clone(), message.clone());
                 let _ = this.blocking(move |s| s.job_progress(&id2, &m, 0, 0)).await;
+                // `restoring` stays on: every request keeps getting 503 until the restart.
                 return;
             }
-            this.finish(&id, outcome, "Full restore").await;
+            // Open again before the outcome is told: a client that sees `Succeeded` may send
+            // its next request at once.
+            drop(quiet);
             this.restoring.store(false, Ordering::SeqCst);
+            this.finish(&id, outcome, "Full restore").await;
         });
         Ok(job)
     }
@@ -260,6 +264,7 @@ impl Backups {
         id: &str,
         raw: Vec<u8>,
         backup: crate::keys::backup::FullBackup,
+        expected_state: u64,
     ) -> Result<(), Error> {
         let work_dir = self.settings.work_dir.clone();
         let copy = work_dir.join(format!("{id}.p11b"));
@@ -273,14 +278,25 @@ impl Backups {
             .await?;
         }
         let progress = self.progress(id, "Full restore is in progress");
-        self.keys
-            .full_restore(id.to_owned(), backup, copy.clone(), progress)
-            .await?;
-        let _ = std::fs::remove_file(&copy);
-        Ok(())
+        let result = self
+            .keys
+            .full_restore(
+                id.to_owned(),
+                backup,
+                copy.clone(),
+                expected_state,
+                progress,
+            )
+            .await;
+        // The copy is needed only while a journal names it (a restart finishes from it).
+        if !matches!(self.blocking(|s| s.restore_journal()).await, Ok(Some(_))) {
+            let _ = std::fs::remove_file(&copy);
+        }
+        result
     }
 
-    async fn require_recent_backup(&self) -> Result<(), Error> {
+    /// Returns the state counter the recent backup holds.
+    async fn require_recent_backup(&self) -> Result<u64, Error> {
         let (last, current) = self
             .blocking(|s| Ok((s.last_full_backup()?, s.state_seq()?)))
             .await?;
@@ -300,7 +316,7 @@ impl Backups {
             Some(_) => None,
         };
         match refusal {
-            None => Ok(()),
+            None => Ok(current),
             Some(why) => Err(Error::Conflict {
                 message: format!(
                     "A full restore replaces every key and role assignment, so it needs a full backup of the current state completed within the last {} minutes; {why}. Start a full backup first.",
@@ -353,9 +369,18 @@ impl Backups {
     /// A job of one of `kinds`; 404 for an unknown id or a job of another kind.
     pub async fn job(&self, id: &str, kinds: &[JobKind]) -> Result<Job, Error> {
         let owned = id.to_owned();
-        self.blocking(move |s| s.job(&owned))
-            .await?
-            .filter(|j| kinds.contains(&j.kind))
+        let job = self.blocking(move |s| s.job(&owned)).await?;
+        // A full restore's job is marked done in the transaction that commits it, but the
+        // service reopens a moment later: until then it is still in progress to clients.
+        let job = job.map(|mut j| {
+            if j.kind == JobKind::Restore && j.status != JobStatus::InProgress && self.restoring() {
+                j.status = JobStatus::InProgress;
+                j.end_time = None;
+                j.details = "Full restore is completing".into();
+            }
+            j
+        });
+        job.filter(|j| kinds.contains(&j.kind))
             .ok_or_else(|| Error::NotFound {
                 code: "JobNotFound",
                 message: format!("No job {} exists.", crate::model::truncate_for_message(id)),

@@ -72,9 +72,9 @@ impl Hsm {
                 cryptoki::error::Error::Pkcs11(
                     RvError::KeyUnextractable | RvError::KeyNotWrappable,
                     _,
-                ) => Error::Unexpected(format!(
-                    "key version {id} cannot leave the token: it was made with keys.backups = false"
-                )),
+                ) => Error::Rejected(
+                    "this key cannot be backed up: it was made with keys.backups = false, so its material never leaves the token",
+                ),
                 other => other.into(),
             })
     }

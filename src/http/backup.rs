@@ -16,7 +16,7 @@ use crate::backup::RestoreSource;
 use crate::error::Error;
 use crate::keys::import::decode_b64;
 use crate::model::KeyName;
-use crate::store::{Job, JobKind};
+use crate::store::{Job, JobKind, JobStatus};
 
 /// How long clients wait between two polls of a job, in seconds.
 const RETRY_AFTER: &str = "1";
@@ -183,12 +183,24 @@ pub async fn start_backup(
     Ok(accepted(&state, job, query.get("api-version")))
 }
 
+/// A status body; while the job runs, with `Retry-After` so clients poll at our pace.
+fn status_response(job: Job) -> Response {
+    let running = job.status == JobStatus::InProgress;
+    let mut response = Json(operation(job)).into_response();
+    if running {
+        response
+            .headers_mut()
+            .insert("retry-after", HeaderValue::from_static(RETRY_AFTER));
+    }
+    response
+}
+
 pub async fn backup_status(
     State(state): State<AppState>,
     AzPath(job): AzPath<String>,
-) -> Result<Json<OperationOut>, Error> {
+) -> Result<Response, Error> {
     let job = state.backups.job(&job, &[JobKind::Backup]).await?;
-    Ok(Json(operation(job)))
+    Ok(status_response(job))
 }
 
 pub async fn start_restore(
@@ -237,10 +249,10 @@ pub async fn start_selective_restore(
 pub async fn restore_status(
     State(state): State<AppState>,
     AzPath(job): AzPath<String>,
-) -> Result<Json<OperationOut>, Error> {
+) -> Result<Response, Error> {
     let job = state
         .backups
         .job(&job, &[JobKind::Restore, JobKind::SelectiveRestore])
         .await?;
-    Ok(Json(operation(job)))
+    Ok(status_response(job))
 }

@@ -362,11 +362,21 @@ impl KeyService {
         job: String,
         backup: FullBackup,
         file: PathBuf,
+        expected_state: u64,
         progress: Progress,
     ) -> Result<(), Error> {
         let this = Arc::clone(self);
         super::detached(async move {
             let _changes = Arc::clone(&this.changes).write_owned().await;
+            // Checked again now that nothing can change: a key changed between the request's
+            // check and here is in no backup, and would be lost.
+            let now_state = this.blocking_store(|s| s.state_seq()).await?;
+            if now_state != expected_state {
+                return Err(Error::Conflict {
+                    message: "Keys or roles changed after the full restore was accepted, so the latest full backup no longer holds the current state; nothing was restored. Back up again and restore.".into(),
+                    inner: Some("FullBackupRequired"),
+                });
+            }
             failpoint::hit("restore.before_journal");
             let journal = RestoreJournal {
                 job: job.clone(),
