@@ -393,17 +393,14 @@ def test_cryptography_client_round_trips_every_algorithm(service, key_client, un
         dec = client.decrypt(gcm, enc.ciphertext, iv=enc.iv, authentication_tag=enc.tag,
                              additional_authenticated_data=b"aad")
         assert dec.plaintext == b"gcm plaintext"
-        for mode in ["CBC", "CBCPAD"]:
-            alg = EncryptionAlgorithm(f"A{bits}{mode}")
-            plain = b"sixteen byte blk" * 2 if mode == "CBC" else b"any length"
-            iv = os.urandom(16)
-            enc = client.encrypt(alg, plain, iv=iv)
-            assert client.decrypt(alg, enc.ciphertext, iv=iv).plaintext == plain
-        kw = KeyWrapAlgorithm(f"A{bits}KW")
-        wrapped = client.wrap_key(kw, b"c" * 32)
-        assert client.unwrap_key(kw, wrapped.encrypted_key).key == b"c" * 32
-        wrapped = client.wrap_key(KeyWrapAlgorithm("CKM_AES_KEY_WRAP"), b"d" * 24)
-        assert client.unwrap_key(KeyWrapAlgorithm("CKM_AES_KEY_WRAP"), wrapped.encrypted_key).key == b"d" * 24
+        alg = EncryptionAlgorithm(f"A{bits}CBC")
+        plain = b"sixteen byte blk" * 2
+        iv = os.urandom(16)
+        enc = client.encrypt(alg, plain, iv=iv)
+        assert client.decrypt(alg, enc.ciphertext, iv=iv).plaintext == plain
+        # Not through this client: azure-keyvault-keys 4.11.3 performs A*KW, CKM_AES_KEY_WRAP
+        # and A*CBCPAD locally for oct keys, with a random key of its own (the JWK of an HSM key
+        # has no `k`), so nothing would reach the service. The raw tests above cover them.
 
     with pytest.raises(HttpResponseError) as info:
         _crypto_client(service, oct_key).wrap_key(KeyWrapAlgorithm("CKM_AES_KEY_WRAP_PAD"), b"e" * 20)
