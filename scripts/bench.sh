@@ -8,3 +8,4 @@ cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh --bench
 echo "machine: $(nproc) CPUs, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)" >&2
 cargo bench --locked --bench service
+cargo bench --locked --bench backup
