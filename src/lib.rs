@@ -3,10 +3,11 @@
 //! Key material lives only as objects in a PKCS#11 token ([`hsm`]); key metadata and deletion
 //! state live in SQLite ([`store`]); the key service ([`keys`]) is the only code that touches
 //! both; [`access`] keeps principals and role assignments and decides who may do what;
-//! [`audit`] records every request in a hash chain; [`http`] speaks the Azure Key Vault /
-//! Managed HSM data-plane API over HTTPS; [`pem`] turns a PEM private key into the JWK that
+//! [`audit`] records every request in a hash chain; [`backup`] runs full backups and restores
+//! as jobs over a pluggable backup location; [`http`] speaks the Azure Key Vault / Managed HSM
+//! data-plane API over HTTPS; [`pem`] turns a PEM private key into the JWK that
 //! `p11vault key import` sends. Dependencies point one way:
-//! `http → {keys, access, audit} → {store, hsm, auth} → model`.
+//! `http → {backup, keys, access, audit} → {store, hsm, auth} → model`, and `backup → keys`.
 
 pub mod access;
 pub mod admin;
