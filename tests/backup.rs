@@ -349,7 +349,8 @@ fn a_restore_refuses_taken_names_and_bad_blobs_and_changes_nothing() {
         ("wrapped content key".into(), flip(35)),
         ("IV".into(), flip(29 + 40 + 3)),
         ("payload".into(), flip(raw.len() / 2)),
-        ("tag".into(), flip(raw.len() - 1)),
+        ("GCM tag".into(), flip(raw.len() - 33)),
+        ("MAC".into(), flip(raw.len() - 1)),
         (
             "truncated by one".into(),
             URL_SAFE_NO_PAD.encode(&raw[..raw.len() - 1]),

@@ -206,6 +206,11 @@ fn the_token_itself_keeps_every_key_sensitive_and_uncopyable() {
             assert!(!bool_attr(&session, h, AttributeType::Unwrap));
             let flip = session.update_attributes(h, &[Attribute::Unwrap(true)]);
             assert!(flip.is_err(), "the trusted half was made unwrap-capable");
+        } else if label.ends_with("/mac") {
+            // The key that authenticates backups: private, never leaves the token.
+            assert!(bool_attr(&session, h, AttributeType::Private));
+            assert!(!bool_attr(&session, h, AttributeType::Extractable));
+            assert!(!bool_attr(&session, h, AttributeType::Wrap));
         } else {
             assert!(label.ends_with("/unwrap"), "{label}");
             assert!(bool_attr(&session, h, AttributeType::Private));
@@ -213,11 +218,30 @@ fn the_token_itself_keeps_every_key_sensitive_and_uncopyable() {
             assert!(bool_attr(&session, h, AttributeType::Unwrap));
         }
     }
-    assert_eq!(halves, 2, "one wrap half and one unwrap half");
+    assert_eq!(halves, 3, "the wrap half, the unwrap half and the MAC key");
+
+    // A forged key backup: whoever can use the public wrap half (a token may allow that
+    // without the PIN) wraps a content key and a key they know, and seals the payload
+    // themselves. Only the MAC, made with the private MAC key, tells it from a real one.
+    let forged = forge_key_backup(&session);
 
     // Soft-delete RSA and AES keys and purge the EC key through the service, then try to use
     // them directly, as a process holding the user PIN would.
     let svc = Service::start(&dir);
+    let (status, body) = svc.call(
+        "POST",
+        &format!("/keys/restore?{API}"),
+        Some(&json!({ "value": URL_SAFE_NO_PAD.encode(&forged) }).to_string()),
+    );
+    assert_eq!(status, 400, "a forged backup is refused: {body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .expect("message")
+            .contains("does not open under this HSM's security domain"),
+        "refused by its MAC, not for a defect of the forgery: {body}"
+    );
+    assert_eq!(svc.call("GET", &format!("/keys/forged?{API}"), None).0, 404);
     for name in ["rsa", "aes", "ec"] {
         let (status, body) = svc.call("DELETE", &format!("/keys/{name}?{API}"), None);
         assert_eq!(status, 200, "{body}");
@@ -321,4 +345,86 @@ fn the_token_itself_keeps_every_key_sensitive_and_uncopyable() {
             .sign(&Mechanism::Sha256RsaPkcs, private, b"m")
             .is_ok()
     );
+}
+
+/// A well-formed key backup made without the MAC key: its content key and key material are
+/// wrapped with the domain's public wrap half, its payload sealed in software.
+fn forge_key_backup(session: &Session) -> Vec<u8> {
+    use p11vault::keys::blob::{Content, Envelope, KeyPayload, VersionPayload};
+    use p11vault::model::{KeyFamily, KeyKind, KeyOps, PublicKey, VersionId};
+    let wrap_half = session
+        .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY)])
+        .expect("find")
+        .into_iter()
+        .find(|h| {
+            let l = label_of(session, *h);
+            l.starts_with("p11vault-sd/") && l.ends_with("/wrap")
+        })
+        .expect("the wrap half");
+    let domain = label_of(session, wrap_half)
+        .trim_start_matches("p11vault-sd/")
+        .trim_end_matches("/wrap")
+        .to_owned();
+    let domain = VersionId::parse_hex(&domain).expect("a domain id");
+    let known = |value: [u8; 32]| {
+        let h = session
+            .create_object(&[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::AES),
+                Attribute::Token(false),
+                Attribute::Sensitive(false),
+                Attribute::Extractable(true),
+                Attribute::Value(value.to_vec()),
+            ])
+            .expect("a known key");
+        session
+            .wrap_key(&Mechanism::AesKeyWrapPad, wrap_half, h)
+            .expect("the public wrap half wraps it")
+    };
+    let material = known([0x11; 32]);
+    let content_key = [0x22u8; 32];
+    let wrapped_content_key = known(content_key);
+    let payload = KeyPayload {
+        name: "forged".into(),
+        created: 1,
+        deletion: None,
+        versions: vec![VersionPayload {
+            id: VersionId::random().to_string(),
+            kind: KeyKind::Oct { bits: 256 },
+            key_ops: KeyOps::all_for(KeyFamily::Oct),
+            enabled: true,
+            nbf: None,
+            exp: None,
+            created: 1,
+            updated: 1,
+            tags: Default::default(),
+            public: PublicKey::Oct,
+            origin: "generated".into(),
+            material: base64::engine::general_purpose::STANDARD.encode(material),
+        }],
+    };
+    let plain = serde_json::to_vec(&payload).expect("JSON");
+    let iv = [0x33u8; 12];
+    let mut raw = Envelope::header(
+        Content::Key,
+        domain,
+        &wrapped_content_key,
+        &iv,
+        plain.len() + 16,
+    )
+    .expect("a header");
+    let mut tag = [0u8; 16];
+    let sealed = openssl::symm::encrypt_aead(
+        openssl::symm::Cipher::aes_256_gcm(),
+        &content_key,
+        Some(&iv),
+        &raw,
+        &plain,
+        &mut tag,
+    )
+    .expect("GCM");
+    raw.extend_from_slice(&sealed);
+    raw.extend_from_slice(&tag);
+    raw.extend_from_slice(&[0u8; 32]);
+    raw
 }

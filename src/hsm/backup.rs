@@ -21,6 +21,10 @@ pub struct DomainHandles {
     pub wrap: ObjectHandle,
     /// Private, unwrap only.
     pub unwrap: ObjectHandle,
+    /// Private, HMAC-SHA-256 sign and verify only: authenticates backups. The wrap half is a
+    /// public object (a token may let anyone use it without logging in), so "the content key
+    /// unwraps" alone would not show that this HSM made a backup.
+    pub mac: ObjectHandle,
 }
 
 /// A backup's content key: a session object of this session, destroyed by
@@ -36,7 +40,10 @@ impl Hsm {
     /// Finds the domain's halves and keeps their handles. Called once the domain id is known
     /// and again after every reconnect.
     pub fn set_domain(&self, id: VersionId) -> Result<()> {
-        let handles = self.call_blocking(|_, s| find_domain(s, id))?;
+        let handles = self.call_blocking(|_, s| {
+            ensure_mac_key(s, id)?;
+            find_domain(s, id)
+        })?;
         *self.domain.write().unwrap_or_else(|p| p.into_inner()) = Some(handles);
         Ok(())
     }
@@ -75,6 +82,27 @@ impl Hsm {
                 ) => Error::Rejected(
                     "this key cannot be backed up: it was made with keys.backups = false, so its material never leaves the token",
                 ),
+                other => other.into(),
+            })
+    }
+
+    /// The backup's authentication tag: HMAC-SHA-256 in the token with the domain's private
+    /// MAC key, which nobody without the user PIN can use.
+    pub fn backup_mac(&self, session: &Session, data: &[u8]) -> Result<Vec<u8>> {
+        let domain = self.domain()?;
+        Ok(session.sign(&Mechanism::Sha256Hmac, domain.mac, data)?)
+    }
+
+    /// Checks a backup's tag; a mismatch is [`Error::Rejected`].
+    pub fn check_backup_mac(&self, session: &Session, data: &[u8], tag: &[u8]) -> Result<()> {
+        let domain = self.domain()?;
+        session
+            .verify(&Mechanism::Sha256Hmac, domain.mac, data, tag)
+            .map_err(|e| match e {
+                cryptoki::error::Error::Pkcs11(
+                    RvError::SignatureInvalid | RvError::SignatureLenRange,
+                    _,
+                ) => Error::Rejected(NOT_OURS),
                 other => other.into(),
             })
     }
@@ -292,8 +320,9 @@ fn find_domain(session: &Session, id: VersionId) -> Result<DomainHandles> {
     };
     let wrap = find("wrap")?;
     let unwrap = find("unwrap")?;
+    let mac = find("mac")?;
     // Only the id attribute is read back, as a check that the label did not lie.
-    for handle in [wrap, unwrap] {
+    for handle in [wrap, unwrap, mac] {
         let ok = session
             .get_attributes(handle, &[AttributeType::Id])?
             .into_iter()
@@ -304,5 +333,29 @@ fn find_domain(session: &Session, id: VersionId) -> Result<DomainHandles> {
             )));
         }
     }
-    Ok(DomainHandles { id, wrap, unwrap })
+    Ok(DomainHandles {
+        id,
+        wrap,
+        unwrap,
+        mac,
+    })
+}
+
+/// Makes the domain's MAC key if the token has none yet (the first start, or a token whose
+/// domain predates it): a private, sensitive, non-extractable generic secret that can only
+/// sign and verify.
+fn ensure_mac_key(session: &Session, id: VersionId) -> Result<()> {
+    let label = format!("{}{id}/mac", templates::DOMAIN_PREFIX).into_bytes();
+    let found = session.find_objects(&[
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::Label(label.clone()),
+    ])?;
+    if found.is_empty() {
+        session.generate_key(
+            &Mechanism::GenericSecretKeyGen,
+            &templates::domain_mac(id, label),
+        )?;
+        tracing::info!(domain = %id, "made the security domain's backup MAC key");
+    }
+    Ok(())
 }

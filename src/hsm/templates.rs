@@ -228,6 +228,32 @@ pub fn domain_unwrap_half(domain: VersionId, value: &[u8]) -> Vec<Attribute> {
     attrs
 }
 
+/// The security domain's MAC key: private, login-protected, sign and verify only, never
+/// leaves the token. It authenticates backups.
+pub fn domain_mac(domain: VersionId, label: Vec<u8>) -> Vec<Attribute> {
+    vec![
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::GENERIC_SECRET),
+        Attribute::Token(true),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Modifiable(false),
+        Attribute::Copyable(false),
+        Attribute::Destroyable(true),
+        Attribute::ValueLen(32.into()),
+        Attribute::Sign(true),
+        Attribute::Verify(true),
+        Attribute::Encrypt(false),
+        Attribute::Decrypt(false),
+        Attribute::Wrap(false),
+        Attribute::Unwrap(false),
+        Attribute::Derive(false),
+        Attribute::Id(domain.as_bytes().to_vec()),
+        Attribute::Label(label),
+    ]
+}
+
 fn domain_half_common(domain: VersionId, role: &str, value: &[u8]) -> Vec<Attribute> {
     vec![
         Attribute::Class(ObjectClass::SECRET_KEY),

@@ -253,6 +253,8 @@ impl KeyService {
                         let sealed = hsm.seal(s, &key, iv, &header, &payload)?;
                         let mut out = header;
                         out.extend_from_slice(&sealed);
+                        let mac = hsm.backup_mac(s, &out)?;
+                        out.extend_from_slice(&mac);
                         Ok(out)
                     });
                 hsm.drop_content_key(s, key);
@@ -278,6 +280,8 @@ impl KeyService {
         }
         self.hsm
             .call(move |hsm, s| {
+                // The MAC first: nothing of a backup this HSM did not make reaches the unwrap.
+                hsm.check_backup_mac(s, &env.authenticated(), &env.mac)?;
                 let key = hsm.open_content_key(s, &env.wrapped_key)?;
                 let plain = hsm.open(s, &key, env.iv, &env.header, &env.sealed);
                 hsm.drop_content_key(s, key);

@@ -13,13 +13,17 @@
 //!   41+n     4  m = length of the sealed payload
 //!   45+n     m  payload sealed with AES-256-GCM under the content key (128-bit tag last);
 //!               the additional authenticated data is every byte before it
+//! 45+n+m    32  HMAC-SHA-256 of every byte before it, computed in the token with the
+//!               domain's private MAC key
 //! ```
 //!
 //! The payload is JSON ([`KeyPayload`] or [`FullPayload`]). Key material inside it is each
 //! version's secret object wrapped under the domain key by the token (`C_WrapKey`), so it is
 //! sealed twice: readable only through the domain's unwrap half, and bound to the rest of the
 //! backup by the GCM tag. The seal, the tag check and both unwraps run in the token; the content
-//! key never exists outside it.
+//! key never exists outside it. The HMAC is what shows that this HSM made the backup: the wrap
+//! half is a public object, which a token may let anyone use without the PIN, so a content key
+//! that unwraps proves nothing by itself; the MAC key is private. It is checked first.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -35,6 +39,7 @@ pub const MAGIC: &[u8; 8] = b"P11VBKUP";
 pub const FORMAT_VERSION: u16 = 1;
 pub const IV_LEN: usize = 12;
 pub const TAG_LEN: usize = 16;
+pub const MAC_LEN: usize = 32;
 /// Bytes before the wrapped content key.
 const FIXED_PREFIX: usize = 8 + 2 + 1 + 16 + 2;
 /// The largest wrapped content key accepted: an AES-256 key wraps to 40 bytes.
@@ -57,6 +62,8 @@ pub struct Envelope {
     /// Every byte before the sealed payload: the GCM additional data.
     pub header: Vec<u8>,
     pub sealed: Vec<u8>,
+    /// HMAC-SHA-256 of header and sealed payload.
+    pub mac: Vec<u8>,
 }
 
 impl Envelope {
@@ -131,10 +138,13 @@ impl Envelope {
             raw[len_at + 3],
         ]) as usize;
         let rest = raw.len() - header_len;
-        if rest < sealed_len {
+        let Some(expected) = sealed_len.checked_add(MAC_LEN) else {
+            return Err(bad("malformed (payload length)"));
+        };
+        if rest < expected {
             return Err(bad("truncated"));
         }
-        if rest > sealed_len {
+        if rest > expected {
             return Err(bad("malformed (bytes after the end)"));
         }
         if sealed_len < TAG_LEN {
@@ -146,14 +156,22 @@ impl Envelope {
             wrapped_key,
             iv,
             header: raw[..header_len].to_vec(),
-            sealed: raw[header_len..].to_vec(),
+            sealed: raw[header_len..header_len + sealed_len].to_vec(),
+            mac: raw[header_len + sealed_len..].to_vec(),
         })
+    }
+
+    /// The bytes the MAC covers: header and sealed payload.
+    pub fn authenticated(&self) -> Vec<u8> {
+        let mut out = self.header.clone();
+        out.extend_from_slice(&self.sealed);
+        out
     }
 
     /// The whole envelope as bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = self.header.clone();
-        out.extend_from_slice(&self.sealed);
+        let mut out = self.authenticated();
+        out.extend_from_slice(&self.mac);
         out
     }
 }
@@ -316,6 +334,7 @@ mod tests {
         let mut raw = Envelope::header(Content::Key, domain, &wrapped, &iv, sealed.len())
             .expect("the header fits");
         raw.extend_from_slice(&sealed);
+        raw.extend_from_slice(&[3u8; MAC_LEN]);
         raw
     }
 
@@ -328,6 +347,7 @@ mod tests {
         assert_eq!(env.wrapped_key, vec![7u8; 40]);
         assert_eq!(env.iv, [9u8; IV_LEN]);
         assert_eq!(env.sealed.len(), 100);
+        assert_eq!(env.mac, vec![3u8; MAC_LEN]);
         assert_eq!(env.to_bytes(), raw);
     }
 
