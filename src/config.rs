@@ -300,7 +300,20 @@ impl Config {
         let oidc = file.auth.oidc.map(oidc_settings).transpose()?;
 
         let backup_root = file.backup.root.unwrap_or_else(|| data_dir.join("backups"));
-        let hsm_name = file.backup.hsm_name.unwrap_or_else(|| token_label.clone());
+        // The default comes from the token label, which may hold any characters: made safe
+        // for a folder name rather than refused.
+        let hsm_name = file.backup.hsm_name.unwrap_or_else(|| {
+            let safe: String = token_label
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                .collect();
+            safe.trim_matches('-').to_owned()
+        });
+        let hsm_name = if hsm_name.is_empty() {
+            DEFAULT_TOKEN_LABEL.to_owned()
+        } else {
+            hsm_name
+        };
         let name_ok = !hsm_name.is_empty()
             && hsm_name.len() <= 64
             && hsm_name

@@ -141,7 +141,9 @@ impl BackupLocation for DirLocation {
         check_folder(folder)?;
         let path = self.dir(container).join(folder).join(file);
         std::fs::read(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => Error::BadParameter(format!(
+            std::io::ErrorKind::NotFound
+            | std::io::ErrorKind::NotADirectory
+            | std::io::ErrorKind::IsADirectory => Error::BadParameter(format!(
                 "There is no backup folder {folder} in container {} (or it holds no p11vault backup).",
                 container.uri
             )),

@@ -19,6 +19,8 @@ use crate::model::KeyName;
 use crate::store::{Job, JobKind, JobStatus, LastBackup, Store};
 use location::{BackupLocation, Container};
 
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// The file of a full backup inside its folder.
 pub const BACKUP_FILE: &str = "backup.p11b";
 
@@ -42,6 +44,8 @@ pub struct Backups {
     /// On from the moment a full restore is accepted until it is committed: every data-plane
     /// request but the restore status gets 503.
     restoring: AtomicBool,
+    /// The id of the full restore under way.
+    restore_job: std::sync::Mutex<Option<String>>,
     /// Held shared by every data-plane request, exclusively by a full restore: it waits for the
     /// requests under way to finish.
     requests: Arc<tokio::sync::RwLock<()>>,
@@ -71,6 +75,7 @@ impl Backups {
             clock,
             settings,
             restoring: AtomicBool::new(false),
+            restore_job: std::sync::Mutex::new(None),
             requests: Arc::new(tokio::sync::RwLock::new(())),
             naming: tokio::sync::Mutex::new(()),
         })
@@ -85,12 +90,14 @@ impl Backups {
         let now = self.clock.now();
         for job in self.blocking(|s| s.unfinished_jobs()).await? {
             let message = match job.kind {
-                JobKind::Backup => "The service stopped during the backup; no folder was written.",
+                JobKind::Backup => {
+                    "The service stopped during the backup; use only folders of backups that succeeded."
+                }
                 JobKind::Restore => {
                     "The service stopped before the restore began; nothing was changed."
                 }
                 JobKind::SelectiveRestore => {
-                    "The service stopped during the restore; the key was not restored."
+                    "The service stopped during the restore; the key is back only if it is listed now."
                 }
             };
             let id = job.id.clone();
@@ -215,6 +222,20 @@ impl Backups {
                 inner: None,
             });
         }
+        // A backup or key restore accepted before would run after the restore, over the
+        // state it put back.
+        let busy = self
+            .blocking(|s| s.unfinished_jobs())
+            .await
+            .map(|j| !j.is_empty());
+        if !matches!(busy, Ok(false)) {
+            self.restoring.store(false, Ordering::SeqCst);
+            busy?;
+            return Err(Error::Conflict {
+                message: "A backup or a key restore is under way; start the full restore once it has finished.".into(),
+                inner: None,
+            });
+        }
         let job = match self
             .new_job(
                 JobKind::Restore,
@@ -232,6 +253,7 @@ impl Backups {
         };
         let this = Arc::clone(self);
         let id = job.id.clone();
+        *self.restore_job.lock().unwrap_or_else(|p| p.into_inner()) = Some(job.id.clone());
         tokio::spawn(async move {
             // Every request already admitted finishes first; new ones get 503.
             let quiet = Arc::clone(&this.requests).write_owned().await;
@@ -373,7 +395,13 @@ impl Backups {
         // A full restore's job is marked done in the transaction that commits it, but the
         // service reopens a moment later: until then it is still in progress to clients.
         let job = job.map(|mut j| {
-            if j.kind == JobKind::Restore && j.status != JobStatus::InProgress && self.restoring() {
+            let running = self
+                .restore_job
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_deref()
+                == Some(j.id.as_str());
+            if running && j.status != JobStatus::InProgress && self.restoring() {
                 j.status = JobStatus::InProgress;
                 j.end_time = None;
                 j.details = "Full restore is completing".into();
@@ -429,9 +457,20 @@ impl Backups {
         blocking_io(move || location.read(&container, &folder, BACKUP_FILE)).await
     }
 
+    /// Records progress at most every quarter second (and at the start and the end): each
+    /// record is a committed write.
     fn progress(&self, id: &str, details: &'static str) -> Progress {
         let (store, id) = (Arc::clone(&self.store), id.to_owned());
+        let last = std::sync::Mutex::new(None::<std::time::Instant>);
         Arc::new(move |done, total| {
+            {
+                let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+                let due = last.is_none_or(|t| t.elapsed() >= PROGRESS_EVERY);
+                if !(due || done == 0 || done == total) {
+                    return;
+                }
+                *last = Some(std::time::Instant::now());
+            }
             // Progress is advisory: a failed write must not fail the job.
             if let Err(e) = store.job_progress(&id, details, done, total) {
                 tracing::warn!(job = %id, error = %e, "could not record job progress");
@@ -460,14 +499,17 @@ impl Backups {
                 let (code, message) = e.job_error();
                 let details = format!("{what} failed");
                 let id2 = id.clone();
-                self.blocking(move |s| {
-                    s.finish_job(
+                // A job its commit already finished (a full restore that failed only in what
+                // follows the commit) keeps its status.
+                self.blocking(move |s| match s.job(&id2)? {
+                    Some(j) if j.status == JobStatus::InProgress => s.finish_job(
                         &id2,
                         JobStatus::Failed,
                         &details,
                         Some((&code, &message)),
                         now,
-                    )
+                    ),
+                    _ => Ok(()),
                 })
                 .await
             }

@@ -258,6 +258,34 @@ impl Hsm {
         Ok(handles)
     }
 
+    /// Unwraps backed-up material into a short-lived session object of its kind and destroys
+    /// it: whether a full restore will be able to make this version.
+    pub fn trial_unwrap(&self, session: &Session, kind: KeyKind, wrapped: &[u8]) -> Result<()> {
+        let domain = self.domain()?;
+        let (class, key_type) = match kind {
+            KeyKind::Oct { .. } => (ObjectClass::SECRET_KEY, KeyType::AES),
+            KeyKind::Rsa { .. } => (ObjectClass::PRIVATE_KEY, KeyType::RSA),
+            KeyKind::Ec { .. } => (ObjectClass::PRIVATE_KEY, KeyType::EC),
+        };
+        let handle = session
+            .unwrap_key(
+                &Mechanism::AesKeyWrapPad,
+                domain.unwrap,
+                wrapped,
+                &[
+                    Attribute::Class(class),
+                    Attribute::KeyType(key_type),
+                    Attribute::Token(false),
+                    Attribute::Private(true),
+                    Attribute::Sensitive(true),
+                    Attribute::Extractable(false),
+                ],
+            )
+            .map_err(|e| rejected(e.into(), NOT_OURS))?;
+        session.destroy_object(handle)?;
+        Ok(())
+    }
+
     /// Destroys every key object (live or soft-deleted) on the token, for a full restore;
     /// the security domain and foreign objects stay. Returns how many were destroyed.
     pub fn destroy_all_keys(&self, session: &Session) -> Result<usize> {

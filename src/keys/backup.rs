@@ -38,6 +38,10 @@ impl FullBackup {
     }
 }
 
+/// How often a full restore past its point of no return is tried again before the service
+/// stays closed for a restart to finish it.
+const RESTORE_RETRIES: u32 = 3;
+
 /// Reports progress as `(done, total)` keys.
 pub type Progress = Arc<dyn Fn(u64, u64) + Send + Sync>;
 
@@ -340,8 +344,24 @@ impl KeyService {
         })?;
         let mut keys = Vec::with_capacity(payload.keys.len());
         let mut material = Vec::with_capacity(payload.keys.len());
+        let mut names = std::collections::HashSet::new();
+        let mut versions = std::collections::HashSet::new();
         for key in payload.keys {
             let restored = key.check()?;
+            if !names.insert(restored.key.name.as_str().to_ascii_lowercase()) {
+                return Err(Error::BadParameter(format!(
+                    "The backup holds key {} twice.",
+                    restored.key.name
+                )));
+            }
+            for v in &restored.key.versions {
+                if !versions.insert(v.version) {
+                    return Err(Error::BadParameter(format!(
+                        "The backup holds version {} twice.",
+                        v.version
+                    )));
+                }
+            }
             keys.push(restored.key);
             material.push(restored.material);
         }
@@ -381,6 +401,10 @@ impl KeyService {
                     inner: Some("FullBackupRequired"),
                 });
             }
+            // Every version must unwrap before anything is destroyed: a backup whose material
+            // the token refuses would otherwise fail after the point of no return, on every
+            // start.
+            this.trial_unwrap(&backup).await?;
             failpoint::hit("restore.before_journal");
             let journal = RestoreJournal {
                 job: job.clone(),
@@ -388,9 +412,46 @@ impl KeyService {
             };
             this.blocking_store(move |s| s.begin_restore(&journal))
                 .await?;
-            this.apply_restore(&job, &backup, &progress).await
+            // Past the point of no return: retry a failure (the token may be reconnecting),
+            // still holding the gate, so nothing runs over a half-restored token.
+            let mut attempt = 0;
+            loop {
+                match this.apply_restore(&job, &backup, &progress).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) if attempt < RESTORE_RETRIES => {
+                        attempt += 1;
+                        tracing::warn!(error = %e, attempt, "the full restore failed half-way; retrying");
+                        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                    }
+                    Err(e) => {
+                        // The gate stays shut until the restart that finishes the restore.
+                        std::mem::forget(_changes);
+                        return Err(e);
+                    }
+                }
+            }
         })
         .await
+    }
+
+    /// Unwraps every version of a backup into session objects and destroys them again.
+    async fn trial_unwrap(self: &Arc<Self>, backup: &FullBackup) -> Result<(), Error> {
+        let work: Vec<(VersionRecord, Vec<u8>)> = backup
+            .state
+            .keys
+            .iter()
+            .zip(&backup.material)
+            .flat_map(|(k, m)| k.versions.iter().cloned().zip(m.iter().cloned()))
+            .collect();
+        self.hsm
+            .call(move |hsm, s| {
+                for (v, wrapped) in &work {
+                    hsm.trial_unwrap(s, v.kind, wrapped)?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(Error::from)
     }
 
     /// Finishes a full restore the last run began (its journal is committed). Runs at
