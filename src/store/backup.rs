@@ -6,7 +6,8 @@ use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Deletion, Error, Result, Store, VERSION_COLUMNS, meta_get, meta_set, to_json, version_row,
+    Deletion, Error, Result, Store, VERSION_COLUMNS, insert_version, meta_get, meta_set, to_json,
+    version_row,
 };
 use crate::model::{KeyName, VersionRecord};
 
@@ -461,24 +462,10 @@ fn insert_key(tx: &Transaction, key: &KeySnapshot) -> Result<()> {
         ],
     )?;
     for v in &key.versions {
-        tx.execute(
-            "INSERT INTO versions(id, name, kind, key_ops, enabled, nbf, exp, created, updated, tags, public_key, origin)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-            params![
-                v.version.as_bytes().to_vec(),
-                key.name.as_str(),
-                to_json(&v.kind)?,
-                to_json(&v.ops)?,
-                v.attributes.enabled,
-                v.attributes.not_before,
-                v.attributes.expires,
-                v.created,
-                v.updated,
-                to_json(&v.tags)?,
-                to_json(&v.public)?,
-                v.origin.as_str(),
-            ],
-        )?;
+        // Under the key's spelling, whatever the version record says.
+        let mut v = v.clone();
+        v.name = key.name.clone();
+        insert_version(tx, &v)?;
     }
     Ok(())
 }

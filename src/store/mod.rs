@@ -243,24 +243,7 @@ impl Store {
             let mut stored = record.clone();
             stored.name = KeyName::parse(&canonical)
                 .map_err(|_| Error::Corrupt(format!("stored key name {canonical:?}")))?;
-            tx.execute(
-                "INSERT INTO versions(id, name, kind, key_ops, enabled, nbf, exp, created, updated, tags, public_key, origin)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
-                params![
-                    stored.version.as_bytes().to_vec(),
-                    stored.name.as_str(),
-                    to_json(&stored.kind)?,
-                    to_json(&stored.ops)?,
-                    stored.attributes.enabled,
-                    stored.attributes.not_before,
-                    stored.attributes.expires,
-                    stored.created,
-                    stored.updated,
-                    to_json(&stored.tags)?,
-                    to_json(&stored.public)?,
-                    stored.origin.as_str(),
-                ],
-            )?;
+            insert_version(tx, &stored)?;
             tx.execute("DELETE FROM intents WHERE id = ?1", [intent])?;
             Ok(stored)
         })
@@ -730,6 +713,29 @@ pub enum RoleRemoval {
     NotFound,
     /// Assignments still use it; nothing was removed.
     InUse(u64),
+}
+
+/// Inserts a version row under its record's name.
+fn insert_version(tx: &Transaction, v: &VersionRecord) -> Result<()> {
+    tx.execute(
+        "INSERT INTO versions(id, name, kind, key_ops, enabled, nbf, exp, created, updated, tags, public_key, origin)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        params![
+            v.version.as_bytes().to_vec(),
+            v.name.as_str(),
+            to_json(&v.kind)?,
+            to_json(&v.ops)?,
+            v.attributes.enabled,
+            v.attributes.not_before,
+            v.attributes.expires,
+            v.created,
+            v.updated,
+            to_json(&v.tags)?,
+            to_json(&v.public)?,
+            v.origin.as_str(),
+        ],
+    )?;
+    Ok(())
 }
 
 fn insert_assignment(tx: &Transaction, a: &RoleAssignment, now: i64) -> Result<()> {
