@@ -14,6 +14,7 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod backup;
+pub mod client;
 pub mod clock;
 pub mod config;
 pub mod error;

@@ -15,6 +15,7 @@ use p11vault::audit::AuditLog;
 use p11vault::auth::oidc::{JwksSource, OidcVerifier};
 use p11vault::backup::location::DirLocation;
 use p11vault::backup::{BackupSettings, Backups};
+use p11vault::client::Client;
 use p11vault::clock::{Clock, FileOffsetClock, SystemClock};
 use p11vault::config::{AdminArgs, Config, ServeArgs, TokenSource};
 use p11vault::keys::KeyService;
@@ -67,13 +68,14 @@ enum Command {
     Restore(RestoreCommand),
 }
 
-/// How the CLI reaches the service for job commands.
+/// How the CLI reaches the service over HTTPS.
 #[derive(Args)]
-struct Connection {
+struct ServiceArgs {
     /// The service's URL.
     #[arg(long, env = "P11VAULT_URL", default_value = "https://127.0.0.1:8443")]
     url: String,
-    /// A file holding the bearer token to use (default: the data dir's admin.token).
+    /// A file holding the bearer token of the principal to act as (default: the data dir's
+    /// admin.token).
     #[arg(long, env = "P11VAULT_TOKEN_FILE")]
     token_file: Option<std::path::PathBuf>,
     /// The CA certificate to trust (default: the data dir's ca.pem).
@@ -81,13 +83,10 @@ struct Connection {
     ca_file: Option<std::path::PathBuf>,
     #[arg(long, env = "P11VAULT_DATA_DIR", default_value = p11vault::config::DEFAULT_DATA_DIR)]
     data_dir: std::path::PathBuf,
-    /// Start the job and print its id without waiting for it.
-    #[arg(long)]
-    no_wait: bool,
 }
 
-impl Connection {
-    fn client(&self) -> Result<p11vault::backup::client::Client, Box<dyn std::error::Error>> {
+impl ServiceArgs {
+    fn client(&self) -> Result<Client, Box<dyn std::error::Error>> {
         let token = self
             .token_file
             .clone()
@@ -96,8 +95,18 @@ impl Connection {
             .ca_file
             .clone()
             .unwrap_or_else(|| self.data_dir.join("ca.pem"));
-        p11vault::backup::client::Client::new(&self.url, &ca, &token)
+        Client::new(&self.url, &ca, &token)
     }
+}
+
+/// The service, and whether to follow a job.
+#[derive(Args)]
+struct Connection {
+    #[command(flatten)]
+    service: ServiceArgs,
+    /// Start the job and print its id without waiting for it.
+    #[arg(long)]
+    no_wait: bool,
 }
 
 #[derive(Subcommand)]
@@ -211,17 +220,9 @@ enum AuditCommand {
 
 #[derive(Args)]
 struct AuditShow {
-    /// The service's URL.
-    #[arg(long, env = "P11VAULT_URL", default_value = "https://127.0.0.1:8443")]
-    url: String,
-    /// A file holding the bearer token of a principal with the audit read action.
-    #[arg(long, env = "P11VAULT_TOKEN_FILE")]
-    token_file: std::path::PathBuf,
-    /// The CA certificate to trust (default: the data dir's ca.pem).
-    #[arg(long)]
-    ca_file: Option<std::path::PathBuf>,
-    #[arg(long, env = "P11VAULT_DATA_DIR", default_value = p11vault::config::DEFAULT_DATA_DIR)]
-    data_dir: std::path::PathBuf,
+    /// As a principal with the audit read action (Crypto Auditor).
+    #[command(flatten)]
+    service: ServiceArgs,
     /// From this time on: 2026-11-21, 2026-11-21T10:00:00Z or Unix seconds.
     #[arg(long)]
     since: Option<String>,
@@ -274,17 +275,9 @@ struct KeyImport {
     /// A tag as NAME=VALUE; repeatable.
     #[arg(long = "tag", value_name = "NAME=VALUE", value_parser = parse_tag)]
     tags: Vec<(String, String)>,
-    /// The service's URL.
-    #[arg(long, env = "P11VAULT_URL", default_value = "https://127.0.0.1:8443")]
-    url: String,
-    /// A file holding the bearer token of a principal with the key import action.
-    #[arg(long, env = "P11VAULT_TOKEN_FILE")]
-    token_file: std::path::PathBuf,
-    /// The CA certificate to trust (default: the data dir's ca.pem).
-    #[arg(long)]
-    ca_file: Option<std::path::PathBuf>,
-    #[arg(long, env = "P11VAULT_DATA_DIR", default_value = p11vault::config::DEFAULT_DATA_DIR)]
-    data_dir: std::path::PathBuf,
+    /// As a principal with the key import action (Crypto User).
+    #[command(flatten)]
+    service: ServiceArgs,
 }
 
 fn parse_tag(raw: &str) -> Result<(String, String), String> {
@@ -551,21 +544,11 @@ fn audit(cmd: AuditCommand) -> CliResult {
 }
 
 fn audit_show(args: &AuditShow) -> CliResult {
-    let token = std::fs::read_to_string(&args.token_file)
-        .map_err(|e| format!("cannot read {}: {e}", args.token_file.display()))?;
-    let ca = args
-        .ca_file
-        .clone()
-        .unwrap_or_else(|| args.data_dir.join("ca.pem"));
-    let agent = tls::client_agent(&ca, Duration::from_secs(60))?;
-    let mut req = agent
-        .get(&format!(
-            "{}/p11vault/audit",
-            args.url.trim_end_matches('/')
-        ))
+    let client = args.service.client()?;
+    let mut req = client
+        .request("GET", "/p11vault/audit")
         .query("api-version", p11vault::http::LATEST_API_VERSION)
-        .query("limit", &args.limit.to_string())
-        .set("Authorization", &format!("Bearer {}", token.trim()));
+        .query("limit", &args.limit.to_string());
     for (name, value) in [
         ("since", &args.since),
         ("until", &args.until),
@@ -578,17 +561,7 @@ fn audit_show(args: &AuditShow) -> CliResult {
             req = req.query(name, v);
         }
     }
-    let body = match req.call() {
-        Ok(r) => r.into_string()?,
-        Err(ureq::Error::Status(code, r)) => {
-            return Err(format!(
-                "the service answered {code}: {}",
-                r.into_string().unwrap_or_default()
-            )
-            .into());
-        }
-        Err(e) => return Err(format!("cannot reach {}: {e}", args.url).into()),
-    };
+    let body = client.answer(req.call())?.into_string()?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     for line in body.lines() {
@@ -643,39 +616,14 @@ fn key_import(args: &KeyImport) -> CliResult {
     let body = jwk.import_body(&args.ops, !args.disabled, &tags);
     drop(jwk);
 
-    let token = std::fs::read_to_string(&args.token_file)
-        .map_err(|e| format!("cannot read {}: {e}", args.token_file.display()))?;
-    let ca = args
-        .ca_file
-        .clone()
-        .unwrap_or_else(|| args.data_dir.join("ca.pem"));
-    let agent = tls::client_agent(&ca, Duration::from_secs(60))?;
-    let answer = agent
-        .put(&format!("{}/keys/{name}", args.url.trim_end_matches('/')))
+    let client = args.service.client()?;
+    let answer = client
+        .request("PUT", &format!("/keys/{name}"))
         .query("api-version", p11vault::http::LATEST_API_VERSION)
-        .set("Authorization", &format!("Bearer {}", token.trim()))
         .set("Content-Type", "application/json")
         .send_bytes(&body);
     drop(body);
-    let bundle: serde_json::Value = match answer {
-        Ok(r) => r.into_json()?,
-        Err(ureq::Error::Status(code, r)) => {
-            let text = r.into_string().unwrap_or_default();
-            let error = serde_json::from_str::<serde_json::Value>(&text)
-                .ok()
-                .and_then(|v| {
-                    let e = &v["error"];
-                    Some(format!(
-                        "{}: {}",
-                        e["code"].as_str()?,
-                        e["message"].as_str()?
-                    ))
-                })
-                .unwrap_or(text);
-            return Err(format!("the service answered {code}: {error}").into());
-        }
-        Err(e) => return Err(format!("cannot reach {}: {e}", args.url).into()),
-    };
+    let bundle: serde_json::Value = client.answer(answer)?.into_json()?;
     let kid = bundle["key"]["kid"]
         .as_str()
         .ok_or("the service's answer has no key id")?;
@@ -689,13 +637,13 @@ fn backup(cmd: BackupCommand) -> CliResult {
             storage_uri,
             connection,
         } => {
-            let client = connection.client()?;
+            let client = connection.service.client()?;
             let body = serde_json::json!({ "storageResourceUri": storage_uri });
             let url = client.start("POST", "/backup", &body)?;
             follow_job(&client, &url, connection.no_wait)
         }
         BackupCommand::Status { job, connection } => {
-            let client = connection.client()?;
+            let client = connection.service.client()?;
             follow_job(
                 &client,
                 &client.status_url("backup", &job),
@@ -716,7 +664,7 @@ fn restore(cmd: RestoreCommand) -> CliResult {
             // segment, the folder the rest.
             let (container, folder) = split_folder_url(&folder_url)?;
             let sas = serde_json::json!({ "storageResourceUri": container });
-            let client = connection.client()?;
+            let client = connection.service.client()?;
             let url = match key {
                 None => client.start(
                     "PUT",
@@ -735,7 +683,7 @@ fn restore(cmd: RestoreCommand) -> CliResult {
             follow_job(&client, &url, connection.no_wait)
         }
         RestoreCommand::Status { job, connection } => {
-            let client = connection.client()?;
+            let client = connection.service.client()?;
             follow_job(
                 &client,
                 &client.status_url("restore", &job),
@@ -761,11 +709,7 @@ fn split_folder_url(url: &str) -> Result<(String, String), String> {
 }
 
 /// Prints the job id, then (unless `no_wait`) follows the job to its end and prints its result.
-fn follow_job(
-    client: &p11vault::backup::client::Client,
-    status_url: &str,
-    no_wait: bool,
-) -> CliResult {
+fn follow_job(client: &Client, status_url: &str, no_wait: bool) -> CliResult {
     use std::io::IsTerminal;
     let job = status_url
         .split('/')

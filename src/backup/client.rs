@@ -3,48 +3,25 @@
 //! otherwise.
 
 use std::io::Write;
-use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use zeroize::Zeroizing;
 
 /// The api-version the CLI sends to the backup endpoints (the one az CLI uses).
 const API_VERSION: &str = "7.5";
 const WIDTH: usize = 30;
 
-type CliError = Box<dyn std::error::Error>;
+use crate::client::{CliError, Client};
 
-pub struct Client {
-    agent: ureq::Agent,
-    url: String,
-    token: Zeroizing<String>,
-}
-
+/// Job commands of the CLI, on the service client.
 impl Client {
-    pub fn new(url: &str, ca: &Path, token_file: &Path) -> Result<Client, CliError> {
-        let token = Zeroizing::new(
-            std::fs::read_to_string(token_file)
-                .map_err(|e| format!("cannot read {}: {e}", token_file.display()))?
-                .trim()
-                .to_owned(),
-        );
-        Ok(Client {
-            agent: crate::tls::client_agent(ca, Duration::from_secs(60))?,
-            url: url.trim_end_matches('/').to_owned(),
-            token,
-        })
-    }
-
     /// Starts a job; returns its status URL.
     pub fn start(&self, method: &str, path: &str, body: &Value) -> Result<String, CliError> {
-        let response = self
-            .agent
-            .request(method, &format!("{}{path}", self.url))
-            .query("api-version", API_VERSION)
-            .set("Authorization", &format!("Bearer {}", self.token.as_str()))
-            .send_json(body.clone());
-        let response = answer(response, &self.url)?;
+        let response = self.answer(
+            self.request(method, path)
+                .query("api-version", API_VERSION)
+                .send_json(body.clone()),
+        )?;
         response
             .header("azure-asyncoperation")
             .map(str::to_owned)
@@ -53,16 +30,13 @@ impl Client {
 
     /// The status URL of a job, by id.
     pub fn status_url(&self, kind: &str, job: &str) -> String {
-        format!("{}/{kind}/{job}/pending", self.url)
+        format!("{}/{kind}/{job}/pending", self.url())
     }
 
     pub fn status(&self, status_url: &str) -> Result<Value, CliError> {
-        let response = self
-            .agent
-            .get(status_url)
-            .set("Authorization", &format!("Bearer {}", self.token.as_str()))
-            .call();
-        Ok(answer(response, &self.url)?.into_json()?)
+        Ok(self
+            .answer(self.request("GET", status_url).call())?
+            .into_json()?)
     }
 
     /// Polls a job until it ends, drawing its progress. Returns the last status.
@@ -128,25 +102,6 @@ pub fn outcome(status: &Value) -> Result<String, CliError> {
             status["error"]["message"].as_str().unwrap_or("no detail")
         )
         .into()),
-    }
-}
-
-fn answer(
-    result: Result<ureq::Response, ureq::Error>,
-    url: &str,
-) -> Result<ureq::Response, CliError> {
-    match result {
-        Ok(r) => Ok(r),
-        Err(ureq::Error::Status(code, r)) => {
-            let body: Value = r.into_json().unwrap_or(Value::Null);
-            Err(format!(
-                "the service answered {code}: {}: {}",
-                body["error"]["code"].as_str().unwrap_or("?"),
-                body["error"]["message"].as_str().unwrap_or("no detail")
-            )
-            .into())
-        }
-        Err(e) => Err(format!("cannot reach {url}: {e}").into()),
     }
 }
 
