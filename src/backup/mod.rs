@@ -186,17 +186,15 @@ impl Backups {
             blocking_io(move || location.write(&container, &folder, BACKUP_FILE, &file)).await?;
         }
         crate::failpoint::hit("backup.after_folder");
+        let now = self.clock.now();
         let last = LastBackup {
             state_seq,
-            completed: self.clock.now(),
-            folder: folder.clone(),
+            completed: now,
+            folder,
         };
-        let (id, now) = (id.to_owned(), self.clock.now());
-        self.blocking(move |s| {
-            s.job_folder(&id, &folder)?;
-            s.commit_full_backup(&id, &last, now)
-        })
-        .await?;
+        let id = id.to_owned();
+        self.blocking(move |s| s.commit_full_backup(&id, &last, now))
+            .await?;
         Ok(())
     }
 

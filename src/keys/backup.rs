@@ -8,7 +8,7 @@ use std::sync::Arc;
 use zeroize::Zeroizing;
 
 use super::blob::{Content, Envelope, FullPayload, KeyPayload, RestoredKey};
-use super::lifecycle::KeyState;
+use super::lifecycle::{Decision, KeyState};
 use super::{KeyService, not_found};
 use crate::error::Error;
 use crate::failpoint;
@@ -20,7 +20,6 @@ pub struct FullBackup {
     pub state: Snapshot,
     /// Per key, per version, in the order of `state.keys`.
     pub material: Vec<Vec<Vec<u8>>>,
-    pub taken: i64,
 }
 
 impl FullBackup {
@@ -170,12 +169,7 @@ impl KeyService {
                 ),
                 inner: None,
             }),
-            KeyState::Deleted { .. } => Err(Error::Conflict {
-                message: format!(
-                    "Key {name} is currently in a deleted but recoverable state, and its name cannot be reused; in this state, the key can only be recovered or purged."
-                ),
-                inner: Some("ObjectIsDeletedButRecoverable"),
-            }),
+            KeyState::Deleted { .. } => Self::refuse(Decision::NameReserved, name),
         }
     }
 
@@ -374,7 +368,6 @@ impl KeyService {
                 role_assignments: payload.role_assignments,
             },
             material,
-            taken: payload.taken,
         })
     }
 

@@ -229,10 +229,14 @@ impl Store {
         })
     }
 
-    /// Records a completed full backup and finishes its job, in one transaction.
+    /// Records a completed full backup, its folder, and finishes its job, in one transaction.
     pub fn commit_full_backup(&self, job: &str, last: &LastBackup, now: i64) -> Result<()> {
         self.write(|tx| {
             meta_set(tx, LAST_FULL_BACKUP, &to_json(last)?)?;
+            tx.execute(
+                "UPDATE jobs SET folder = ?2 WHERE id = ?1",
+                params![job, last.folder],
+            )?;
             finish_job(
                 tx,
                 job,
@@ -369,17 +373,6 @@ impl Store {
             tx.execute(
                 "UPDATE jobs SET details = ?2, done = ?3, total = ?4 WHERE id = ?1",
                 params![id, details, done as i64, total as i64],
-            )?;
-            Ok(())
-        })
-    }
-
-    /// Sets the folder a backup job writes.
-    pub fn job_folder(&self, id: &str, folder: &str) -> Result<()> {
-        self.write(|tx| {
-            tx.execute(
-                "UPDATE jobs SET folder = ?2 WHERE id = ?1",
-                params![id, folder],
             )?;
             Ok(())
         })
