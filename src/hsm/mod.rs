@@ -5,6 +5,7 @@
 pub mod backup;
 pub mod oaep;
 pub mod ops;
+mod replace;
 pub mod templates;
 
 use std::collections::HashMap;
@@ -23,6 +24,7 @@ use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
 use crate::model::{Curve, KeyFamily, KeyKind, KeyOps, PublicKey, VersionId};
+pub use replace::{Look, Settled, Version};
 use templates::Extraction;
 
 #[derive(Debug, thiserror::Error)]
@@ -720,72 +722,6 @@ impl Hsm {
         let handles = KeyHandles { secret, public };
         self.remember(id, handles);
         Ok(handles)
-    }
-
-    /// Sets the usage flags of a version's objects to match `ops`.
-    pub fn set_usage(
-        &self,
-        session: &Session,
-        id: VersionId,
-        family: KeyFamily,
-        ops: &KeyOps,
-    ) -> Result<()> {
-        let handles = self.handles(id)?;
-        session.update_attributes(handles.secret, &templates::secret_usage(family, ops))?;
-        if let Some(public) = handles.public {
-            session.update_attributes(public, &templates::public_usage(family, ops))?;
-        }
-        Ok(())
-    }
-
-    /// Soft-deletes a version at the token (DESIGN §5): every usage flag of its objects off and
-    /// the `p11vault-deleted/` label on, so not even a process holding the user PIN can use it.
-    pub fn mark_deleted(
-        &self,
-        session: &Session,
-        id: VersionId,
-        name: &str,
-        family: KeyFamily,
-    ) -> Result<()> {
-        self.relabel(
-            session,
-            id,
-            family,
-            &KeyOps::none(),
-            templates::deleted_label(name, id),
-        )
-    }
-
-    /// Undoes [`Hsm::mark_deleted`]: the flags `ops` gives and the live label.
-    pub fn mark_live(
-        &self,
-        session: &Session,
-        id: VersionId,
-        name: &str,
-        family: KeyFamily,
-        ops: &KeyOps,
-    ) -> Result<()> {
-        self.relabel(session, id, family, ops, templates::live_label(name, id))
-    }
-
-    fn relabel(
-        &self,
-        session: &Session,
-        id: VersionId,
-        family: KeyFamily,
-        ops: &KeyOps,
-        label: Vec<u8>,
-    ) -> Result<()> {
-        let handles = self.handles(id)?;
-        let mut secret = templates::secret_usage(family, ops);
-        secret.push(Attribute::Label(label.clone()));
-        session.update_attributes(handles.secret, &secret)?;
-        if let Some(public) = handles.public {
-            let mut attrs = templates::public_usage(family, ops);
-            attrs.push(Attribute::Label(label));
-            session.update_attributes(public, &attrs)?;
-        }
-        Ok(())
     }
 
     /// Purges a version: destroys its cached objects. An object that is already gone (a purge

@@ -58,7 +58,8 @@ fn extraction_attrs(extraction: Extraction) -> Vec<Attribute> {
     }
 }
 
-/// The usage flags of the object holding the secret half (AES key or private key). `wrapKey`
+/// The usage flags of the object holding the secret half (AES key or private key), every one
+/// the object has set explicitly (a token may default a missing one to true). `wrapKey`
 /// and `unwrapKey` also switch on `CKA_ENCRYPT`/`CKA_DECRYPT`: the API's wrap operations take
 /// raw key bytes, which the token processes with `C_Encrypt`/`C_Decrypt` (RSA).
 pub fn secret_usage(family: KeyFamily, ops: &KeyOps) -> Vec<Attribute> {
@@ -77,9 +78,17 @@ pub fn secret_usage(family: KeyFamily, ops: &KeyOps) -> Vec<Attribute> {
             Attribute::Sign(on(KeyOp::Sign)),
             Attribute::Decrypt(on(KeyOp::Decrypt) || on(KeyOp::UnwrapKey)),
             Attribute::Unwrap(on(KeyOp::UnwrapKey)),
+            Attribute::SignRecover(false),
             Attribute::Derive(false),
         ],
-        KeyFamily::Ec => vec![Attribute::Sign(on(KeyOp::Sign)), Attribute::Derive(false)],
+        // SoftHSM2 defaults the flags a template leaves out to true: every one is set.
+        KeyFamily::Ec => vec![
+            Attribute::Sign(on(KeyOp::Sign)),
+            Attribute::Decrypt(false),
+            Attribute::Unwrap(false),
+            Attribute::SignRecover(false),
+            Attribute::Derive(false),
+        ],
     }
 }
 
@@ -91,8 +100,14 @@ pub fn public_usage(family: KeyFamily, ops: &KeyOps) -> Vec<Attribute> {
             Attribute::Verify(on(KeyOp::Verify)),
             Attribute::Encrypt(on(KeyOp::Encrypt) || on(KeyOp::WrapKey)),
             Attribute::Wrap(on(KeyOp::WrapKey)),
+            Attribute::VerifyRecover(false),
         ],
-        KeyFamily::Ec => vec![Attribute::Verify(on(KeyOp::Verify))],
+        KeyFamily::Ec => vec![
+            Attribute::Verify(on(KeyOp::Verify)),
+            Attribute::Encrypt(false),
+            Attribute::Wrap(false),
+            Attribute::VerifyRecover(false),
+        ],
         KeyFamily::Oct => Vec::new(),
     }
 }

@@ -211,7 +211,7 @@ impl KeyService {
                 .blocking_store(move |s| s.begin_intent("delete", &n, None, &payload, now))
                 .await?;
             failpoint::hit("delete.after_intent");
-            let versions = this.settle_delete(&name).await?;
+            let versions = this.settle_delete(&name, false).await?;
             let n = name.clone();
             this.blocking_store(move |s| s.commit_deleted(&n, deletion, intent))
                 .await?;
@@ -225,24 +225,63 @@ impl KeyService {
         .await
     }
 
-    /// The token half of a delete: every version's objects switched off and relabelled.
-    /// Idempotent, so the reconciler can run it again.
-    async fn settle_delete(self: &Arc<Self>, name: &KeyName) -> Result<Vec<VersionRecord>, Error> {
+    /// The token half of a delete: every version's objects switched off and relabelled. With
+    /// `thorough` (the reconciler, after a crash), each version is settled from whatever the
+    /// token holds; otherwise the cached objects are switched. Idempotent either way.
+    async fn settle_delete(
+        self: &Arc<Self>,
+        name: &KeyName,
+        thorough: bool,
+    ) -> Result<Vec<VersionRecord>, Error> {
         let n = name.clone();
         let versions = self.blocking_store(move |s| s.all_versions_of(&n)).await?;
         for (i, v) in versions.iter().enumerate() {
-            let (id, family, label_name) = (v.version, v.kind.family(), v.name.to_string());
-            let marked = self
-                .hsm
-                .call(move |hsm, s| hsm.mark_deleted(s, id, &label_name, family))
-                .await;
-            tolerate_missing(marked, v)?;
+            let from = hsm::Look::live(v.ops.clone());
+            self.move_version(v, from, hsm::Look::deleted(), thorough)
+                .await?;
             if i == 0 {
                 failpoint::hit("delete.mid_token");
             }
         }
         failpoint::hit("delete.after_token");
         Ok(versions)
+    }
+
+    /// Moves one version's objects between two looks (see `hsm::replace`). A version whose
+    /// objects are missing is reported and must not stop the key's other versions.
+    async fn move_version(
+        self: &Arc<Self>,
+        v: &VersionRecord,
+        from: hsm::Look,
+        to: hsm::Look,
+        thorough: bool,
+    ) -> Result<(), Error> {
+        let record = v.clone();
+        let moved = self
+            .hsm
+            .call(move |hsm, s| {
+                let version = hsm::Version {
+                    id: record.version,
+                    name: record.name.as_str(),
+                    kind: record.kind,
+                    public: &record.public,
+                };
+                if thorough {
+                    hsm.settle_version(s, version, &from, &to)
+                } else {
+                    hsm.transition(s, version, &from, &to)
+                        .map(|()| hsm::Settled::Done)
+                }
+            })
+            .await;
+        match moved {
+            Ok(hsm::Settled::Done) => Ok(()),
+            Ok(hsm::Settled::Missing) | Err(hsm::Error::ObjectMissing(_)) => {
+                tracing::error!(key = %v.name, version = %v.version, "no intact token objects to switch for this version");
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Recovers a soft-deleted key with all its versions, attributes and tags.
@@ -257,7 +296,7 @@ impl KeyService {
                 .blocking_store(move |s| s.begin_intent("recover", &n, None, "{}", now))
                 .await?;
             failpoint::hit("recover.after_intent");
-            let versions = this.settle_recover(&name).await?;
+            let versions = this.settle_recover(&name, false).await?;
             let n = name.clone();
             this.blocking_store(move |s| s.commit_recovered(&n, intent))
                 .await?;
@@ -271,21 +310,18 @@ impl KeyService {
     }
 
     /// The token half of a recovery: every version's flags restored from its `key_ops`.
-    async fn settle_recover(self: &Arc<Self>, name: &KeyName) -> Result<Vec<VersionRecord>, Error> {
+    /// `thorough` as for [`KeyService::settle_delete`].
+    async fn settle_recover(
+        self: &Arc<Self>,
+        name: &KeyName,
+        thorough: bool,
+    ) -> Result<Vec<VersionRecord>, Error> {
         let n = name.clone();
         let versions = self.blocking_store(move |s| s.all_versions_of(&n)).await?;
         for (i, v) in versions.iter().enumerate() {
-            let (id, family, ops, label_name) = (
-                v.version,
-                v.kind.family(),
-                v.ops.clone(),
-                v.name.to_string(),
-            );
-            let marked = self
-                .hsm
-                .call(move |hsm, s| hsm.mark_live(s, id, &label_name, family, &ops))
-                .await;
-            tolerate_missing(marked, v)?;
+            let to = hsm::Look::live(v.ops.clone());
+            self.move_version(v, hsm::Look::deleted(), to, thorough)
+                .await?;
             if i == 0 {
                 failpoint::hit("recover.mid_token");
             }
@@ -339,7 +375,7 @@ impl KeyService {
             .blocking_store(move |s| s.begin_intent("purge", &n, None, why, now))
             .await?;
         failpoint::hit("purge.after_intent");
-        let versions = self.settle_purge(name).await?;
+        let versions = self.settle_purge(name, false).await?;
         let n = name.clone();
         self.blocking_store(move |s| s.commit_purged(&n, intent))
             .await?;
@@ -349,14 +385,27 @@ impl KeyService {
         Ok(())
     }
 
-    /// The token half of a purge: every version's objects destroyed. Idempotent.
-    async fn settle_purge(self: &Arc<Self>, name: &KeyName) -> Result<Vec<VersionRecord>, Error> {
+    /// The token half of a purge: every version's objects destroyed. Idempotent. With
+    /// `thorough` (the reconciler), objects are found by `CKA_ID` on the token rather than in
+    /// the cache, which after a restart holds no entry for a version whose secret object a
+    /// crash already destroyed, though its public object may remain.
+    async fn settle_purge(
+        self: &Arc<Self>,
+        name: &KeyName,
+        thorough: bool,
+    ) -> Result<Vec<VersionRecord>, Error> {
         let n = name.clone();
         let versions = self.blocking_store(move |s| s.all_versions_of(&n)).await?;
         for (i, v) in versions.iter().enumerate() {
             let id = v.version;
             self.hsm
-                .call(move |hsm, s| hsm.destroy_cached(s, id))
+                .call(move |hsm, s| {
+                    if thorough {
+                        hsm.destroy_by_id(s, id)
+                    } else {
+                        hsm.destroy_cached(s, id)
+                    }
+                })
                 .await?;
             if i == 0 {
                 failpoint::hit("purge.mid_token");
@@ -684,26 +733,27 @@ impl KeyService {
             let intent = this
                 .blocking_store(move |s| s.begin_intent("update", &n, Some(v), &payload, now))
                 .await?;
-            let (family, ops) = (next.kind.family(), next.ops.clone());
+            let (before, after) = (
+                hsm::Look::live(current.ops.clone()),
+                hsm::Look::live(next.ops.clone()),
+            );
             failpoint::hit("update.after_intent");
             let applied = this
-                .hsm
-                .call(move |hsm, s| hsm.set_usage(s, v, family, &ops))
+                .move_version(&current, before.clone(), after.clone(), false)
                 .await;
             failpoint::hit("update.after_token");
             if let Err(e) = applied {
-                // Put the flags back as they were; if even that fails, the intent stays and the
-                // reconciler rolls the update forward at the next start.
-                let (family, ops) = (current.kind.family(), current.ops.clone());
+                // Put the objects back as they were (settled from whatever the token holds);
+                // if even that fails, the intent stays and the reconciler rolls the update
+                // forward.
                 if this
-                    .hsm
-                    .call(move |hsm, s| hsm.set_usage(s, v, family, &ops))
+                    .move_version(&current, after, before, true)
                     .await
                     .is_ok()
                 {
                     let _ = this.blocking_store(move |s| s.drop_intent(intent)).await;
                 }
-                return Err(e.into());
+                return Err(e);
             }
             let record = next.clone();
             this.blocking_store(move |s| s.commit_update(&record, Some(intent)))
@@ -722,18 +772,6 @@ impl KeyService {
         f: impl FnOnce(&Store) -> Result<R, crate::store::Error> + Send + 'static,
     ) -> Result<R, Error> {
         self.store.blocking(f).await.map_err(Error::from)
-    }
-}
-
-/// A version whose token objects are missing cannot be switched; that is reported at start-up
-/// and must not stop the key's other versions from being switched.
-fn tolerate_missing(result: Result<(), hsm::Error>, version: &VersionRecord) -> Result<(), Error> {
-    match result {
-        Err(hsm::Error::ObjectMissing(id)) => {
-            tracing::error!(key = %version.name, version = %id, "no token objects to switch for this version");
-            Ok(())
-        }
-        other => other.map_err(Error::from),
     }
 }
 

@@ -116,10 +116,11 @@ async fn settle(
                 svc.blocking_store(move |s| s.drop_intent(id)).await?;
                 return Ok(());
             };
-            let (family, ops) = (record.kind.family(), target.ops.clone());
-            svc.hsm
-                .call(move |hsm, s| hsm.set_usage(s, version, family, &ops))
-                .await?;
+            let (before, after) = (
+                crate::hsm::Look::live(record.ops.clone()),
+                crate::hsm::Look::live(target.ops.clone()),
+            );
+            svc.move_version(&record, before, after, true).await?;
             record.ops = target.ops;
             record.attributes.enabled = target.enabled;
             record.attributes.not_before = target.nbf;
@@ -137,7 +138,7 @@ async fn settle(
         ("delete", _) => {
             let target: DeleteIntent = serde_json::from_str(&intent.payload)
                 .map_err(|e| Error::Internal(format!("delete intent {id}: {e}")))?;
-            svc.settle_delete(name).await?;
+            svc.settle_delete(name, true).await?;
             let deletion = Deletion {
                 deleted_date: target.deleted_date,
                 scheduled_purge_date: target.scheduled_purge_date,
@@ -149,7 +150,7 @@ async fn settle(
             report.rolled_forward += 1;
         }
         ("recover", _) => {
-            svc.settle_recover(name).await?;
+            svc.settle_recover(name, true).await?;
             let n = name.clone();
             svc.blocking_store(move |s| s.commit_recovered(&n, id))
                 .await?;
@@ -158,7 +159,7 @@ async fn settle(
         }
         ("purge", _) => {
             let _purges = svc.purges.read().await;
-            svc.settle_purge(name).await?;
+            svc.settle_purge(name, true).await?;
             let n = name.clone();
             svc.blocking_store(move |s| s.commit_purged(&n, id)).await?;
             tracing::info!(key = %name, "rolled an unfinished purge forward");
