@@ -43,6 +43,11 @@ pub enum Error {
     /// The token cannot be reached right now; the service is reconnecting (503).
     #[error("the HSM is unavailable: {0}")]
     Unavailable(String),
+    /// A key's token objects were switched off, replaced or destroyed under an operation by a
+    /// concurrent change of that key; the key service runs the operation again once the change
+    /// is done, so this reaches a client only as a fault (500).
+    #[error("the key changed under the operation: {0}")]
+    KeyChanged(String),
     /// A fault inside the service (500). The detail is logged, not returned.
     #[error("internal error: {0}")]
     Internal(String),
@@ -66,7 +71,10 @@ impl Error {
                 "ServiceUnavailable",
                 "The HSM was unavailable; start the operation again.",
             ),
-            Error::PayloadTooLarge { .. } | Error::Unauthorized(_) | Error::Internal(_) => pair(
+            Error::PayloadTooLarge { .. }
+            | Error::Unauthorized(_)
+            | Error::KeyChanged(_)
+            | Error::Internal(_) => pair(
                 "InternalError",
                 "The service met an internal error; see its log.",
             ),
@@ -85,6 +93,8 @@ impl From<hsm::Error> for Error {
         }
         if err.is_token_gone() {
             Error::Unavailable(err.to_string())
+        } else if err.is_stale_object() {
+            Error::KeyChanged(err.to_string())
         } else {
             Error::Internal(format!("HSM: {err}"))
         }

@@ -46,6 +46,9 @@ pub enum Error {
     Rejected(&'static str),
     #[error("{0}")]
     Unexpected(String),
+    /// A call failed in a way that can mean the token went away, and a probe found it gone.
+    #[error("the token does not answer: {0}")]
+    Unreachable(String),
 }
 
 impl Error {
@@ -67,12 +70,50 @@ impl Error {
                     | RvError::SessionClosed
                     | RvError::UserNotLoggedIn
                     | RvError::DeviceRemoved
-                    | RvError::DeviceError
                     | RvError::TokenNotPresent
                     | RvError::TokenNotRecognized
                     | RvError::CryptokiNotInitialized
             )
-        ) || matches!(self, Error::TokenNotFound(_))
+        ) || matches!(self, Error::TokenNotFound(_) | Error::Unreachable(_))
+    }
+
+    /// Errors a token gives either because it failed or because of the call's own data or
+    /// objects: SoftHSM2 answers `CKR_GENERAL_ERROR` to a failed GCM tag and to a token whose
+    /// files vanished, kryoptic `CKR_DEVICE_ERROR` to a bad RSA ciphertext, and both
+    /// `CKR_OBJECT_HANDLE_INVALID` to a key destroyed a moment ago and to every key of a token
+    /// that went away. Which it was is asked of the token itself ([`Hsm::probe`]); client data
+    /// alone never makes the service reconnect.
+    fn is_ambiguous(&self) -> bool {
+        matches!(self, Error::Rejected(_))
+            || matches!(
+                self.rv(),
+                Some(
+                    RvError::GeneralError
+                        | RvError::DeviceError
+                        | RvError::DeviceMemory
+                        | RvError::FunctionFailed
+                        | RvError::ObjectHandleInvalid
+                        | RvError::KeyHandleInvalid
+                        | RvError::WrappingKeyHandleInvalid
+                        | RvError::UnwrappingKeyHandleInvalid
+                )
+            )
+    }
+
+    /// Errors by which the token refuses a key object that was switched off, replaced or
+    /// destroyed under the call (a concurrent delete, recover, update or purge). The key service
+    /// runs the operation again once that change is committed.
+    pub fn is_stale_object(&self) -> bool {
+        matches!(
+            self.rv(),
+            Some(
+                RvError::KeyFunctionNotPermitted
+                    | RvError::ObjectHandleInvalid
+                    | RvError::KeyHandleInvalid
+                    | RvError::WrappingKeyHandleInvalid
+                    | RvError::UnwrappingKeyHandleInvalid
+            )
+        )
     }
 }
 
@@ -225,7 +266,11 @@ impl Module {
             permits: Arc::new(Semaphore::new(settings.sessions)),
             mechanisms,
             oaep_sha256: ops::OaepSupport::default(),
-            last_reconnect: Mutex::new(None),
+            backoff: Mutex::new(Backoff {
+                last: None,
+                wait: RECONNECT_BACKOFF_MIN,
+            }),
+            gate: RwLock::new(()),
         };
         hsm.rebuild_cache()?;
         Ok(hsm)
@@ -379,11 +424,22 @@ pub struct Hsm {
     permits: Arc<Semaphore>,
     mechanisms: Vec<MechanismType>,
     oaep_sha256: ops::OaepSupport,
-    last_reconnect: Mutex<Option<Instant>>,
+    backoff: Mutex<Backoff>,
+    /// Held shared by every call into the module, exclusively while the module is finalised
+    /// and initialised again (a token that went away and came back).
+    gate: RwLock<()>,
 }
 
-/// The shortest time between two reconnect attempts.
-const RECONNECT_BACKOFF: Duration = Duration::from_secs(1);
+/// The time between two reconnect attempts starts here, doubles after each failed attempt up
+/// to the maximum, and starts again after a success. Attempts are made by calls that need the
+/// token, so a token that comes back is in use again within the maximum.
+const RECONNECT_BACKOFF_MIN: Duration = Duration::from_millis(500);
+const RECONNECT_BACKOFF_MAX: Duration = Duration::from_secs(4);
+
+struct Backoff {
+    last: Option<Instant>,
+    wait: Duration,
+}
 
 impl Hsm {
     /// Runs `f` with a pooled session on a blocking thread. At most `sessions` calls run at once.
@@ -410,8 +466,26 @@ impl Hsm {
     /// The blocking form of [`Hsm::call`], for start-up and background work already on a
     /// blocking thread.
     pub fn call_blocking<R>(&self, f: impl FnOnce(&Hsm, &Session) -> Result<R>) -> Result<R> {
-        let (session, generation) = self.checkout()?;
-        let result = f(self, &session);
+        let gate = self.gate.read().unwrap_or_else(|p| p.into_inner());
+        let (session, generation) = match self.checkout() {
+            Ok(checked_out) => checked_out,
+            Err(e) => {
+                drop(gate);
+                if e.is_token_gone() {
+                    self.reconnect_with_backoff();
+                }
+                return Err(e);
+            }
+        };
+        let mut result = f(self, &session);
+        if let Err(e) = &result
+            && !e.is_token_gone()
+            && e.is_ambiguous()
+            && !self.probe(&session)
+        {
+            result = Err(Error::Unreachable(e.to_string()));
+        }
+        drop(gate);
         match &result {
             Err(e) if e.is_token_gone() => {
                 drop(session);
@@ -422,14 +496,30 @@ impl Hsm {
         result
     }
 
+    /// Whether the token still answers and still holds what it held: its info and the
+    /// session's state read, and the security domain's private unwrap half is still behind its
+    /// handle. A token whose objects went away, or came back under new handles, fails this.
+    fn probe(&self, session: &Session) -> bool {
+        let slot = self.lock_state().slot;
+        if self.module.ctx.get_token_info(slot).is_err() || session.get_session_info().is_err() {
+            return false;
+        }
+        let domain = *self.domain.read().unwrap_or_else(|p| p.into_inner());
+        match domain {
+            Some(d) => session
+                .get_attributes(d.unwrap, &[AttributeType::Class])
+                .is_ok_and(|found| !found.is_empty()),
+            None => true,
+        }
+    }
+
     fn checkout(&self) -> Result<(Session, u64)> {
         let mut state = self.lock_state();
         if let Some(session) = state.idle.pop() {
             return Ok((session, state.generation));
         }
         if state.anchor.is_none() {
-            drop(state);
-            self.reconnect_with_backoff();
+            // The caller reconnects (outside the module gate).
             return Err(Error::TokenNotFound(self.token_label.clone()));
         }
         let session = self.module.ctx.open_rw_session(state.slot)?;
@@ -450,33 +540,53 @@ impl Hsm {
     }
 
     /// Drops every session, finds the token again by label, logs in and rebuilds the cache.
-    /// Attempts are at least [`RECONNECT_BACKOFF`] apart.
+    /// Attempts are spaced by a back-off that grows while they fail ([`RECONNECT_BACKOFF_MAX`]).
     fn reconnect_with_backoff(&self) {
         {
-            let mut last = self
-                .last_reconnect
-                .lock()
-                .unwrap_or_else(|p| p.into_inner());
-            if last.is_some_and(|t| t.elapsed() < RECONNECT_BACKOFF) {
+            let mut backoff = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
+            if backoff.last.is_some_and(|t| t.elapsed() < backoff.wait) {
                 return;
             }
-            *last = Some(Instant::now());
+            backoff.last = Some(Instant::now());
         }
-        match self.reconnect() {
-            Ok(()) => tracing::info!(token = %self.token_label, "reconnected to the token"),
+        let outcome = self.reconnect();
+        let mut backoff = self.backoff.lock().unwrap_or_else(|p| p.into_inner());
+        match outcome {
+            Ok(()) => {
+                backoff.wait = RECONNECT_BACKOFF_MIN;
+                tracing::info!(token = %self.token_label, "reconnected to the token");
+            }
             Err(e) => {
-                tracing::warn!(token = %self.token_label, error = %e, "reconnect to the token failed; will retry")
+                backoff.wait = (backoff.wait * 2).min(RECONNECT_BACKOFF_MAX);
+                tracing::warn!(token = %self.token_label, error = %e, retry_in = ?backoff.wait, "reconnect to the token failed; will retry");
             }
         }
     }
 
+    /// Drops every session and opens the token again; if that fails, the module itself is
+    /// finalised and initialised again first (SoftHSM2 does not see a token whose directory
+    /// went away and came back until then), and the token opened once more.
     fn reconnect(&self) -> Result<()> {
-        {
-            let mut state = self.lock_state();
-            state.generation += 1;
-            state.idle.clear();
-            state.anchor = None;
+        self.drop_sessions();
+        match self.open_again() {
+            Ok(()) => Ok(()),
+            Err(first) => {
+                tracing::info!(token = %self.token_label, error = %first, "reopening the token failed; initialising the PKCS#11 module again");
+                self.reinitialize_module()?;
+                self.open_again()
+            }
         }
+    }
+
+    fn drop_sessions(&self) {
+        let mut state = self.lock_state();
+        state.generation += 1;
+        state.idle.clear();
+        state.anchor = None;
+    }
+
+    /// Finds the token by label, logs in on a new anchor session and rebuilds the cache.
+    fn open_again(&self) -> Result<()> {
         let slot = self
             .module
             .find_token(&self.token_label)?
@@ -489,6 +599,26 @@ impl Hsm {
             state.anchor = Some(anchor);
         }
         self.rebuild_cache()
+    }
+
+    /// `C_Finalize` and `C_Initialize`, with no other call in the module meanwhile. Every
+    /// session and handle of before is void afterwards.
+    fn reinitialize_module(&self) -> Result<()> {
+        let _gate = self.gate.write().unwrap_or_else(|p| p.into_inner());
+        self.drop_sessions();
+        if let Err(e) = self.module.ctx.clone().finalize() {
+            tracing::debug!(error = %e, "C_Finalize failed; initialising anyway");
+        }
+        match self
+            .module
+            .ctx
+            .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        {
+            Ok(()) | Err(cryptoki::error::Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {
+                Ok(())
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Fills the handle cache from one scan of the token. Runs at start-up and after a

@@ -97,7 +97,7 @@ impl IntoResponse for Error {
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 response
             }
-            Error::Internal(detail) => {
+            Error::Internal(detail) | Error::KeyChanged(detail) => {
                 tracing::error!(%detail, "answering 500");
                 error_response(
                     StatusCode::INTERNAL_SERVER_ERROR,

@@ -162,6 +162,7 @@ impl EncAlg {
 }
 
 /// The body of `encrypt`, `decrypt`, `wrapkey` and `unwrapkey`, decoded.
+#[derive(Clone)]
 pub struct CipherInput {
     pub alg: String,
     pub value: Zeroizing<Vec<u8>>,
@@ -199,6 +200,17 @@ impl KeyService {
         alg: &str,
         digest: Vec<u8>,
     ) -> Result<(VersionRecord, Vec<u8>), Error> {
+        self.serially(name, || self.sign_once(name, version, alg, digest.clone()))
+            .await
+    }
+
+    async fn sign_once(
+        &self,
+        name: &KeyName,
+        version: Option<VersionId>,
+        alg: &str,
+        digest: Vec<u8>,
+    ) -> Result<(VersionRecord, Vec<u8>), Error> {
         let (alg, record, handles) = self
             .signing_version(name, version, alg, KeyOp::Sign, &digest)
             .await?;
@@ -211,6 +223,20 @@ impl KeyService {
 
     /// Verifies a signature over a digest; a signature that does not verify is `false`.
     pub async fn verify(
+        &self,
+        name: &KeyName,
+        version: Option<VersionId>,
+        alg: &str,
+        digest: Vec<u8>,
+        signature: Vec<u8>,
+    ) -> Result<(VersionRecord, bool), Error> {
+        self.serially(name, || {
+            self.verify_once(name, version, alg, digest.clone(), signature.clone())
+        })
+        .await
+    }
+
+    async fn verify_once(
         &self,
         name: &KeyName,
         version: Option<VersionId>,
@@ -231,6 +257,40 @@ impl KeyService {
 
     /// `encrypt`, `decrypt`, `wrapkey` or `unwrapkey`, by `op`.
     pub async fn cipher(
+        &self,
+        name: &KeyName,
+        version: Option<VersionId>,
+        op: KeyOp,
+        input: CipherInput,
+    ) -> Result<(VersionRecord, CipherOutput), Error> {
+        self.serially(name, || self.cipher_once(name, version, op, input.clone()))
+            .await
+    }
+
+    /// Runs a key operation; if a concurrent delete, recover or update switched or replaced the
+    /// key's token objects under it, waits until that change is committed (it holds the key's
+    /// lock) and runs it once more. So the answer is the one a serial order gives: after a
+    /// delete, 404; after a recovery, the result.
+    async fn serially<T, Fut>(&self, name: &KeyName, op: impl Fn() -> Fut) -> Result<T, Error>
+    where
+        Fut: std::future::Future<Output = Result<T, Error>>,
+    {
+        match op().await {
+            Err(Error::KeyChanged(detail)) => {
+                tracing::debug!(key = %name, %detail, "the key changed under an operation; running it again");
+                drop(self.lock_key(name).await);
+                match op().await {
+                    Err(Error::KeyChanged(detail)) => Err(Error::Internal(format!(
+                        "the token refuses the objects of a live key: {detail}"
+                    ))),
+                    other => other,
+                }
+            }
+            other => other,
+        }
+    }
+
+    async fn cipher_once(
         &self,
         name: &KeyName,
         version: Option<VersionId>,
