@@ -249,6 +249,43 @@ impl Service {
         (status, challenge, text)
     }
 
+    /// A request with the administrator's token that may meet a dead process: the status, the
+    /// `Retry-After` header and the JSON body, or the transport error.
+    pub fn try_call(
+        &self,
+        method: &str,
+        path_and_query: &str,
+        body: Option<&str>,
+    ) -> Result<(u16, Option<String>, Value), String> {
+        let req = self
+            .agent
+            .request(method, &format!("{}{}", self.url, path_and_query))
+            .set("Content-Type", "application/json")
+            .set("Authorization", &format!("Bearer {}", self.token));
+        let result = match body {
+            Some(b) => req.send_string(b),
+            None => req.call(),
+        };
+        let response = match result {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => return Err(e.to_string()),
+        };
+        let status = response.status();
+        let retry_after = response.header("retry-after").map(str::to_owned);
+        let mut text = String::new();
+        response
+            .into_reader()
+            .read_to_string(&mut text)
+            .map_err(|e| e.to_string())?;
+        let json = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).map_err(|_| format!("not JSON ({status}): {text}"))?
+        };
+        Ok((status, retry_after, json))
+    }
+
     /// Sends a request to a service armed with a failpoint and checks that it dies with the
     /// process — a transport error, never an answer — and that the process is killed.
     pub fn request_dies_with_the_process(
