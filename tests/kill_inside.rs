@@ -73,7 +73,10 @@ fn signs_as_acknowledged(svc: &Service, name: &str, v: &Acked) -> Result<(), Str
         Some(&body),
     );
     if status != 200 {
-        return Err(format!("{name}/{}: sign answered {status}: {answer}", v.version));
+        return Err(format!(
+            "{name}/{}: sign answered {status}: {answer}",
+            v.version
+        ));
     }
     let sig = unb64(&answer["value"]);
     let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).expect("P-256");
@@ -92,7 +95,10 @@ fn signs_as_acknowledged(svc: &Service, name: &str, v: &Acked) -> Result<(), Str
     if sig.verify(&DIGEST, &public).expect("verification runs") {
         Ok(())
     } else {
-        Err(format!("{name}/{}: the signature does not verify under the acknowledged key", v.version))
+        Err(format!(
+            "{name}/{}: the signature does not verify under the acknowledged key",
+            v.version
+        ))
     }
 }
 
@@ -180,7 +186,10 @@ fn check(
                 let (status, _) =
                     svc.call("GET", &format!("/keys/{name}/{}?{API}", v.version), None);
                 if status != 404 {
-                    return Err(format!("{name}/{}: purged, yet answers {status}", v.version));
+                    return Err(format!(
+                        "{name}/{}: purged, yet answers {status}",
+                        v.version
+                    ));
                 }
             }
             return Ok(State::Gone);
@@ -215,7 +224,9 @@ fn check(
         let newest = acked(&answer);
         let new = versions.iter().all(|v| v.version != newest.version);
         if acknowledged && !new {
-            return Err(format!("{name}: the acknowledged new version is not the newest"));
+            return Err(format!(
+                "{name}: the acknowledged new version is not the newest"
+            ));
         }
         if new {
             versions.push(newest);
@@ -262,9 +273,8 @@ fn a_kill_inside_any_token_call_loses_no_acknowledged_version() {
             let delay = Duration::from_micros(rng.below(length.as_micros() as u64 * 13 / 10 + 1));
             let pid = svc.pid();
             let answered = std::thread::scope(|scope| {
-                let request = scope.spawn(|| {
-                    run_op(&svc, op, &name, versions.last().expect("a version"))
-                });
+                let request =
+                    scope.spawn(|| run_op(&svc, op, &name, versions.last().expect("a version")));
                 std::thread::sleep(delay);
                 let killed = std::process::Command::new("kill")
                     .args(["-KILL", &pid.to_string()])
@@ -291,12 +301,18 @@ fn a_kill_inside_any_token_call_loses_no_acknowledged_version() {
                 Ok(state) => {
                     committed.insert(name, (state, versions));
                 }
-                Err(e) => failures.push(format!("{op:?} round {round} (kill after {delay:?}): {e}")),
+                Err(e) => {
+                    failures.push(format!("{op:?} round {round} (kill after {delay:?}): {e}"))
+                }
             }
             rounds += 1;
         }
     }
-    assert!(failures.is_empty(), "lost or wrong after {rounds} kills:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "lost or wrong after {rounds} kills:\n{}",
+        failures.join("\n")
+    );
     eprintln!("{rounds} kills inside operations, {acknowledged_kills} of them after the answer");
     svc.stop();
 
@@ -304,8 +320,15 @@ fn a_kill_inside_any_token_call_loses_no_acknowledged_version() {
     // the label of its state, and nothing else carries a p11vault label.
     let (_ctx, session) = common::open_token_as_user(&dir);
     let mut found: BTreeMap<String, Vec<(ObjectClass, String)>> = BTreeMap::new();
-    for class in [ObjectClass::PRIVATE_KEY, ObjectClass::PUBLIC_KEY, ObjectClass::SECRET_KEY] {
-        for handle in session.find_objects(&[Attribute::Class(class)]).expect("find") {
+    for class in [
+        ObjectClass::PRIVATE_KEY,
+        ObjectClass::PUBLIC_KEY,
+        ObjectClass::SECRET_KEY,
+    ] {
+        for handle in session
+            .find_objects(&[Attribute::Class(class)])
+            .expect("find")
+        {
             let mut label = String::new();
             let mut id = String::new();
             for a in session

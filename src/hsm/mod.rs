@@ -614,9 +614,8 @@ impl Hsm {
             .ctx
             .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
         {
-            Ok(()) | Err(cryptoki::error::Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {
-                Ok(())
-            }
+            Ok(())
+            | Err(cryptoki::error::Error::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => Ok(()),
             Err(e) => Err(e.into()),
         }
     }
