@@ -279,6 +279,8 @@ impl DataDir {
             version: None,
             outcome: Outcome::Allowed,
             status: 200,
+            answered: None,
+            outage: None,
         };
         let mut appender = Appender::open(&self.dir.join(audit::FILE_NAME))?;
         appender.expect_head(audit::recorded_head(&self.store)?);

@@ -5,15 +5,23 @@
 //! the database keeps. Records never hold key material, plaintexts, PINs or tokens — only who,
 //! what, which key, when, from where, and how it ended.
 //!
-//! The service appends from one writer thread in batches; a request that changed state waits
-//! until its record is synced to disk before it is answered, so an acknowledged change is
-//! always in the log. Other records are synced within a second (a power cut can lose that
-//! last second of reads and key operations; a crash of the process cannot). The admin CLI
-//! appends under the same file lock.
+//! The service appends from one writer thread in batches. No request is answered before its
+//! record has been written to the file; a request that changed state waits until its record is
+//! synced to disk, so an acknowledged change is always in the log. Other records are synced
+//! within a second (a power cut can lose that last second of reads and key operations; a crash
+//! of the process cannot). The admin CLI appends under the same file lock.
+//!
+//! When the file cannot be written (a full disk, an I/O error), the log is in an *outage*: the
+//! requests whose records failed are answered 503 and their records are kept in memory (up to
+//! [`MAX_BACKLOG`]); every new request is refused with 503 before it is served, and counted; the
+//! writer retries every [`RETRY_EVERY`]. The first write that succeeds starts with an outage
+//! record (when, why, how many records follow late, how many requests were refused, how many
+//! records were dropped), followed by the kept records, so the loss is in the chain.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -36,8 +44,13 @@ const GENESIS: &str = "000000000000000000000000000000000000000000000000000000000
 /// changed state never waits for this: its record is synced before it is answered.
 const SYNC_EVERY: Duration = Duration::from_secs(1);
 
-/// How long the writer lets records gather before writing a batch, when no request waits.
-const BATCH_WINDOW: Duration = Duration::from_millis(5);
+/// How often the writer tries the file again while it cannot be written.
+pub const RETRY_EVERY: Duration = Duration::from_millis(250);
+
+/// How many records of requests that were served but could not be recorded are kept in memory
+/// during an outage, to be written once the file takes them again. Beyond this, records are
+/// dropped and counted (`verify` then fails: requests that ran are missing from the log).
+pub const MAX_BACKLOG: usize = 10_000;
 
 /// How a request ended, as far as access control is concerned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -71,6 +84,35 @@ pub struct Event {
     pub version: Option<String>,
     pub outcome: Outcome,
     pub status: u16,
+    /// The status the client was answered, where it differs from `status`: a record that could
+    /// not be written in time is written late, and its request was answered 503.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub answered: Option<u16>,
+    /// Only on an outage record: what the log could not take while the file was unwritable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outage: Option<OutageSummary>,
+}
+
+/// What an outage record says.
+#[derive(Clone, Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OutageSummary {
+    /// When the first write failed.
+    pub from: String,
+    /// When writing worked again.
+    pub until: String,
+    /// The operating system's error.
+    pub reason: String,
+    /// How many records follow this one, written late: their requests were served but
+    /// answered 503 (a change they made stands, and a retry sees it).
+    pub late: u64,
+    /// The sequence numbers of those records.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub late_seqs: Option<(u64, u64)>,
+    /// Requests refused with 503 before they were served: they changed nothing.
+    pub refused: u64,
+    /// Records of served requests that were lost for good (more than [`MAX_BACKLOG`]).
+    pub dropped: u64,
 }
 
 impl Event {
@@ -108,10 +150,15 @@ pub struct Appender {
     /// The highest sequence number known to have been written, by this process or (through
     /// the database's head) by anyone. A file that ends before it lost records.
     known_seq: u64,
+    /// Set while the database has not taken the head the file has synced.
+    head_behind: bool,
 }
 
 /// The data action of the record that says records are missing.
 pub const GAP_ACTION: &str = "p11vault/audit/gap";
+
+/// The data action of the record that says the log could not be written for a while.
+pub const OUTAGE_ACTION: &str = "p11vault/audit/outage";
 
 impl Appender {
     pub fn open(path: &Path) -> io::Result<Self> {
@@ -129,6 +176,7 @@ impl Appender {
             file,
             known_seq: tail.seq,
             tail,
+            head_behind: false,
         })
     }
 
@@ -143,31 +191,86 @@ impl Appender {
 
     /// Appends events as one write. With `store`, also syncs the file and then records the new
     /// head in the database, before the lock is released; without, the records reach the disk
-    /// with the next sync. Returns the new head.
+    /// with the next sync. Returns the new head. On an error nothing of the batch stays in the
+    /// file (a partial write is cut off), so the batch can be written again later whole.
+    ///
+    /// A head the database cannot take (it is full too) is not an error: the records are in
+    /// the file, and the head is recorded by a later sync ([`Appender::head_behind`]).
     pub fn append(&mut self, events: &[Event], store: Option<&Store>) -> io::Result<(u64, String)> {
         self.file.lock()?;
-        let result = self.append_locked(events).and_then(|head| {
-            if let Some(store) = store {
-                self.file.sync_data()?;
-                record_head(store, &head)?;
-            }
-            Ok(head)
-        });
+        let result = self.append_and_sync(events, store);
         self.file.unlock()?;
         result
     }
 
-    fn append_locked(&mut self, events: &[Event]) -> io::Result<(u64, String)> {
+    fn append_and_sync(
+        &mut self,
+        events: &[Event],
+        store: Option<&Store>,
+    ) -> io::Result<(u64, String)> {
         // Another process (the admin CLI) may have appended since this one last did.
         if self.file.metadata()?.len() != self.tail.len {
             self.tail = read_tail(&self.file)?;
         }
+        let before = (self.tail.clone(), self.known_seq);
+        let result = self.append_locked(events).and_then(|head| {
+            if let Some(store) = store {
+                self.file.sync_data()?;
+                self.record_head(store, &head);
+            }
+            Ok(head)
+        });
+        if result.is_err() {
+            // Whatever part of the batch reached the file is cut off: its requests are told it
+            // was not written, and it is written again, after an outage record, once it can be.
+            let (tail, known) = before;
+            if let Err(e) = self.file.set_len(tail.len) {
+                tracing::error!(error = %e, "cannot cut a failed audit write off the log");
+            }
+            self.tail = tail;
+            self.known_seq = known;
+        }
+        result
+    }
+
+    /// Records the head in the database if it can; notes when it cannot.
+    fn record_head(&mut self, store: &Store, head: &(u64, String)) {
+        match record_head(store, head) {
+            Ok(()) => self.head_behind = false,
+            Err(e) => {
+                if !self.head_behind {
+                    tracing::warn!(error = %e, "cannot record the audit chain head in the database; retrying with every sync");
+                }
+                self.head_behind = true;
+            }
+        }
+    }
+
+    /// Whether the database holds an older head than the file has synced.
+    pub fn head_behind(&self) -> bool {
+        self.head_behind
+    }
+
+    fn append_locked(&mut self, events: &[Event]) -> io::Result<(u64, String)> {
         let gap =
             (self.tail.seq < self.known_seq).then(|| gap_event(self.tail.seq, self.known_seq));
         let mut out = Vec::with_capacity(events.len() * 400);
         let mut tail = self.tail.clone();
         for event in gap.iter().chain(events) {
             let seq = tail.seq + 1;
+            // An outage record names the records that follow it, written late.
+            let named;
+            let event = match &event.outage {
+                Some(o) if o.late > 0 => {
+                    let mut e = event.clone();
+                    if let Some(o) = e.outage.as_mut() {
+                        o.late_seqs = Some((seq + 1, seq + o.late));
+                    }
+                    named = e;
+                    &named
+                }
+                _ => event,
+            };
             let body = serde_json::to_string(&Record {
                 seq,
                 event,
@@ -196,7 +299,9 @@ impl Appender {
                 self.tail = read_tail(&self.file)?;
             }
             self.file.sync_data()?;
-            record_head(store, &self.head())
+            let head = self.head();
+            self.record_head(store, &head);
+            Ok(())
         })();
         self.file.unlock()?;
         result
@@ -229,6 +334,8 @@ fn gap_event(last: u64, known: u64) -> Event {
         version: None,
         outcome: Outcome::Rejected,
         status: 0,
+        answered: None,
+        outage: None,
     }
 }
 
@@ -305,24 +412,103 @@ fn read_tail(file: &File) -> io::Result<Tail> {
 
 type Waiter = tokio::sync::oneshot::Sender<()>;
 
-/// Records waiting for the writer, and the requests waiting for theirs to be synced.
+/// Records waiting for the writer, and the requests waiting for theirs to be written (or
+/// synced).
 #[derive(Default)]
 struct Queue {
     events: Vec<Event>,
-    waiters: Vec<Waiter>,
+    /// Told once their records are written to the file.
+    written: Vec<Waiter>,
+    /// Told once their records are synced and the head recorded.
+    synced: Vec<Waiter>,
+}
+
+impl Queue {
+    fn is_empty(&self) -> bool {
+        self.events.is_empty() && self.written.is_empty() && self.synced.is_empty()
+    }
+}
+
+/// While the file cannot be written: since when, why, and what could not be recorded.
+struct Outage {
+    from: String,
+    reason: String,
+    /// Records of requests that were served but answered 503, oldest first.
+    backlog: Vec<Event>,
+    refused: u64,
+    dropped: u64,
+}
+
+impl Outage {
+    fn keep(&mut self, events: Vec<Event>) {
+        for mut event in events {
+            if self.backlog.len() >= MAX_BACKLOG {
+                self.dropped += 1;
+                continue;
+            }
+            event.answered = Some(503);
+            self.backlog.push(event);
+        }
+    }
+
+    /// The record that opens the first write after the outage.
+    fn record(&self) -> Event {
+        let until = Event::now();
+        let late = self.backlog.len() as u64;
+        tracing::warn!(
+            from = %self.from, late, refused = self.refused, dropped = self.dropped,
+            "the audit log can be written again; recording the outage"
+        );
+        Event {
+            time: until.clone(),
+            request_id: uuid::Uuid::new_v4().to_string(),
+            client_request_id: None,
+            source: None,
+            principal: None,
+            principal_name: None,
+            method: "AUDIT".into(),
+            path: format!(
+                "the log could not be written from {} to {until} ({}): {late} record(s) follow late, their requests answered 503; {} request(s) refused with 503 before being served; {} record(s) dropped",
+                self.from, self.reason, self.refused, self.dropped
+            ),
+            action: Some(OUTAGE_ACTION.into()),
+            key: None,
+            version: None,
+            outcome: Outcome::Rejected,
+            status: 0,
+            answered: None,
+            outage: Some(OutageSummary {
+                from: self.from.clone(),
+                until,
+                reason: self.reason.clone(),
+                late,
+                late_seqs: None,
+                refused: self.refused,
+                dropped: self.dropped,
+            }),
+        }
+    }
 }
 
 struct Shared {
     /// Set when the writer thread has ended (it only ends by panicking): nobody waits for it.
-    dead: std::sync::atomic::AtomicBool,
+    dead: AtomicBool,
     queue: Mutex<Queue>,
     /// Signalled when the queue stops being empty, and when someone starts waiting.
     wake: Condvar,
+    /// Cleared while the file cannot be written; read by every request before it is served.
+    writable: AtomicBool,
+    outage: Mutex<Option<Outage>>,
 }
+
+/// The record of a request could not be written: the request must not be answered as a
+/// success.
+#[derive(Debug)]
+pub struct Unwritten;
 
 /// The service's handle on the log: cheap to clone; queues records for the writer thread.
 /// Queuing a record takes a lock and, only when the queue was empty, wakes the writer: under
-/// load the writer wakes about once per batch window, not once per request.
+/// load the writer takes everything queued while it wrote the last batch.
 #[derive(Clone)]
 pub struct AuditLog {
     shared: Arc<Shared>,
@@ -343,9 +529,11 @@ impl AuditLog {
         }
         appender.expect_head(recorded_head(&store).ok().flatten());
         let shared = Arc::new(Shared {
-            dead: std::sync::atomic::AtomicBool::new(false),
+            dead: AtomicBool::new(false),
             queue: Mutex::new(Queue::default()),
             wake: Condvar::new(),
+            writable: AtomicBool::new(true),
+            outage: Mutex::new(None),
         });
         let writer = Arc::clone(&shared);
         std::thread::Builder::new()
@@ -357,43 +545,87 @@ impl AuditLog {
         Ok(Self { shared })
     }
 
-    fn push(&self, event: Option<Event>, waiter: Option<Waiter>) {
-        if self.shared.dead.load(std::sync::atomic::Ordering::Acquire) {
-            // Dropping the waiter tells the request its record was not written.
+    /// Whether a new request may be served: refused (and counted, for the outage record)
+    /// while the file cannot be written. The error says why.
+    pub fn admit(&self) -> Result<(), String> {
+        if self.shared.dead.load(Ordering::Acquire) {
+            return Err("the audit writer has stopped".into());
+        }
+        if self.shared.writable.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        match lock(&self.shared.outage).as_mut() {
+            Some(o) => {
+                o.refused += 1;
+                Err(format!("the audit log cannot be written: {}", o.reason))
+            }
+            // The outage ended meanwhile.
+            None => Ok(()),
+        }
+    }
+
+    /// `None` while records can be written; otherwise why not, since when, and how many
+    /// requests have been refused.
+    pub fn health(&self) -> Option<String> {
+        if self.shared.dead.load(Ordering::Acquire) {
+            return Some("the audit writer has stopped".into());
+        }
+        if self.shared.writable.load(Ordering::Acquire) {
+            return None;
+        }
+        lock(&self.shared.outage).as_ref().map(|o| {
+            format!(
+                "the audit log cannot be written since {} ({}); {} request(s) refused, {} record(s) waiting",
+                o.from,
+                o.reason,
+                o.refused,
+                o.backlog.len()
+            )
+        })
+    }
+
+    fn push(&self, event: Option<Event>, written: Option<Waiter>, synced: Option<Waiter>) {
+        if self.shared.dead.load(Ordering::Acquire) {
+            // Dropping the waiters tells the requests their records were not written.
             tracing::error!("the audit writer has stopped; a record was not written");
             return;
         }
-        let mut queue = self.shared.queue.lock().unwrap_or_else(|p| p.into_inner());
-        let was_idle = queue.events.is_empty() && queue.waiters.is_empty();
-        let urgent = waiter.is_some();
+        let mut queue = lock(&self.shared.queue);
+        let was_idle = queue.is_empty();
         queue.events.extend(event);
-        queue.waiters.extend(waiter);
+        queue.written.extend(written);
+        queue.synced.extend(synced);
         drop(queue);
-        if was_idle || urgent {
+        if was_idle {
             self.shared.wake.notify_one();
         }
     }
 
-    /// Queues a record; it is written within milliseconds and synced within a second.
-    pub fn record(&self, event: Event) {
-        self.push(Some(event), None);
+    /// Queues a record and waits until it is written to the file (synced within a second).
+    pub async fn record(&self, event: Event) -> Result<(), Unwritten> {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        self.push(Some(event), Some(done), None);
+        wait.await.map_err(|_| Unwritten)
     }
 
     /// Queues a record and waits until it is synced to disk.
-    pub async fn record_durably(&self, event: Event) {
+    pub async fn record_durably(&self, event: Event) -> Result<(), Unwritten> {
         let (done, wait) = tokio::sync::oneshot::channel();
-        self.push(Some(event), Some(done));
-        if wait.await.is_err() {
-            tracing::error!("the audit writer failed to write a record");
-        }
+        self.push(Some(event), None, Some(done));
+        wait.await.map_err(|_| Unwritten)
     }
 
-    /// Waits until everything queued so far is synced and the head is recorded.
-    pub async fn flush(&self) {
+    /// Waits until everything queued so far is synced and the head is recorded (or the file
+    /// cannot be written: then says so).
+    pub async fn flush(&self) -> Result<(), Unwritten> {
         let (done, wait) = tokio::sync::oneshot::channel();
-        self.push(None, Some(done));
-        let _ = wait.await;
+        self.push(None, None, Some(done));
+        wait.await.map_err(|_| Unwritten)
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Marks the writer dead when its thread ends, and releases everyone waiting for it.
@@ -401,11 +633,10 @@ struct WriterGone(Arc<Shared>);
 
 impl Drop for WriterGone {
     fn drop(&mut self) {
-        self.0
-            .dead
-            .store(true, std::sync::atomic::Ordering::Release);
-        let mut queue = self.0.queue.lock().unwrap_or_else(|p| p.into_inner());
-        queue.waiters.clear();
+        self.0.dead.store(true, Ordering::Release);
+        let mut queue = lock(&self.0.queue);
+        queue.written.clear();
+        queue.synced.clear();
         tracing::error!("the audit writer stopped");
     }
 }
@@ -414,59 +645,125 @@ fn write_loop(appender: &mut Appender, shared: &Shared, store: &Store) {
     let mut last_sync = Instant::now();
     let mut unsynced = false;
     loop {
-        let mut queue = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
-        // Sleep until there is something to write, syncing what was written meanwhile.
-        while queue.events.is_empty() && queue.waiters.is_empty() {
+        let mut queue = lock(&shared.queue);
+        // Sleep until there is something to write; on the way, sync what was written, or
+        // (in an outage) try the file again.
+        while queue.is_empty() {
+            let outage = !shared.writable.load(Ordering::Acquire);
             let (q, timeout) = shared
                 .wake
-                .wait_timeout(queue, SYNC_EVERY)
+                .wait_timeout(queue, if outage { RETRY_EVERY } else { SYNC_EVERY })
                 .unwrap_or_else(|p| p.into_inner());
             queue = q;
-            if timeout.timed_out() && unsynced {
+            if timeout.timed_out() && queue.is_empty() {
                 drop(queue);
-                if let Err(e) = appender.sync_head(store) {
-                    tracing::error!(error = %e, "cannot sync the audit log");
+                if outage {
+                    let _ = recover(appender, shared, store, Vec::new());
+                } else if unsynced || appender.head_behind() {
+                    match appender.sync_head(store) {
+                        Ok(()) => {
+                            unsynced = false;
+                            last_sync = Instant::now();
+                        }
+                        Err(e) => begin_outage(shared, &e, Vec::new()),
+                    }
                 }
-                unsynced = false;
-                last_sync = Instant::now();
-                queue = shared.queue.lock().unwrap_or_else(|p| p.into_inner());
+                queue = lock(&shared.queue);
             }
         }
-        // Let a batch gather, unless a request is waiting for its record.
-        if queue.waiters.is_empty() {
-            let (q, _) = shared
-                .wake
-                .wait_timeout(queue, BATCH_WINDOW)
-                .unwrap_or_else(|p| p.into_inner());
-            queue = q;
-        }
-        let Queue { events, waiters } = std::mem::take(&mut *queue);
+        let Queue {
+            events,
+            written,
+            synced,
+        } = std::mem::take(&mut *queue);
         drop(queue);
-        // A request waiting for its record, or a second gone by, syncs the file and moves the
-        // head; otherwise the records are written and wait for the next sync.
-        let sync_now = !waiters.is_empty() || last_sync.elapsed() >= SYNC_EVERY;
-        let result = match (events.is_empty(), sync_now) {
-            (true, true) if unsynced => appender.sync_head(store),
-            (true, _) => Ok(()),
-            (false, true) => appender.append(&events, Some(store)).map(drop),
-            (false, false) => appender.append(&events, None).map(drop),
+        let ok = if !shared.writable.load(Ordering::Acquire) {
+            recover(appender, shared, store, events).is_ok()
+        } else {
+            // A request waiting for its record to be synced, or a second gone by, syncs the
+            // file and moves the head; otherwise the records are written and wait for the
+            // next sync.
+            let sync_now = !synced.is_empty() || last_sync.elapsed() >= SYNC_EVERY;
+            let result = match (events.is_empty(), sync_now) {
+                (true, true) if unsynced => appender.sync_head(store),
+                (true, _) => Ok(()),
+                (false, true) => appender.append(&events, Some(store)).map(drop),
+                (false, false) => appender.append(&events, None).map(drop),
+            };
+            match result {
+                Ok(()) => {
+                    if sync_now {
+                        unsynced = false;
+                        last_sync = Instant::now();
+                    } else if !events.is_empty() {
+                        unsynced = true;
+                    }
+                    true
+                }
+                Err(e) => {
+                    begin_outage(shared, &e, events);
+                    false
+                }
+            }
         };
-        match result {
-            Ok(()) => {
-                if sync_now {
-                    unsynced = false;
-                    last_sync = Instant::now();
-                } else if !events.is_empty() {
-                    unsynced = true;
-                }
-                for w in waiters {
-                    let _ = w.send(());
-                }
+        if ok {
+            for w in written.into_iter().chain(synced) {
+                let _ = w.send(());
             }
-            // The waiters' senders drop here, so their requests log the failure.
-            Err(e) => {
-                tracing::error!(error = %e, count = events.len(), "cannot write audit records")
-            }
+        }
+        // Otherwise the waiters' senders drop here, and their requests are answered 503.
+    }
+}
+
+/// The file refused a write or a sync: from now on every request is refused until a write
+/// succeeds, and the records of this batch are kept to be written late.
+fn begin_outage(shared: &Shared, error: &io::Error, events: Vec<Event>) {
+    let mut outage = lock(&shared.outage);
+    let o = outage.get_or_insert_with(|| {
+        tracing::error!(error = %error, "cannot write the audit log; refusing requests until it can be written");
+        Outage {
+            from: Event::now(),
+            reason: error.to_string(),
+            backlog: Vec::new(),
+            refused: 0,
+            dropped: 0,
+        }
+    });
+    o.keep(events);
+    shared.writable.store(false, Ordering::Release);
+}
+
+/// One try at ending an outage: the outage record, the records kept since, and `events`, in
+/// one write, synced. The outage lock is held throughout, so no refusal goes uncounted.
+fn recover(
+    appender: &mut Appender,
+    shared: &Shared,
+    store: &Store,
+    events: Vec<Event>,
+) -> Result<(), ()> {
+    let mut outage = lock(&shared.outage);
+    let Some(o) = outage.as_mut() else {
+        drop(outage);
+        shared.writable.store(true, Ordering::Release);
+        return appender
+            .append(&events, Some(store))
+            .map(drop)
+            .map_err(drop);
+    };
+    let mut batch = Vec::with_capacity(1 + o.backlog.len() + events.len());
+    batch.push(o.record());
+    batch.extend(o.backlog.iter().cloned());
+    batch.extend(events.iter().cloned());
+    match appender.append(&batch, Some(store)) {
+        Ok(_) => {
+            *outage = None;
+            shared.writable.store(true, Ordering::Release);
+            Ok(())
+        }
+        Err(e) => {
+            tracing::debug!(error = %e, "the audit log still cannot be written");
+            o.keep(events);
+            Err(())
         }
     }
 }
@@ -544,6 +841,11 @@ pub fn read(path: &Path, filter: &Filter, limit: usize) -> io::Result<Vec<String
 pub struct Verified {
     pub records: u64,
     pub head: (u64, String),
+    /// The outage records in the chain, as `record N: what it says`: times when the log
+    /// could not be written, requests were refused, and records were written late. Nothing
+    /// of a served request is missing (that fails verification), but the caller must show
+    /// them.
+    pub outages: Vec<String>,
 }
 
 /// Where and why the chain is broken.
@@ -571,6 +873,7 @@ pub fn verify(path: &Path, recorded: Option<(u64, String)>) -> Result<Verified, 
     let mut seq = 0u64;
     let mut line_no = 0u64;
     let mut hashes_at_head = None;
+    let mut outages = Vec::new();
     for line in BufReader::new(file).split(b'\n') {
         line_no += 1;
         let broken = |reason: String| Broken {
@@ -616,6 +919,18 @@ pub fn verify(path: &Path, recorded: Option<(u64, String)>) -> Result<Verified, 
                 value["path"].as_str().unwrap_or("records are missing")
             )));
         }
+        if value["action"].as_str() == Some(OUTAGE_ACTION) {
+            let says = value["path"]
+                .as_str()
+                .unwrap_or("the log could not be written");
+            // Records of requests that were served and then dropped are a loss, like a cut.
+            if value["outage"]["dropped"].as_u64() != Some(0) {
+                return Err(broken(format!(
+                    "record {record_seq} says {says}: records of served requests are missing"
+                )));
+            }
+            outages.push(format!("record {record_seq}: {says}"));
+        }
         seq = record_seq;
         prev = stated;
         if recorded.as_ref().is_some_and(|(s, _)| *s == seq) {
@@ -644,6 +959,7 @@ pub fn verify(path: &Path, recorded: Option<(u64, String)>) -> Result<Verified, 
     Ok(Verified {
         records: seq,
         head: (seq, prev),
+        outages,
     })
 }
 
@@ -666,6 +982,8 @@ mod tests {
             version: None,
             outcome: Outcome::Allowed,
             status: 200,
+            answered: None,
+            outage: None,
         }
     }
 
@@ -756,6 +1074,52 @@ mod tests {
         let e = verify(&path, None).expect_err("the gap is reported");
         assert_eq!(e.line, 4, "{e}");
         assert!(e.reason.contains("records 4 to 5 are missing"), "{e}");
+    }
+
+    fn outage(late: u64, dropped: u64) -> Event {
+        Outage {
+            from: "2026-11-21T10:01:00.000Z".into(),
+            reason: "No space left on device (os error 28)".into(),
+            backlog: (0..late as u32).map(event).collect(),
+            refused: 7,
+            dropped,
+        }
+        .record()
+    }
+
+    #[test]
+    fn an_outage_record_names_the_late_records_and_verify_reports_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, _) = write_log(dir.path(), 3);
+        let mut a = Appender::open(&path).expect("reopen");
+        a.append(&[outage(2, 0), event(10), event(11), event(12)], None)
+            .expect("append");
+        let records = lines(&path);
+        let record: serde_json::Value = serde_json::from_str(&records[3]).expect("JSON");
+        assert_eq!(record["action"], OUTAGE_ACTION);
+        assert_eq!(record["outage"]["late"], 2);
+        assert_eq!(record["outage"]["lateSeqs"], serde_json::json!([5, 6]));
+        assert_eq!(record["outage"]["refused"], 7);
+        // A whole chain with a recorded outage verifies, but not silently.
+        let verified = verify(&path, None).expect("the chain is whole");
+        assert_eq!(verified.records, 7);
+        assert_eq!(verified.outages.len(), 1, "{verified:?}");
+        assert!(
+            verified.outages[0].starts_with("record 4: "),
+            "{verified:?}"
+        );
+        assert!(verified.outages[0].contains("7 request(s) refused"));
+    }
+
+    #[test]
+    fn an_outage_that_dropped_records_fails_verification() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, _) = write_log(dir.path(), 2);
+        let mut a = Appender::open(&path).expect("reopen");
+        a.append(&[outage(0, 3)], None).expect("append");
+        let e = verify(&path, None).expect_err("a loss");
+        assert_eq!(e.line, 3, "{e}");
+        assert!(e.reason.contains("3 record(s) dropped"), "{e}");
     }
 
     #[test]

@@ -48,6 +48,15 @@ pub enum Error {
     /// is done, so this reaches a client only as a fault (500).
     #[error("the key changed under the operation: {0}")]
     KeyChanged(String),
+    /// The storage under the database refuses writes (full, read-only, an I/O error, busy):
+    /// not the client's fault and not a bug; it passes when the storage does (503). The
+    /// detail is logged, not returned.
+    #[error("the storage is unavailable: {0}")]
+    StorageUnavailable(String),
+    /// The request's audit record cannot be written, or the log could not be written lately
+    /// and the request was refused before it was served (503). The detail is logged.
+    #[error("the audit log cannot be written: {0}")]
+    AuditUnavailable(String),
     /// A fault inside the service (500). The detail is logged, not returned.
     #[error("internal error: {0}")]
     Internal(String),
@@ -70,6 +79,14 @@ impl Error {
             Error::Unavailable(_) => pair(
                 "ServiceUnavailable",
                 "The HSM was unavailable; start the operation again.",
+            ),
+            Error::StorageUnavailable(_) => pair(
+                "ServiceUnavailable",
+                "The service's storage could not be written; start the operation again.",
+            ),
+            Error::AuditUnavailable(_) => pair(
+                "ServiceUnavailable",
+                "The audit log could not be written; start the operation again.",
             ),
             Error::PayloadTooLarge { .. }
             | Error::Unauthorized(_)
@@ -103,6 +120,11 @@ impl From<hsm::Error> for Error {
 
 impl From<store::Error> for Error {
     fn from(err: store::Error) -> Self {
-        Error::Internal(format!("store: {err}"))
+        // By the typed fault, never by the message.
+        if err.fault().is_some() {
+            Error::StorageUnavailable(err.to_string())
+        } else {
+            Error::Internal(format!("store: {err}"))
+        }
     }
 }

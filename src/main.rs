@@ -424,7 +424,9 @@ fn serve(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
         server
             .serve(p11vault::app(state).into_make_service_with_connect_info::<SocketAddr>())
             .await?;
-        audit.flush().await;
+        if audit.flush().await.is_err() {
+            tracing::error!("stopping with audit records that could not be written: they are lost, and no outage record says so");
+        }
         tracing::info!("stopped");
         Ok::<(), Box<dyn std::error::Error>>(())
     })
@@ -532,8 +534,22 @@ fn audit(cmd: AuditCommand) -> CliResult {
             let recorded = p11vault::audit::recorded_head(dir.store())?;
             let path = admin.data_dir.join(p11vault::audit::FILE_NAME);
             match p11vault::audit::verify(&path, recorded) {
-                Ok(v) => {
+                Ok(v) if v.outages.is_empty() => {
                     println!("ok: {} records, chain head {}", v.records, v.head.1);
+                    Ok(())
+                }
+                // Exit 0: the chain is whole and every served request is in it, but the log
+                // was unwritable for a while, and that must not pass unnoticed.
+                Ok(v) => {
+                    for outage in &v.outages {
+                        eprintln!("WARNING: {outage}");
+                    }
+                    println!(
+                        "WARNING: chain intact ({} records, chain head {}), with {} recorded outage(s): for a while the log could not be written and requests were refused; see above",
+                        v.records,
+                        v.head.1,
+                        v.outages.len()
+                    );
                     Ok(())
                 }
                 Err(broken) => Err(format!("the audit log is broken at {broken}").into()),

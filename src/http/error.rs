@@ -44,6 +44,21 @@ pub fn error_response(
     (status, Json(body)).into_response()
 }
 
+/// A 503 in Azure's shape, with `Retry-After` (seconds) and an inner code saying which part of
+/// the service is unavailable.
+fn unavailable(inner: &str, message: &str, retry_after: &'static str) -> Response {
+    let mut response = error_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "ServiceUnavailable",
+        message,
+        Some(inner),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static(retry_after));
+    response
+}
+
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         match &self {
@@ -96,6 +111,22 @@ impl IntoResponse for Error {
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
                 response
+            }
+            Error::StorageUnavailable(detail) => {
+                tracing::warn!(%detail, "answering 503: the database cannot be written");
+                unavailable(
+                    "StorageUnavailable",
+                    "The service cannot write to its storage right now; reads and key operations still work. Retry shortly.",
+                    "2",
+                )
+            }
+            Error::AuditUnavailable(detail) => {
+                tracing::warn!(%detail, "answering 503: the audit log cannot be written");
+                unavailable(
+                    "AuditLogUnavailable",
+                    "The service cannot write its audit log right now, and serves no request it cannot record. Retry shortly.",
+                    "1",
+                )
             }
             Error::Internal(detail) | Error::KeyChanged(detail) => {
                 tracing::error!(%detail, "answering 500");
@@ -150,6 +181,16 @@ mod tests {
             (Error::Unauthorized("u".into()), 401, "Unauthorized"),
             (Error::Unavailable("gone".into()), 503, "ServiceUnavailable"),
             (
+                Error::StorageUnavailable("secret detail".into()),
+                503,
+                "ServiceUnavailable",
+            ),
+            (
+                Error::AuditUnavailable("secret detail".into()),
+                503,
+                "ServiceUnavailable",
+            ),
+            (
                 Error::Internal("secret detail".into()),
                 500,
                 "InternalError",
@@ -158,6 +199,9 @@ mod tests {
         for (error, status, code) in cases {
             let response = error.into_response();
             assert_eq!(response.status().as_u16(), status);
+            if status == 503 {
+                assert!(response.headers().contains_key(header::RETRY_AFTER));
+            }
             let body = body_of(response).await;
             assert_eq!(body["error"]["code"], code);
             let message = body["error"]["message"].as_str().expect("message");

@@ -170,7 +170,45 @@ pub fn router(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), admit))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn_with_state(state.clone(), audit_request))
+        // Added after the layers, so none of them runs for it: no credential, no api-version,
+        // no audit record (a load balancer probes it every few seconds), and answered during
+        // an audit outage, which it reports.
+        .route(HEALTH, get(health))
         .with_state(state)
+}
+
+/// The health endpoint.
+pub const HEALTH: &str = "/healthz";
+
+/// 200 while every request can be served and recorded; 503 with the reason while the audit
+/// log cannot be written (every other request is refused then). A database that cannot be
+/// written is reported as `degraded` with 200: reads and key operations are still served.
+async fn health(State(state): State<AppState>) -> Response {
+    let audit = state.audit.health();
+    let database = state
+        .keys
+        .store()
+        .write_fault()
+        .map(|fault| format!("the database cannot be written ({fault}); changes are refused"));
+    let status = match (&audit, &database) {
+        (Some(_), _) => "unhealthy",
+        (None, Some(_)) => "degraded",
+        (None, None) => "healthy",
+    };
+    let body = axum::Json(serde_json::json!({
+        "status": status,
+        "auditLog": audit.as_deref().unwrap_or("writable"),
+        "database": database.as_deref().unwrap_or("writable"),
+    }));
+    if audit.is_some() {
+        let mut response = (StatusCode::SERVICE_UNAVAILABLE, body).into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        response
+    } else {
+        body.into_response()
+    }
 }
 
 /// The status routes of long-running operations: clients poll them as the service handed them
@@ -426,6 +464,16 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
 /// how it ended. A request that changed state is answered only once its record is on disk.
 async fn audit_request(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let request_id = uuid::Uuid::new_v4().to_string();
+    // While the log cannot be written nothing is served: a request that cannot be recorded is
+    // not done. The refusal is counted in the outage record written when the log recovers.
+    if let Err(why) = state.audit.admit() {
+        drain(req).await;
+        let mut response = Error::AuditUnavailable(why).into_response();
+        if let Ok(v) = HeaderValue::from_str(&request_id) {
+            response.headers_mut().insert("x-ms-request-id", v);
+        }
+        return response;
+    }
     let time = Event::now();
     let route = req
         .extensions()
@@ -499,11 +547,22 @@ async fn audit_request(State(state): State<AppState>, req: Request, next: Next) 
             version,
             outcome,
             status,
+            answered: None,
+            outage: None,
         };
-        if durable {
-            state.audit.record_durably(event).await;
+        // No answer before the record is written (and, for a change, synced). If it cannot
+        // be, the client gets 503 whatever the handler did: a change made stands (a retry
+        // sees the true state), and its record is written late, after an outage record.
+        let recorded = if durable {
+            state.audit.record_durably(event).await
         } else {
-            state.audit.record(event);
+            state.audit.record(event).await
+        };
+        if recorded.is_err() {
+            response = Error::AuditUnavailable(format!(
+                "the record of a request answered {status} could not be written"
+            ))
+            .into_response();
         }
         if let Ok(v) = HeaderValue::from_str(&request_id) {
             response.headers_mut().insert("x-ms-request-id", v);

@@ -767,6 +767,11 @@ impl KeyService {
         &self.hsm
     }
 
+    /// The metadata store, for the health endpoint's view of it.
+    pub fn store(&self) -> &Arc<Store> {
+        &self.store
+    }
+
     async fn blocking_store<R: Send + 'static>(
         &self,
         f: impl FnOnce(&Store) -> Result<R, crate::store::Error> + Send + 'static,

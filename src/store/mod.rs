@@ -26,11 +26,107 @@ use crate::model::{
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("{0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
+    /// The storage under the database refused: full, read-only, an I/O error, a file that
+    /// cannot be opened, or the database busy past the timeout. Not the request's fault and
+    /// not a bug; it passes when the storage does.
+    #[error("the storage is unavailable ({fault}): {detail}")]
+    Unavailable { fault: StorageFault, detail: String },
     #[error("stored data is not what this version of p11vault wrote: {0}")]
     Corrupt(String),
     #[error("{0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
+}
+
+/// Why the storage refused, by SQLite's primary result code (or the operating system's error
+/// kind), never by message text.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageFault {
+    /// `SQLITE_FULL`, `ENOSPC`, `EDQUOT`.
+    Full,
+    /// `SQLITE_READONLY` (a read-only file or file system, a database file moved away), `EROFS`.
+    ReadOnly,
+    /// `SQLITE_IOERR`, `EIO`.
+    Io,
+    /// `SQLITE_CANTOPEN`: the file or its directory cannot be opened.
+    CannotOpen,
+    /// `SQLITE_BUSY`, `SQLITE_LOCKED` past the busy timeout.
+    Busy,
+}
+
+impl std::fmt::Display for StorageFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StorageFault::Full => "full",
+            StorageFault::ReadOnly => "read-only",
+            StorageFault::Io => "I/O error",
+            StorageFault::CannotOpen => "cannot open",
+            StorageFault::Busy => "busy",
+        })
+    }
+}
+
+impl StorageFault {
+    fn of_sqlite(err: &rusqlite::Error) -> Option<Self> {
+        use rusqlite::ErrorCode as C;
+        Some(match err.sqlite_error_code()? {
+            C::DiskFull => StorageFault::Full,
+            C::ReadOnly => StorageFault::ReadOnly,
+            C::SystemIoFailure => StorageFault::Io,
+            C::CannotOpen => StorageFault::CannotOpen,
+            C::DatabaseBusy | C::DatabaseLocked => StorageFault::Busy,
+            _ => return None,
+        })
+    }
+
+    /// The same faults as the operating system reports them (the audit log, file permissions).
+    pub fn of_io(err: &std::io::Error) -> Option<Self> {
+        use std::io::ErrorKind as K;
+        Some(match err.kind() {
+            K::StorageFull | K::QuotaExceeded => StorageFault::Full,
+            K::ReadOnlyFilesystem => StorageFault::ReadOnly,
+            K::PermissionDenied => StorageFault::CannotOpen,
+            _ if err.raw_os_error() == Some(EIO) => StorageFault::Io,
+            _ => return None,
+        })
+    }
+}
+
+/// `EIO` on Linux (the standard library has no error kind for it).
+const EIO: i32 = 5;
+
+impl From<rusqlite::Error> for Error {
+    fn from(err: rusqlite::Error) -> Self {
+        match StorageFault::of_sqlite(&err) {
+            Some(fault) => Error::Unavailable {
+                fault,
+                detail: err.to_string(),
+            },
+            None => Error::Sqlite(err),
+        }
+    }
+}
+
+impl From<std::io::Error> for Error {
+    fn from(err: std::io::Error) -> Self {
+        match StorageFault::of_io(&err) {
+            Some(fault) => Error::Unavailable {
+                fault,
+                detail: err.to_string(),
+            },
+            None => Error::Io(err),
+        }
+    }
+}
+
+impl Error {
+    /// The storage fault behind this error, if it is one.
+    pub fn fault(&self) -> Option<StorageFault> {
+        match self {
+            Error::Unavailable { fault, .. } => Some(*fault),
+            _ => None,
+        }
+    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -71,6 +167,9 @@ pub struct Store {
     generation: AtomicU64,
     /// A connection that only reads `data_version` (see [`Store::data_version`]).
     watch: Mutex<Option<Connection>>,
+    /// The storage fault the last write met, until a write succeeds again (for the health
+    /// endpoint: reads and key operations go on while writes cannot).
+    write_fault: Mutex<Option<StorageFault>>,
 }
 
 impl Store {
@@ -88,7 +187,36 @@ impl Store {
             readers: Mutex::new(Vec::new()),
             generation: AtomicU64::new(0),
             watch: Mutex::new(None),
+            write_fault: Mutex::new(None),
         })
+    }
+
+    /// The storage fault the last write met, if no write has succeeded since.
+    pub fn write_fault(&self) -> Option<StorageFault> {
+        *self.write_fault.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes how a write ended, for [`Store::write_fault`].
+    fn noted<R>(&self, result: Result<R>) -> Result<R> {
+        let fault = match &result {
+            Ok(_) => None,
+            Err(e) => match e.fault() {
+                Some(fault) => Some(fault),
+                // A refusal of another kind says nothing about the storage.
+                None => return result,
+            },
+        };
+        let mut noted = self.write_fault.lock().unwrap_or_else(|p| p.into_inner());
+        if *noted != fault {
+            match fault {
+                Some(f) => {
+                    tracing::error!(fault = %f, "the database cannot be written; answering 503 to changes until it can")
+                }
+                None => tracing::info!("the database can be written again"),
+            }
+            *noted = fault;
+        }
+        result
     }
 
     /// Runs `f` on a read connection.
@@ -118,11 +246,16 @@ impl Store {
         // A panic inside `f` drops the transaction uncommitted, so the connection behind a
         // poisoned lock is still in a clean state.
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let out = f(&tx)?;
-        tx.commit()?;
-        self.generation.fetch_add(1, Ordering::SeqCst);
-        Ok(out)
+        let result = (|| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })();
+        if result.is_ok() {
+            self.generation.fetch_add(1, Ordering::SeqCst);
+        }
+        self.noted(result)
     }
 
     /// Runs `f` on a blocking thread, off the async executor (every store call blocks).
@@ -156,15 +289,18 @@ impl Store {
     /// audit chain head). Returns whether it was set.
     pub fn advance_sequenced_meta(&self, key: &str, seq: u64, value: &str) -> Result<bool> {
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let current = meta_get(&tx, key)?
-            .and_then(|v| v.split(':').next().and_then(|n| n.parse::<u64>().ok()));
-        let advance = current.is_none_or(|c| seq > c);
-        if advance {
-            meta_set(&tx, key, value)?;
-        }
-        tx.commit()?;
-        Ok(advance)
+        let result = (|| {
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let current = meta_get(&tx, key)?
+                .and_then(|v| v.split(':').next().and_then(|n| n.parse::<u64>().ok()));
+            let advance = current.is_none_or(|c| seq > c);
+            if advance {
+                meta_set(&tx, key, value)?;
+            }
+            tx.commit()?;
+            Ok(advance)
+        })();
+        self.noted(result)
     }
 
     /// Sets a setting only if it has no value yet; returns the value in force.
@@ -869,6 +1005,54 @@ mod tests {
             },
             origin: Origin::Generated,
         }
+    }
+
+    #[test]
+    fn sqlite_storage_faults_are_typed_by_result_code_and_answered_503() {
+        use rusqlite::ffi;
+        let failure = |code| rusqlite::Error::SqliteFailure(ffi::Error::new(code), None);
+        for (code, fault) in [
+            (ffi::SQLITE_FULL, StorageFault::Full),
+            (ffi::SQLITE_READONLY, StorageFault::ReadOnly),
+            // Extended codes have the primary code's kind.
+            (ffi::SQLITE_READONLY_DBMOVED, StorageFault::ReadOnly),
+            (ffi::SQLITE_IOERR, StorageFault::Io),
+            (ffi::SQLITE_IOERR_WRITE, StorageFault::Io),
+            (ffi::SQLITE_CANTOPEN, StorageFault::CannotOpen),
+            (ffi::SQLITE_BUSY, StorageFault::Busy),
+            (ffi::SQLITE_LOCKED, StorageFault::Busy),
+        ] {
+            let err = Error::from(failure(code));
+            assert_eq!(err.fault(), Some(fault), "{code}");
+            assert!(matches!(
+                crate::error::Error::from(err),
+                crate::error::Error::StorageUnavailable(_)
+            ));
+        }
+        for code in [
+            ffi::SQLITE_CONSTRAINT,
+            ffi::SQLITE_CORRUPT,
+            ffi::SQLITE_ERROR,
+        ] {
+            let err = Error::from(failure(code));
+            assert_eq!(err.fault(), None, "{code}");
+            assert!(matches!(
+                crate::error::Error::from(err),
+                crate::error::Error::Internal(_)
+            ));
+        }
+    }
+
+    #[test]
+    fn operating_system_faults_are_typed_by_kind() {
+        let full = std::io::Error::from_raw_os_error(28);
+        assert_eq!(StorageFault::of_io(&full), Some(StorageFault::Full));
+        let rofs = std::io::Error::from_raw_os_error(30);
+        assert_eq!(StorageFault::of_io(&rofs), Some(StorageFault::ReadOnly));
+        let eio = std::io::Error::from_raw_os_error(EIO);
+        assert_eq!(StorageFault::of_io(&eio), Some(StorageFault::Io));
+        assert_eq!(StorageFault::of_io(&std::io::Error::other("x")), None);
+        assert!(Error::from(full).fault().is_some());
     }
 
     fn commit(store: &Store, rec: &VersionRecord) -> VersionRecord {

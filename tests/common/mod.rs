@@ -286,6 +286,49 @@ impl Service {
         Ok((status, retry_after, json))
     }
 
+    /// A request with the administrator's token (or none), answered with the headers a retry
+    /// and the audit log need.
+    pub fn answer(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path_and_query: &str,
+        body: Option<&str>,
+    ) -> Answer {
+        let mut req = self
+            .agent
+            .request(method, &format!("{}{}", self.url, path_and_query))
+            .set("Content-Type", "application/json");
+        if let Some(t) = token {
+            req = req.set("Authorization", &format!("Bearer {t}"));
+        }
+        let result = match body {
+            Some(b) => req.send_string(b),
+            None => req.call(),
+        };
+        let response = match result {
+            Ok(r) => r,
+            Err(ureq::Error::Status(_, r)) => r,
+            Err(e) => panic!("{method} {path_and_query}: transport error {e}"),
+        };
+        let status = response.status();
+        let header = |name: &str| response.header(name).map(str::to_owned);
+        let (retry_after, request_id) = (header("retry-after"), header("x-ms-request-id"));
+        let mut text = String::new();
+        response
+            .into_reader()
+            .read_to_string(&mut text)
+            .expect("body reads");
+        let body = serde_json::from_str(&text).unwrap_or(Value::Null);
+        Answer {
+            status,
+            retry_after,
+            request_id,
+            body,
+            text,
+        }
+    }
+
     /// Sends a request to a service armed with a failpoint and checks that it dies with the
     /// process — a transport error, never an answer — and that the process is killed.
     pub fn request_dies_with_the_process(
@@ -319,6 +362,17 @@ impl Service {
         assert_eq!(status, 200, "create {name} {body}: {json}");
         json
     }
+}
+
+/// What [`Service::answer`] returns.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub retry_after: Option<String>,
+    pub request_id: Option<String>,
+    /// The body as JSON (Null if it is not JSON).
+    pub body: Value,
+    pub text: String,
 }
 
 impl Drop for Service {
