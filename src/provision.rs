@@ -1,7 +1,9 @@
 //! Start-up: brings a data dir from empty (or half-initialised) to ready, and opens what is
 //! there on later starts. Every step checks what already exists and only adds what is missing,
 //! so a start after a crash finishes the job. No step ever re-initialises a token: a token is
-//! only initialised when no token of that label exists.
+//! only initialised when no token of that label exists. Nothing on a token is destroyed unless
+//! this data dir's committed records show it made it, and a token that does not belong to the
+//! data dir is refused before anything is written to it.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -82,6 +84,14 @@ pub fn open(cfg: &Config, hosts: &[String]) -> Result<Ready, ProvisionError> {
     create_private_dir(&cfg.data_dir).map_err(io("cannot create the data dir", &cfg.data_dir))?;
     let store = Arc::new(Store::open(&cfg.data_dir.join("p11vault.db"))?);
     let initialized = store.meta(meta::INITIALIZED)?.is_some();
+    let recorded = match store.meta(meta::DOMAIN)? {
+        Some(d) => Some(
+            VersionId::parse_hex(&d)
+                .ok_or_else(|| store::Error::Corrupt("security_domain".into()))?,
+        ),
+        None if initialized => return Err(store::Error::Corrupt("security_domain".into()).into()),
+        None => None,
+    };
 
     let (module_path, user_pin, so_pin) = pins(cfg)?;
     let module = Module::load(&module_path)?;
@@ -110,21 +120,32 @@ pub fn open(cfg: &Config, hosts: &[String]) -> Result<Ready, ProvisionError> {
         },
     };
     failpoint::hit("provision.after_token");
+
+    // Whether the token belongs to this data dir is decided here, from a read-only survey,
+    // before anything is written to it (ARCHITECTURE.md, invariant 9).
+    let survey = module.survey(slot, &user_pin)?;
+    // An initialised data dir always has its domain recorded (checked when it was read).
+    let own = recorded.filter(|_| initialized);
+    match own {
+        Some(own) => check_own_domain(cfg, &survey, own)?,
+        None => check_nothing_foreign(cfg, &survey, recorded, false)?,
+    }
     if let Some(so) = &so_pin {
         module.ensure_user_pin(slot, so, &user_pin)?;
     }
-
-    if store.meta(meta::DOMAIN)?.is_none() {
-        let so = so_pin.as_ref().ok_or_else(|| {
-            ProvisionError::Refused(
-                "the security domain does not exist yet and creating it needs the SO PIN: set pkcs11.so_pin_file for the first start".into(),
-            )
-        })?;
-        let domain: VersionId = module.create_security_domain(slot, so, &user_pin)?;
-        failpoint::hit("provision.after_domain_objects");
-        store.set_meta(meta::DOMAIN, &domain.to_string())?;
-        tracing::info!(%domain, "created the security domain");
-    }
+    let domain = match own {
+        Some(own) => own,
+        None => first_start_domain(
+            cfg,
+            &store,
+            &module,
+            slot,
+            &survey,
+            recorded,
+            so_pin.as_ref(),
+            &user_pin,
+        )?,
+    };
 
     let hsm = module.open(
         slot,
@@ -135,23 +156,7 @@ pub fn open(cfg: &Config, hosts: &[String]) -> Result<Ready, ProvisionError> {
             extraction: cfg.extraction,
         },
     )?;
-    let domain = store
-        .meta(meta::DOMAIN)?
-        .and_then(|d| VersionId::parse_hex(&d))
-        .ok_or_else(|| store::Error::Corrupt("security_domain".into()))?;
     hsm.set_domain(domain)?;
-    if !initialized {
-        let objects = hsm.call_blocking(|h, s| h.scan(s))?;
-        if !objects.is_empty() && store.key_count()? == 0 {
-            return Err(ProvisionError::Refused(format!(
-                "the token '{}' holds {} p11vault key objects but the database at {} knows no keys; \
-                 refusing to start over it. Restore the database that belongs to this token.",
-                cfg.token_label,
-                objects.len(),
-                cfg.data_dir.display()
-            )));
-        }
-    }
 
     let days: u32 = store
         .init_meta(meta::RETENTION_DAYS, &cfg.retention_days.to_string())?
@@ -189,6 +194,132 @@ pub fn open(cfg: &Config, hosts: &[String]) -> Result<Ready, ProvisionError> {
         tls,
         admin_token_created,
     })
+}
+
+/// A data dir that is not initialised yet: makes its security domain, or finishes the one an
+/// interrupted first start recorded. The id is committed to the database before the token is
+/// touched, so a later start knows which domain objects are its own; only those are ever
+/// destroyed (as leftovers of a half-made domain).
+#[expect(clippy::too_many_arguments, reason = "the pieces of one start-up step")]
+fn first_start_domain(
+    cfg: &Config,
+    store: &Store,
+    module: &Module,
+    slot: hsm::Slot,
+    survey: &hsm::Survey,
+    recorded: Option<VersionId>,
+    so_pin: Option<&Pin>,
+    user_pin: &Pin,
+) -> Result<VersionId, ProvisionError> {
+    let need_so = || {
+        so_pin.ok_or_else(|| {
+            ProvisionError::Refused(
+                "the security domain does not exist yet and creating it needs the SO PIN: set pkcs11.so_pin_file for the first start".into(),
+            )
+        })
+    };
+    let domain = match recorded {
+        Some(d) => d,
+        None => {
+            need_so()?;
+            let d = VersionId::random();
+            store.set_meta(meta::DOMAIN, &d.to_string())?;
+            failpoint::hit("provision.after_domain_record");
+            d
+        }
+    };
+    if !survey.has_domain(domain) {
+        if recorded.is_some() {
+            tracing::info!(%domain, "finishing the security domain an interrupted first start recorded");
+        }
+        module.create_security_domain(slot, domain, need_so()?, user_pin)?;
+        failpoint::hit("provision.after_domain_objects");
+        tracing::info!(%domain, "created the security domain");
+    }
+    confirm_alone(cfg, module, slot, domain, so_pin, user_pin)
+}
+
+/// After the domain of a first start is complete: the token is surveyed again, since another
+/// data dir may have started on it at the same moment. If one did, this start takes its own,
+/// unused domain back off the token and refuses.
+fn confirm_alone(
+    cfg: &Config,
+    module: &Module,
+    slot: hsm::Slot,
+    domain: VersionId,
+    so_pin: Option<&Pin>,
+    user_pin: &Pin,
+) -> Result<VersionId, ProvisionError> {
+    let after = module.survey(slot, user_pin)?;
+    if let Err(refusal) = check_nothing_foreign(cfg, &after, Some(domain), true) {
+        // Nothing was served under this domain (the data dir is not initialised), so taking
+        // it back loses nothing; without the SO PIN it stays, recorded, for the operator.
+        if let Some(so) = so_pin
+            && let Err(e) = module.destroy_security_domain(slot, domain, so, user_pin)
+        {
+            tracing::warn!(%domain, error = %e, "could not take this data dir's unused security domain back off the token");
+        }
+        return Err(refusal);
+    }
+    Ok(domain)
+}
+
+/// Refuses, before any write, a data dir that is not initialised when the token holds p11vault
+/// objects other than those of the domain this data dir recorded: key objects, or another
+/// domain's objects, belong to another instance (or to a database kept elsewhere).
+fn check_nothing_foreign(
+    cfg: &Config,
+    survey: &hsm::Survey,
+    own: Option<VersionId>,
+    raced: bool,
+) -> Result<(), ProvisionError> {
+    let foreign = survey.not_of_domain(own);
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    let what = hsm::Survey::describe(&foreign);
+    Err(ProvisionError::Refused(if raced {
+        format!(
+            "another p11vault data dir started on the token '{}' at the same time ({} objects appeared: {what}); \
+             refusing to share the token. This data dir's own, unused security domain was taken back off it; \
+             nothing else on the token was changed. Give each data dir its own token.",
+            cfg.token_label,
+            foreign.len(),
+        )
+    } else {
+        format!(
+            "the token '{}' already holds {} p11vault objects that the data dir {} did not make ({what}): \
+             another p11vault instance uses it, or its database is elsewhere. Refusing to start over it; \
+             nothing on the token was changed. Give this data dir its own token, or start the service \
+             over the data dir that belongs to this token.",
+            cfg.token_label,
+            foreign.len(),
+            cfg.data_dir.display()
+        )
+    }))
+}
+
+/// Refuses, before any write, an initialised data dir whose security domain is not complete on
+/// the token: it is a different token than the one the data dir was initialised on. A new
+/// domain is never made over an initialised database (its backups would no longer open).
+fn check_own_domain(
+    cfg: &Config,
+    survey: &hsm::Survey,
+    own: VersionId,
+) -> Result<(), ProvisionError> {
+    if survey.has_domain(own) {
+        return Ok(());
+    }
+    let all: Vec<_> = survey.objects.iter().collect();
+    Err(ProvisionError::Refused(format!(
+        "the token '{}' does not hold security domain {own} of the data dir {} (it holds {}): \
+         it is not the token this data dir was initialised on (a new token with the same label, \
+         or another instance's token). Refusing to start; nothing on the token was changed. Point \
+         the service at its own token, or restore that token's directory.",
+        cfg.token_label,
+        cfg.data_dir.display(),
+        hsm::Survey::describe(&all)
+    )))
 }
 
 /// The module path and the PINs. The embedded default generates its PINs into 0600 files on

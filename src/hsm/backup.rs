@@ -41,6 +41,10 @@ impl Hsm {
     /// and again after every reconnect.
     pub fn set_domain(&self, id: VersionId) -> Result<()> {
         let handles = self.call_blocking(|_, s| {
+            // The MAC key is only ever made next to both halves of this very domain, never on
+            // a token that does not hold it.
+            find_domain_object(s, id, "wrap")?;
+            find_domain_object(s, id, "unwrap")?;
             ensure_mac_key(s, id)?;
             find_domain(s, id)
         })?;
@@ -329,26 +333,27 @@ fn rejected(e: Error, what: &'static str) -> Error {
     }
 }
 
+/// The one `role` object (`wrap`, `unwrap`, `mac`) of domain `id`, found by label.
+fn find_domain_object(session: &Session, id: VersionId, role: &str) -> Result<ObjectHandle> {
+    let found = session.find_objects(&[
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::Label(templates::domain_label(id, role)),
+    ])?;
+    match found.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(Error::Unexpected(format!(
+            "the token holds no {role} half of security domain {id}"
+        ))),
+        _ => Err(Error::Unexpected(format!(
+            "the token holds more than one {role} half of security domain {id}"
+        ))),
+    }
+}
+
 fn find_domain(session: &Session, id: VersionId) -> Result<DomainHandles> {
-    let find = |role: &str| -> Result<ObjectHandle> {
-        let label = format!("{}{id}/{role}", templates::DOMAIN_PREFIX).into_bytes();
-        let found = session.find_objects(&[
-            Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::Label(label),
-        ])?;
-        match found.as_slice() {
-            [one] => Ok(*one),
-            [] => Err(Error::Unexpected(format!(
-                "the token holds no {role} half of security domain {id}"
-            ))),
-            _ => Err(Error::Unexpected(format!(
-                "the token holds more than one {role} half of security domain {id}"
-            ))),
-        }
-    };
-    let wrap = find("wrap")?;
-    let unwrap = find("unwrap")?;
-    let mac = find("mac")?;
+    let wrap = find_domain_object(session, id, "wrap")?;
+    let unwrap = find_domain_object(session, id, "unwrap")?;
+    let mac = find_domain_object(session, id, "mac")?;
     // Only the id attribute is read back, as a check that the label did not lie.
     for handle in [wrap, unwrap, mac] {
         let ok = session
@@ -373,7 +378,7 @@ fn find_domain(session: &Session, id: VersionId) -> Result<DomainHandles> {
 /// domain predates it): a private, sensitive, non-extractable generic secret that can only
 /// sign and verify.
 fn ensure_mac_key(session: &Session, id: VersionId) -> Result<()> {
-    let label = format!("{}{id}/mac", templates::DOMAIN_PREFIX).into_bytes();
+    let label = templates::domain_label(id, "mac");
     let found = session.find_objects(&[
         Attribute::Class(ObjectClass::SECRET_KEY),
         Attribute::Label(label.clone()),

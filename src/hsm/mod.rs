@@ -18,7 +18,7 @@ use cryptoki::error::RvError;
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 use cryptoki::session::{Session, UserType};
-use cryptoki::slot::Slot;
+pub use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
@@ -205,34 +205,102 @@ impl Module {
         Ok(())
     }
 
-    /// Creates the security domain (DESIGN §8): a trusted, wrap-only public object made by the
-    /// SO, and a private unwrap-only object made by the user, both holding one random AES-256
-    /// value that exists in this process only for the length of this call. Leftovers of an
-    /// earlier, interrupted attempt are destroyed first. Must run before [`Module::open`]
-    /// logs the user in: the SO cannot log in while user sessions exist.
+    /// Creates security domain `domain` (DESIGN §8): a trusted, wrap-only public object made by
+    /// the SO, and a private unwrap-only object made by the user, both holding one random
+    /// AES-256 value that exists in this process only for the length of this call. The caller
+    /// has recorded `domain` in the data dir first; objects of that id left by an interrupted
+    /// attempt are destroyed before the new ones are made, and no object of any other domain
+    /// is touched. Must run before [`Module::open`] logs the user in: the SO cannot log in
+    /// while user sessions exist.
     pub fn create_security_domain(
         &self,
         slot: Slot,
+        domain: VersionId,
         so_pin: &Pin,
         user_pin: &Pin,
-    ) -> Result<VersionId> {
-        let domain = VersionId::random();
+    ) -> Result<()> {
+        self.destroy_security_domain(slot, domain, so_pin, user_pin)?;
         {
             let so = self.ctx.open_rw_session(slot)?;
             so.login(UserType::So, Some(&so_pin.auth()))?;
-            destroy_domain_leftovers(&so)?;
             let value = Zeroizing::new(so.generate_random_vec(32)?);
             so.create_object(&templates::domain_wrap_half(domain, &value))?;
             so.logout()?;
             drop(so);
+            crate::failpoint::hit("provision.after_wrap_half");
 
             let user = self.ctx.open_rw_session(slot)?;
             login_user(&user, user_pin)?;
-            destroy_domain_leftovers_except(&user, domain)?;
             user.create_object(&templates::domain_unwrap_half(domain, &value))?;
             user.logout()?;
         }
-        Ok(domain)
+        Ok(())
+    }
+
+    /// Destroys every object of security domain `domain` (its label and its `CKA_ID` both
+    /// name it): the private ones as the user, the public wrap half as the SO. Objects of any
+    /// other domain stay. For the caller's own recorded domain only, and only while nothing
+    /// can have been sealed under it.
+    pub fn destroy_security_domain(
+        &self,
+        slot: Slot,
+        domain: VersionId,
+        so_pin: &Pin,
+        user_pin: &Pin,
+    ) -> Result<()> {
+        {
+            let user = self.ctx.open_rw_session(slot)?;
+            login_user(&user, user_pin)?;
+            destroy_domain_objects(&user, domain)?;
+            user.logout()?;
+        }
+        let so = self.ctx.open_rw_session(slot)?;
+        so.login(UserType::So, Some(&so_pin.auth()))?;
+        destroy_domain_objects(&so, domain)?;
+        so.logout()?;
+        Ok(())
+    }
+
+    /// Every p11vault object on the token (key objects, live or deleted, and security-domain
+    /// objects), read without changing anything: logged in as the user when the token has a
+    /// user PIN, otherwise only the public objects (without a user PIN there can be no
+    /// private ones). Provisioning decides from this whether the token belongs to the data dir.
+    pub fn survey(&self, slot: Slot, user_pin: &Pin) -> Result<Survey> {
+        let user_pin_set = self.ctx.get_token_info(slot)?.user_pin_initialized();
+        let session = self.ctx.open_ro_session(slot)?;
+        if user_pin_set {
+            login_user(&session, user_pin)?;
+        }
+        let mut objects = Vec::new();
+        for handle in session.find_objects(&[])? {
+            let mut label = Vec::new();
+            let mut id = Vec::new();
+            for a in session.get_attributes(handle, &[AttributeType::Label, AttributeType::Id])? {
+                match a {
+                    Attribute::Label(l) => label = l,
+                    Attribute::Id(i) => id = i,
+                    _ => {}
+                }
+            }
+            let label = String::from_utf8_lossy(&label).into_owned();
+            if [
+                templates::LIVE_PREFIX,
+                templates::DELETED_PREFIX,
+                templates::DOMAIN_PREFIX,
+            ]
+            .iter()
+            .any(|p| label.starts_with(p))
+            {
+                objects.push(TokenObject { label, id });
+            }
+        }
+        if user_pin_set {
+            session.logout()?;
+        }
+        Ok(Survey {
+            objects,
+            user_pin_set,
+        })
     }
 
     /// Logs in as the token user and builds the session pool and the handle cache.
@@ -296,31 +364,93 @@ fn label_of(session: &Session, handle: ObjectHandle) -> Result<Vec<u8>> {
         .unwrap_or_default())
 }
 
-fn destroy_domain_leftovers(session: &Session) -> Result<()> {
-    for handle in session.find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY)])? {
-        if label_of(session, handle)?.starts_with(templates::DOMAIN_PREFIX.as_bytes()) {
+/// Destroys the objects this session can see whose label is under `p11vault-sd/{domain}/`
+/// and whose `CKA_ID` is `domain`; nothing else.
+fn destroy_domain_objects(session: &Session, domain: VersionId) -> Result<()> {
+    let prefix = templates::domain_label(domain, "");
+    for handle in session.find_objects(&[
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::Id(domain.as_bytes().to_vec()),
+    ])? {
+        if label_of(session, handle)?.starts_with(&prefix) {
             session.destroy_object(handle)?;
         }
     }
     Ok(())
 }
 
-fn destroy_domain_leftovers_except(session: &Session, keep: VersionId) -> Result<()> {
-    let keep_id = keep.as_bytes().to_vec();
-    for handle in session.find_objects(&[
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::Private(true),
-    ])? {
-        let attrs = session.get_attributes(handle, &[AttributeType::Label, AttributeType::Id])?;
-        let is_domain = attrs.iter().any(|a| matches!(a, Attribute::Label(l) if l.starts_with(templates::DOMAIN_PREFIX.as_bytes())));
-        let is_kept = attrs
+/// A p11vault object found by [`Module::survey`].
+#[derive(Clone, Debug)]
+pub struct TokenObject {
+    pub label: String,
+    pub id: Vec<u8>,
+}
+
+impl TokenObject {
+    /// The security domain this object belongs to, when its label and its `CKA_ID` both say so.
+    pub fn domain(&self) -> Option<VersionId> {
+        let rest = self.label.strip_prefix(templates::DOMAIN_PREFIX)?;
+        let (hex, _role) = rest.split_once('/')?;
+        let id = VersionId::parse_hex(hex)?;
+        (id.as_bytes().as_slice() == self.id.as_slice()).then_some(id)
+    }
+
+    /// Whether this is the `role` object (`wrap`, `unwrap`, `mac`) of `domain`.
+    pub fn is_domain_object(&self, domain: VersionId, role: &str) -> bool {
+        self.label.as_bytes() == templates::domain_label(domain, role).as_slice()
+            && self.id.as_slice() == domain.as_bytes().as_slice()
+    }
+}
+
+/// What [`Module::survey`] saw on a token.
+#[derive(Clone, Debug)]
+pub struct Survey {
+    pub objects: Vec<TokenObject>,
+    /// Whether the token has a user PIN (and so whether private objects were seen).
+    pub user_pin_set: bool,
+}
+
+impl Survey {
+    /// Whether both halves of `domain` are on the token (the MAC key is made later).
+    pub fn has_domain(&self, domain: VersionId) -> bool {
+        ["wrap", "unwrap"].iter().all(|role| {
+            self.objects
+                .iter()
+                .any(|o| o.is_domain_object(domain, role))
+        })
+    }
+
+    /// The objects that are not `own`'s domain objects: key objects, and objects of any other
+    /// domain (or with a domain label whose `CKA_ID` does not match it).
+    pub fn not_of_domain(&self, own: Option<VersionId>) -> Vec<&TokenObject> {
+        self.objects
             .iter()
-            .any(|a| matches!(a, Attribute::Id(id) if *id == keep_id));
-        if is_domain && !is_kept {
-            session.destroy_object(handle)?;
+            .filter(|o| own.is_none() || o.domain() != own)
+            .collect()
+    }
+
+    /// A short description for refusal messages: how many key objects, which domains.
+    pub fn describe(objects: &[&TokenObject]) -> String {
+        let keys = objects
+            .iter()
+            .filter(|o| !o.label.starts_with(templates::DOMAIN_PREFIX))
+            .count();
+        let mut domains: Vec<String> = objects
+            .iter()
+            .filter(|o| o.label.starts_with(templates::DOMAIN_PREFIX))
+            .map(|o| {
+                o.domain()
+                    .map_or_else(|| format!("'{}'", o.label), |d| d.to_string())
+            })
+            .collect();
+        domains.sort();
+        domains.dedup();
+        match (keys, domains.is_empty()) {
+            (0, true) => "no p11vault object".to_owned(),
+            (k, true) => format!("{k} key objects and no security domain"),
+            (k, false) => format!("{k} key objects and security domain {}", domains.join(", ")),
         }
     }
-    Ok(())
 }
 
 /// Mechanisms the service may use, probed one by one with `C_GetMechanismInfo` at start-up

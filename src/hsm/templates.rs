@@ -8,7 +8,7 @@ use crate::model::{KeyFamily, KeyOp, KeyOps, VersionId};
 
 /// Label prefixes. A live version's objects are `p11vault/{name}/{version}`; a soft-deleted
 /// version's objects are relabelled `p11vault-deleted/{name}/{version}`; the security domain's
-/// objects are `p11vault-sd/{domain}/wrap|unwrap`.
+/// objects are `p11vault-sd/{domain}/wrap|unwrap|mac`.
 pub const LIVE_PREFIX: &str = "p11vault/";
 pub const DELETED_PREFIX: &str = "p11vault-deleted/";
 pub const DOMAIN_PREFIX: &str = "p11vault-sd/";
@@ -19,6 +19,11 @@ pub fn live_label(name: &str, version: VersionId) -> Vec<u8> {
 
 pub fn deleted_label(name: &str, version: VersionId) -> Vec<u8> {
     format!("{DELETED_PREFIX}{name}/{version}").into_bytes()
+}
+
+/// The label of one of a security domain's objects: `role` is `wrap`, `unwrap` or `mac`.
+pub fn domain_label(domain: VersionId, role: &str) -> Vec<u8> {
+    format!("{DOMAIN_PREFIX}{domain}/{role}").into_bytes()
 }
 
 /// How key material may leave the token.
@@ -285,7 +290,7 @@ fn domain_half_common(domain: VersionId, role: &str, value: &[u8]) -> Vec<Attrib
         Attribute::Verify(false),
         Attribute::Derive(false),
         Attribute::Id(domain.as_bytes().to_vec()),
-        Attribute::Label(format!("{DOMAIN_PREFIX}{domain}/{role}").into_bytes()),
+        Attribute::Label(domain_label(domain, role)),
         Attribute::Value(value.to_vec()),
     ]
 }
