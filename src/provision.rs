@@ -289,7 +289,7 @@ fn check_nothing_foreign(
     } else {
         format!(
             "the token '{}' already holds {} p11vault objects that the data dir {} did not make ({what}): \
-             another p11vault instance uses it, or its database is elsewhere. Refusing to start over it; \
+             another p11vault instance uses it, or its database is elsewhere: refusing to start over it; \
              nothing on the token was changed. Give this data dir its own token, or start the service \
              over the data dir that belongs to this token.",
             cfg.token_label,
@@ -314,7 +314,7 @@ fn check_own_domain(
     Err(ProvisionError::Refused(format!(
         "the token '{}' does not hold security domain {own} of the data dir {} (it holds {}): \
          it is not the token this data dir was initialised on (a new token with the same label, \
-         or another instance's token). Refusing to start; nothing on the token was changed. Point \
+         or another instance's token): refusing to start; nothing on the token was changed. Point \
          the service at its own token, or restore that token's directory.",
         cfg.token_label,
         cfg.data_dir.display(),
