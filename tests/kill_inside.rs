@@ -14,17 +14,11 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::versions::{Acked, State, Xorshift, acked, signs_as_acknowledged, state_of};
 use common::{API, Service, data_dir};
-use cryptoki::object::{Attribute, AttributeType, ObjectClass};
-use openssl::bn::BigNum;
-use openssl::ec::{EcGroup, EcKey};
-use openssl::ecdsa::EcdsaSig;
-use openssl::nid::Nid;
-use serde_json::{Value, json};
+use cryptoki::object::ObjectClass;
+use serde_json::json;
 
-const DIGEST: [u8; 32] = [0x5a; 32];
 const VERSIONS: usize = 6;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,91 +28,6 @@ enum Op {
     Purge,
     Update,
     Rotate,
-}
-
-/// An acknowledged version: its id and public key.
-#[derive(Clone, Debug)]
-struct Acked {
-    version: String,
-    x: Vec<u8>,
-    y: Vec<u8>,
-}
-
-fn b64(bytes: &[u8]) -> String {
-    URL_SAFE_NO_PAD.encode(bytes)
-}
-
-fn unb64(s: &Value) -> Vec<u8> {
-    URL_SAFE_NO_PAD
-        .decode(s.as_str().expect("a base64url string"))
-        .expect("base64url")
-}
-
-fn acked(bundle: &Value) -> Acked {
-    let kid = bundle["key"]["kid"].as_str().expect("kid");
-    Acked {
-        version: kid.rsplit('/').next().expect("version").to_owned(),
-        x: unb64(&bundle["key"]["x"]),
-        y: unb64(&bundle["key"]["y"]),
-    }
-}
-
-/// Signs with one version through the service and verifies the signature with OpenSSL under
-/// the public key the version was acknowledged with.
-fn signs_as_acknowledged(svc: &Service, name: &str, v: &Acked) -> Result<(), String> {
-    let body = json!({"alg": "ES256", "value": b64(&DIGEST)}).to_string();
-    let (status, answer) = svc.call(
-        "POST",
-        &format!("/keys/{name}/{}/sign?{API}", v.version),
-        Some(&body),
-    );
-    if status != 200 {
-        return Err(format!(
-            "{name}/{}: sign answered {status}: {answer}",
-            v.version
-        ));
-    }
-    let sig = unb64(&answer["value"]);
-    let group = EcGroup::from_curve_name(Nid::X9_62_PRIME256V1).expect("P-256");
-    let public = EcKey::from_public_key_affine_coordinates(
-        &group,
-        &BigNum::from_slice(&v.x).expect("x"),
-        &BigNum::from_slice(&v.y).expect("y"),
-    )
-    .expect("the acknowledged public key");
-    let (r, s) = sig.split_at(32);
-    let sig = EcdsaSig::from_private_components(
-        BigNum::from_slice(r).expect("r"),
-        BigNum::from_slice(s).expect("s"),
-    )
-    .expect("r||s");
-    if sig.verify(&DIGEST, &public).expect("verification runs") {
-        Ok(())
-    } else {
-        Err(format!(
-            "{name}/{}: the signature does not verify under the acknowledged key",
-            v.version
-        ))
-    }
-}
-
-/// Live, soft-deleted, or gone (purged).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
-    Live,
-    Deleted,
-    Gone,
-}
-
-fn state_of(svc: &Service, name: &str) -> State {
-    let (live, _) = svc.call("GET", &format!("/keys/{name}?{API}"), None);
-    let (deleted, _) = svc.call("GET", &format!("/deletedkeys/{name}?{API}"), None);
-    match (live, deleted) {
-        (200, 404) => State::Live,
-        (404, 200) => State::Deleted,
-        (404, 404) => State::Gone,
-        other => panic!("{name} is both or neither in an impossible way: {other:?}"),
-    }
 }
 
 /// Measures how long an operation takes uncut, so kills can be spread over its whole length.
@@ -319,33 +228,7 @@ fn a_kill_inside_any_token_call_loses_no_acknowledged_version() {
     // The token itself: every committed version has exactly its secret and public object, with
     // the label of its state, and nothing else carries a p11vault label.
     let (_ctx, session) = common::open_token_as_user(&dir);
-    let mut found: BTreeMap<String, Vec<(ObjectClass, String)>> = BTreeMap::new();
-    for class in [
-        ObjectClass::PRIVATE_KEY,
-        ObjectClass::PUBLIC_KEY,
-        ObjectClass::SECRET_KEY,
-    ] {
-        for handle in session
-            .find_objects(&[Attribute::Class(class)])
-            .expect("find")
-        {
-            let mut label = String::new();
-            let mut id = String::new();
-            for a in session
-                .get_attributes(handle, &[AttributeType::Label, AttributeType::Id])
-                .expect("attributes")
-            {
-                match a {
-                    Attribute::Label(l) => label = String::from_utf8_lossy(&l).into_owned(),
-                    Attribute::Id(i) => id = hex::encode(i),
-                    _ => {}
-                }
-            }
-            if label.starts_with("p11vault/") || label.starts_with("p11vault-deleted/") {
-                found.entry(id).or_default().push((class, label));
-            }
-        }
-    }
+    let found = common::versions::token_objects_by_id(&session);
     let mut expected = BTreeSet::new();
     for (name, (state, versions)) in &committed {
         if *state == State::Gone {
@@ -384,17 +267,4 @@ fn a_kill_inside_any_token_call_loses_no_acknowledged_version() {
         leftovers.is_empty(),
         "objects that no committed version owns: {leftovers:?}"
     );
-}
-
-/// A small deterministic generator for kill delays (seeded per run, printed on failure through
-/// the delays in the messages).
-struct Xorshift(u64);
-
-impl Xorshift {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % n.max(1)
-    }
 }

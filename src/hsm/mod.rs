@@ -273,15 +273,9 @@ impl Module {
         }
         let mut objects = Vec::new();
         for handle in session.find_objects(&[])? {
-            let mut label = Vec::new();
-            let mut id = Vec::new();
-            for a in session.get_attributes(handle, &[AttributeType::Label, AttributeType::Id])? {
-                match a {
-                    Attribute::Label(l) => label = l,
-                    Attribute::Id(i) => id = i,
-                    _ => {}
-                }
-            }
+            let Some((label, id)) = label_and_id(&session, handle)? else {
+                continue;
+            };
             let label = String::from_utf8_lossy(&label).into_owned();
             if [
                 templates::LIVE_PREFIX,
@@ -352,16 +346,41 @@ fn login_user(session: &Session, pin: &Pin) -> Result<()> {
     }
 }
 
-/// Reads the label of an object; objects without one read as empty.
+/// Reads the label of an object; objects without one, and objects the token cannot describe,
+/// read as empty.
 fn label_of(session: &Session, handle: ObjectHandle) -> Result<Vec<u8>> {
-    Ok(session
-        .get_attributes(handle, &[AttributeType::Label])?
-        .into_iter()
-        .find_map(|a| match a {
-            Attribute::Label(l) => Some(l),
-            _ => None,
-        })
+    Ok(label_and_id(session, handle)?
+        .map(|(label, _)| label)
         .unwrap_or_default())
+}
+
+/// The label and `CKA_ID` of an object (empty if it has none), or `None` for an object the
+/// token cannot describe: a kill inside a token call can leave a half-written object file
+/// (SoftHSM2 creates it empty and fills it in afterwards) that the token still lists but
+/// answers `CKR_ATTRIBUTE_VALUE_INVALID` about. Such an object carries nothing that shows who
+/// made it, so it is never destroyed; it must not stop a start either.
+fn label_and_id(session: &Session, handle: ObjectHandle) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+    let attrs = match session.get_attributes(handle, &[AttributeType::Label, AttributeType::Id]) {
+        Ok(attrs) => attrs,
+        Err(e)
+            if is_rv(&e, RvError::AttributeValueInvalid)
+                || is_rv(&e, RvError::AttributeTypeInvalid)
+                || is_rv(&e, RvError::ObjectHandleInvalid) =>
+        {
+            tracing::warn!(handle = %handle, error = %e, "the token lists an object it cannot describe (half-written by a crash inside the token?); left in place");
+            return Ok(None);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let (mut label, mut id) = (Vec::new(), Vec::new());
+    for a in attrs {
+        match a {
+            Attribute::Label(l) => label = l,
+            Attribute::Id(i) => id = i,
+            _ => {}
+        }
+    }
+    Ok(Some((label, id)))
 }
 
 /// Destroys the objects this session can see whose label is under `p11vault-sd/{domain}/`
@@ -788,17 +807,10 @@ impl Hsm {
             ObjectClass::PUBLIC_KEY,
         ] {
             for handle in session.find_objects(&[Attribute::Class(class)])? {
-                let attrs =
-                    session.get_attributes(handle, &[AttributeType::Label, AttributeType::Id])?;
-                let mut label = Vec::new();
-                let mut id = None;
-                for a in attrs {
-                    match a {
-                        Attribute::Label(l) => label = l,
-                        Attribute::Id(raw) => id = VersionId::from_bytes(&raw),
-                        _ => {}
-                    }
-                }
+                let Some((label, raw_id)) = label_and_id(session, handle)? else {
+                    continue;
+                };
+                let id = VersionId::from_bytes(&raw_id);
                 let label = String::from_utf8_lossy(&label).into_owned();
                 if label.starts_with(templates::LIVE_PREFIX)
                     || label.starts_with(templates::DELETED_PREFIX)

@@ -301,20 +301,27 @@ fn destroy_tolerant(session: &Session, handle: ObjectHandle) -> Result<()> {
     }
 }
 
+/// The object's class, `None` if it has none or the token cannot say (a half-written object).
 fn class_of(session: &Session, handle: ObjectHandle) -> Result<Option<ObjectClass>> {
-    Ok(session
-        .get_attributes(handle, &[AttributeType::Class])?
-        .into_iter()
-        .find_map(|a| match a {
-            Attribute::Class(c) => Some(c),
-            _ => None,
-        }))
+    let attrs = match session.get_attributes(handle, &[AttributeType::Class]) {
+        Ok(attrs) => attrs,
+        Err(e) if is_rv(&e, RvError::AttributeValueInvalid) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    Ok(attrs.into_iter().find_map(|a| match a {
+        Attribute::Class(c) => Some(c),
+        _ => None,
+    }))
 }
 
 /// Whether the object carries every one of `expected`'s flags, with those values. A flag the
 /// object lacks (a half-written file) is a mismatch.
 fn flags_match(session: &Session, handle: ObjectHandle, expected: &[Attribute]) -> Result<bool> {
     let types: Vec<AttributeType> = expected.iter().map(Attribute::attribute_type).collect();
-    let found = session.get_attributes(handle, &types)?;
+    let found = match session.get_attributes(handle, &types) {
+        Ok(found) => found,
+        Err(e) if is_rv(&e, RvError::AttributeValueInvalid) => return Ok(false),
+        Err(e) => return Err(e.into()),
+    };
     Ok(expected.iter().all(|want| found.contains(want)))
 }
