@@ -18,7 +18,7 @@ use common::versions::{Acked, State, Xorshift, acked, signs_as_acknowledged, sta
 use common::{API, Service, data_dir};
 use serde_json::json;
 
-const KILLS: usize = 10;
+const KILLS: usize = 20;
 const CLIENTS: u64 = 3;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
