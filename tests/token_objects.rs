@@ -242,7 +242,8 @@ fn the_token_itself_keeps_every_key_sensitive_and_uncopyable() {
         "refused by its MAC, not for a defect of the forgery: {body}"
     );
     assert_eq!(svc.call("GET", &format!("/keys/forged?{API}"), None).0, 404);
-    for name in ["rsa", "aes", "ec"] {
+    svc.create("ec-kept", r#"{"kty":"EC-HSM","crv":"P-384"}"#);
+    for name in ["rsa", "aes", "ec", "ec-kept"] {
         let (status, body) = svc.call("DELETE", &format!("/keys/{name}?{API}"), None);
         assert_eq!(status, 200, "{body}");
     }
@@ -330,6 +331,61 @@ fn the_token_itself_keeps_every_key_sensitive_and_uncopyable() {
             assert_eq!(unwrapped.map_err(rv).err(), not_permitted);
         }
     }
+
+    // Every usage attribute each deleted object has is off, not only the ones `key_ops` names
+    // (a token may default a flag the template leaves out to true).
+    let usage = [
+        AttributeType::Encrypt,
+        AttributeType::Decrypt,
+        AttributeType::Sign,
+        AttributeType::Verify,
+        AttributeType::Wrap,
+        AttributeType::Unwrap,
+        AttributeType::Derive,
+        AttributeType::SignRecover,
+        AttributeType::VerifyRecover,
+    ];
+    let ec_kept = labelled("p11vault-deleted/ec-kept/");
+    assert_eq!(ec_kept.len(), 2);
+    for (h, class) in rsa.iter().chain(&aes).chain(&ec_kept) {
+        for a in session
+            .get_attributes(*h, &usage)
+            .expect("usage flags read")
+        {
+            let on = match a {
+                Attribute::Encrypt(b)
+                | Attribute::Decrypt(b)
+                | Attribute::Sign(b)
+                | Attribute::Verify(b)
+                | Attribute::Wrap(b)
+                | Attribute::Unwrap(b)
+                | Attribute::Derive(b)
+                | Attribute::SignRecover(b)
+                | Attribute::VerifyRecover(b) => b,
+                other => panic!("unexpected {other:?}"),
+            };
+            assert!(!on, "a deleted {class:?} object has {a:?}");
+        }
+    }
+
+    // What soft-delete does not stop, exactly as documented: a holder of the user PIN can
+    // switch a deleted key's flags back on, and the key then works.
+    let (deleted_private, _) = *rsa
+        .iter()
+        .find(|(_, c)| *c == ObjectClass::PRIVATE_KEY)
+        .expect("the deleted private key");
+    session
+        .update_attributes(deleted_private, &[Attribute::Sign(true)])
+        .expect("the objects stay modifiable, so recover can");
+    assert!(
+        session
+            .sign(&Mechanism::Sha256RsaPkcs, deleted_private, b"m")
+            .is_ok(),
+        "a user-PIN holder can use a deleted key whose flag it switched back on"
+    );
+    session
+        .update_attributes(deleted_private, &[Attribute::Sign(false)])
+        .expect("switched off again");
 
     // Recovery gives the key back its use.
     let svc = Service::start(&dir);
