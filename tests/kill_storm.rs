@@ -125,7 +125,7 @@ fn client(
     stop: &AtomicBool,
     failures: &Failures,
 ) -> BTreeMap<String, Key> {
-    let mut rng = Xorshift(0x2545_f491_4f6c_dd1d ^ (id + 1) * 0x9e37_79b9);
+    let mut rng = Xorshift(0x2545_f491_4f6c_dd1d ^ ((id + 1) * 0x9e37_79b9));
     let mut keys: BTreeMap<String, Key> = BTreeMap::new();
     let mut serial = 0;
     while !stop.load(Ordering::Relaxed) {
