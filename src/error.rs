@@ -99,6 +99,12 @@ impl Error {
     }
 }
 
+impl From<crate::model::ParseError> for Error {
+    fn from(err: crate::model::ParseError) -> Self {
+        Error::BadParameter(err.0)
+    }
+}
+
 impl From<hsm::Error> for Error {
     fn from(err: hsm::Error) -> Self {
         if let hsm::Error::Rejected(message) = err {

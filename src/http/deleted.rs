@@ -9,8 +9,8 @@ use super::AppState;
 use super::extract::{AzPath, AzQuery};
 use super::keys::{KeyBundleOut, KeyItemOut, ListOut, bundle, item, next_link, paging};
 use crate::error::Error;
+use crate::model::Deletion;
 use crate::model::{KeyName, VersionRecord};
-use crate::store::Deletion;
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -297,7 +297,7 @@ fn key_kind(body: &CreateIn) -> Result<KeyKind, Error> {
 
 fn key_ops(raw: Option<Vec<String>>, family: KeyFamily) -> Result<KeyOps, Error> {
     match raw {
-        Some(raw) => KeyOps::parse(&raw, family),
+        Some(raw) => Ok(KeyOps::parse(&raw, family)?),
         None => Ok(KeyOps::all_for(family)),
     }
 }

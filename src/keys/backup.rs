@@ -8,7 +8,8 @@ use std::sync::Arc;
 use zeroize::Zeroizing;
 
 use super::blob::{Content, Envelope, FullPayload, KeyPayload, RestoredKey};
-use super::lifecycle::{Decision, KeyState};
+use super::executor::{Done, Inputs};
+use super::lifecycle::Event;
 use super::{KeyService, not_found};
 use crate::error::Error;
 use crate::failpoint;
@@ -93,10 +94,14 @@ impl KeyService {
         super::detached(async move {
             let name = restored.key.name.clone();
             let _guard = this.lock_key(&name).await;
-            this.refuse_taken(&name).await?;
             let ids: Vec<VersionId> = restored.key.versions.iter().map(|v| v.version).collect();
-            let known = this
-                .blocking_store(move |s| {
+            let intent = this
+                .decide(&name, Event::Restore { versions: ids.clone() })
+                .await?
+                .ok_or_else(|| Error::Internal("a restore decided nothing".into()))?;
+            let known = {
+                let ids = ids.clone();
+                this.blocking_store(move |s| {
                     let mut known = Vec::new();
                     for id in ids {
                         if s.version_by_id(id)?.is_some() {
@@ -105,7 +110,8 @@ impl KeyService {
                     }
                     Ok(known)
                 })
-                .await?;
+                .await?
+            };
             if let Some(id) = known.first() {
                 return Err(Error::Conflict {
                     message: format!(
@@ -114,90 +120,31 @@ impl KeyService {
                     inner: None,
                 });
             }
-            let payload: Vec<String> = restored
-                .key
-                .versions
-                .iter()
-                .map(|v| v.version.to_string())
-                .collect();
-            let payload =
-                serde_json::to_string(&payload).map_err(|e| Error::Internal(e.to_string()))?;
-            let (n, now) = (name.to_string(), this.clock.now());
-            let intent = this
-                .blocking_store(move |s| s.begin_intent("restore", &n, None, &payload, now))
+            let id = this.begin(&intent).await?;
+            let versions = restored.key.versions.len();
+            let done = this
+                .carry_out(id, &intent, Inputs::Restore(Box::new(restored)), false)
                 .await?;
-            failpoint::hit("restore_key.after_intent");
-            let made = this.create_objects(&restored, true).await;
-            failpoint::hit("restore_key.after_token");
-            let committed = match made {
-                Ok(()) => {
-                    let key = restored.key.clone();
-                    this.blocking_store(move |s| s.commit_restored_key(&key, intent))
-                        .await
-                }
-                Err(e) => Err(e),
-            };
-            match committed {
-                Ok(true) => {}
-                outcome => {
-                    this.roll_back_restore(&restored, intent).await;
-                    outcome?;
-                    return Err(Error::Conflict {
-                        message: format!("A key named {name} appeared while it was restored."),
-                        inner: None,
-                    });
-                }
+            tracing::info!(key = %name, versions, "restored a key from a backup");
+            match done {
+                Done::Version(latest) => Ok(latest),
+                Done::Versions(_) => Err(Error::Internal("a restore answered several".into())),
             }
-            tracing::info!(key = %name, versions = restored.key.versions.len(), "restored a key from a backup");
-            restored
-                .key
-                .versions
-                .last()
-                .cloned()
-                .ok_or_else(|| Error::Internal("a restored key without versions".into()))
         })
         .await
     }
 
-    /// 409 if the name is in use, live or soft-deleted.
+    /// 409 if the name is in use, live or soft-deleted (the lifecycle's refusal of a
+    /// restore), before any backup is unsealed.
     pub async fn refuse_taken(&self, name: &KeyName) -> Result<(), Error> {
-        match self.state_of(name).await? {
-            KeyState::Absent => Ok(()),
-            KeyState::Active => Err(Error::Conflict {
-                message: format!(
-                    "A key named {name} already exists; a backup is restored only under a free name (purge or never used)."
-                ),
-                inner: None,
-            }),
-            KeyState::Deleted { .. } => Self::refuse(Decision::NameReserved, name),
-        }
-    }
-
-    async fn roll_back_restore(self: &Arc<Self>, restored: &RestoredKey, intent: i64) {
-        let ids: Vec<VersionId> = restored.key.versions.iter().map(|v| v.version).collect();
-        let destroyed = self
-            .hsm
-            .call(move |hsm, s| {
-                for id in ids {
-                    hsm.destroy_by_id(s, id)?;
-                }
-                Ok(())
-            })
-            .await;
-        match destroyed {
-            Ok(()) => {
-                if let Err(e) = self.blocking_store(move |s| s.drop_intent(intent)).await {
-                    tracing::warn!(error = %e, "could not clear a rolled-back restore intent; the reconciler will");
-                }
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "could not roll back a key restore; the reconciler will")
-            }
-        }
+        let probe = Event::Restore {
+            versions: Vec::new(),
+        };
+        self.decide(name, probe).await.map(|_| ())
     }
 
     /// Creates the token objects of every version of a restored key.
-    async fn create_objects(
+    pub(super) async fn create_objects(
         self: &Arc<Self>,
         restored: &RestoredKey,
         live: bool,

@@ -30,10 +30,11 @@ use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::model::Deletion;
 use crate::model::{
     Attributes, KeyKind, KeyName, KeyOps, Origin, PublicKey, Tags, VersionId, VersionRecord,
 };
-use crate::store::{Deletion, KeySnapshot, RoleAssignmentRow, RoleDefinitionRow};
+use crate::store::{KeySnapshot, RoleAssignmentRow, RoleDefinitionRow};
 
 pub const MAGIC: &[u8; 8] = b"P11VBKUP";
 pub const FORMAT_VERSION: u16 = 1;

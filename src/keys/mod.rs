@@ -7,6 +7,7 @@ pub mod backup;
 pub mod blob;
 mod cache;
 pub mod crypto;
+mod executor;
 pub mod import;
 pub mod lifecycle;
 mod reconcile;
@@ -15,19 +16,18 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
-use serde::{Deserialize, Serialize};
-
 use crate::clock::Clock;
 use crate::error::Error;
 use crate::failpoint;
-use crate::hsm::templates::live_label;
 use crate::hsm::{self, Hsm, ImportMaterial};
+use crate::model::Deletion;
 use crate::model::{
-    Attributes, KeyKind, KeyName, KeyOps, Origin, PublicKey, Retention, Tags, VersionId,
-    VersionRecord,
+    Attributes, Intent, KeyKind, KeyName, KeyOps, Origin, PublicKey, Retention, Tags, UpdateTarget,
+    VersionId, VersionRecord,
 };
-use crate::store::{Deletion, Store};
-use lifecycle::{Decision, Event, KeyState};
+use crate::store::Store;
+use executor::{Done, Inputs};
+use lifecycle::{Event, KeyState, Refusal};
 
 pub use reconcile::ReconcileReport;
 
@@ -52,24 +52,6 @@ pub struct KeyPatch {
 
 /// The page cursor of the key list: the last name of the previous page.
 pub type KeyCursor = Option<String>;
-
-/// Payload of an update intent: the fields the version will have once committed.
-#[derive(Serialize, Deserialize)]
-struct UpdateIntent {
-    ops: KeyOps,
-    enabled: bool,
-    nbf: Option<i64>,
-    exp: Option<i64>,
-    tags: Tags,
-    updated: i64,
-}
-
-/// Payload of a delete intent: the deletion state to commit.
-#[derive(Serialize, Deserialize)]
-struct DeleteIntent {
-    deleted_date: i64,
-    scheduled_purge_date: i64,
-}
 
 const SECONDS_PER_DAY: i64 = 86_400;
 
@@ -163,26 +145,38 @@ impl KeyService {
         })
     }
 
-    fn refuse(decision: Decision, name: &KeyName) -> Result<(), Error> {
-        match decision {
-            Decision::Proceed | Decision::Skip => Ok(()),
-            Decision::NotFound => Err(not_found(name, None)),
-            Decision::DeletedNotFound => {
-                Err(Error::KeyNotFound(format!("Deleted Key not found: {name}")))
+    /// The error a refusal of the lifecycle is answered with.
+    fn refusal(refusal: Refusal, name: &KeyName) -> Error {
+        match refusal {
+            Refusal::NotFound => not_found(name, None),
+            Refusal::DeletedNotFound => {
+                Error::KeyNotFound(format!("Deleted Key not found: {name}"))
             }
-            Decision::NameReserved => Err(Error::Conflict {
+            Refusal::NameReserved => Error::Conflict {
                 message: format!(
                     "Key {name} is currently in a deleted but recoverable state, and its name cannot be reused; in this state, the key can only be recovered or purged."
                 ),
                 inner: Some("ObjectIsDeletedButRecoverable"),
-            }),
-            Decision::PurgeProtected => Err(Error::Forbidden {
+            },
+            Refusal::NameTaken => Error::Conflict {
+                message: format!(
+                    "A key named {name} already exists; a backup is restored only under a free name (purge or never used)."
+                ),
+                inner: None,
+            },
+            Refusal::PurgeProtected => Error::Forbidden {
                 message: format!(
                     "Operation \"purge\" is not allowed because purge protection is enabled for this HSM. The service will purge the key {name} automatically after its scheduled purge date."
                 ),
                 inner: Some("PurgeProtectionEnabled"),
-            }),
+            },
         }
+    }
+
+    /// The intent for `event` on `name` as it is now (read under its lock), or the refusal.
+    async fn decide(&self, name: &KeyName, event: Event) -> Result<Option<Intent>, Error> {
+        let state = self.state_of(name).await?;
+        lifecycle::decide(name, state, event).map_err(|r| Self::refusal(r, name))
     }
 
     /// Soft-deletes a key and all its versions (DESIGN §5), returning the newest version and
@@ -194,28 +188,17 @@ impl KeyService {
         let this = Arc::clone(self);
         detached(async move {
             let _guard = this.lock_key(&name).await;
-            let state = this.state_of(&name).await?;
-            Self::refuse(lifecycle::decide(state, Event::Delete), &name)?;
             let now = this.clock.now();
             let deletion = Deletion {
                 deleted_date: now,
                 scheduled_purge_date: now + i64::from(this.retention_days) * SECONDS_PER_DAY,
             };
-            let payload = serde_json::to_string(&DeleteIntent {
-                deleted_date: deletion.deleted_date,
-                scheduled_purge_date: deletion.scheduled_purge_date,
-            })
-            .map_err(|e| Error::Internal(e.to_string()))?;
-            let n = name.to_string();
             let intent = this
-                .blocking_store(move |s| s.begin_intent("delete", &n, None, &payload, now))
-                .await?;
-            failpoint::hit("delete.after_intent");
-            let versions = this.settle_delete(&name, false).await?;
-            let n = name.clone();
-            this.blocking_store(move |s| s.commit_deleted(&n, deletion, intent))
-                .await?;
-            failpoint::hit("delete.after_commit");
+                .decide(&name, Event::Delete { deletion })
+                .await?
+                .ok_or_else(|| Error::Internal("a delete decided nothing".into()))?;
+            let id = this.begin(&intent).await?;
+            let versions = this.carry_out_all(id, &intent).await?;
             let latest = versions
                 .into_iter()
                 .last()
@@ -223,6 +206,18 @@ impl KeyService {
             Ok((latest, deletion))
         })
         .await
+    }
+
+    /// Carries out an intent that needs nothing but itself and answers the versions it touched.
+    async fn carry_out_all(
+        self: &Arc<Self>,
+        id: i64,
+        intent: &Intent,
+    ) -> Result<Vec<VersionRecord>, Error> {
+        match self.carry_out(id, intent, Inputs::None, false).await? {
+            Done::Versions(versions) => Ok(versions),
+            Done::Version(version) => Ok(vec![version]),
+        }
     }
 
     /// The token half of a delete: every version's objects switched off and relabelled. With
@@ -289,19 +284,13 @@ impl KeyService {
         let this = Arc::clone(self);
         detached(async move {
             let _guard = this.lock_key(&name).await;
-            let state = this.state_of(&name).await?;
-            Self::refuse(lifecycle::decide(state, Event::Recover), &name)?;
-            let (n, now) = (name.to_string(), this.clock.now());
             let intent = this
-                .blocking_store(move |s| s.begin_intent("recover", &n, None, "{}", now))
-                .await?;
-            failpoint::hit("recover.after_intent");
-            let versions = this.settle_recover(&name, false).await?;
-            let n = name.clone();
-            this.blocking_store(move |s| s.commit_recovered(&n, intent))
-                .await?;
-            failpoint::hit("recover.after_commit");
-            versions
+                .decide(&name, Event::Recover)
+                .await?
+                .ok_or_else(|| Error::Internal("a recovery decided nothing".into()))?;
+            let id = this.begin(&intent).await?;
+            this.carry_out_all(id, &intent)
+                .await?
                 .into_iter()
                 .last()
                 .ok_or_else(|| Error::Internal(format!("key {name} has no versions")))
@@ -335,9 +324,12 @@ impl KeyService {
         let this = Arc::clone(self);
         detached(async move {
             let _guard = this.lock_key(&name).await;
-            let state = this.state_of(&name).await?;
-            Self::refuse(lifecycle::decide(state, Event::Purge), &name)?;
-            this.purge_locked(&name, "purge").await
+            let intent = this
+                .decide(&name, Event::Purge)
+                .await?
+                .ok_or_else(|| Error::Internal("a purge decided nothing".into()))?;
+            let id = this.begin(&intent).await?;
+            this.carry_out_all(id, &intent).await.map(|_| ())
         })
         .await
     }
@@ -351,38 +343,16 @@ impl KeyService {
             let this = Arc::clone(self);
             let done = detached(async move {
                 let _guard = this.lock_key(&name).await;
-                let state = this.state_of(&name).await?;
-                if lifecycle::decide(state, Event::AutoPurge) != Decision::Proceed {
+                let Some(intent) = this.decide(&name, Event::AutoPurge).await? else {
                     return Ok(false);
-                }
-                this.purge_locked(&name, "auto-purge").await.map(|()| true)
+                };
+                let id = this.begin(&intent).await?;
+                this.carry_out_all(id, &intent).await.map(|_| true)
             })
             .await?;
             purged += usize::from(done);
         }
         Ok(purged)
-    }
-
-    async fn purge_locked(
-        self: &Arc<Self>,
-        name: &KeyName,
-        why: &'static str,
-    ) -> Result<(), Error> {
-        // A full backup reading key material keeps purges out until it is done.
-        let _purges = self.purges.read().await;
-        let (n, now) = (name.to_string(), self.clock.now());
-        let intent = self
-            .blocking_store(move |s| s.begin_intent("purge", &n, None, why, now))
-            .await?;
-        failpoint::hit("purge.after_intent");
-        let versions = self.settle_purge(name, false).await?;
-        let n = name.clone();
-        self.blocking_store(move |s| s.commit_purged(&n, intent))
-            .await?;
-        failpoint::hit("purge.after_commit");
-        let ids: Vec<String> = versions.iter().map(|v| v.version.to_string()).collect();
-        tracing::info!(key = %name, versions = ?ids, reason = why, "purged: every token object destroyed, metadata removed");
-        Ok(())
     }
 
     /// The token half of a purge: every version's objects destroyed. Idempotent. With
@@ -537,83 +507,22 @@ impl KeyService {
         origin: Origin,
         material: Option<ImportMaterial>,
     ) -> Result<VersionRecord, Error> {
-        let state = self.state_of(&name).await?;
-        Self::refuse(lifecycle::decide(state, Event::Create), &name)?;
-        let id = VersionId::random();
-        let now = self.clock.now();
-        let payload =
-            serde_json::to_string(&spec.kind).map_err(|e| Error::Internal(e.to_string()))?;
-        let op = match origin {
-            Origin::Generated => "create",
-            Origin::Imported => "import",
-        };
-        let intent = self
-            .blocking_store({
-                let name = name.clone();
-                move |s| s.begin_intent(op, name.as_str(), Some(id), &payload, now)
-            })
-            .await?;
-
-        failpoint::hit(&format!("{op}.after_intent"));
-        let label = live_label(name.as_str(), id);
-        let kind = spec.kind;
-        let ops = spec.ops.clone();
-        let made = self
-            .hsm
-            .call(move |hsm, s| match material {
-                None => hsm
-                    .generate(s, id, &label, kind, &ops)
-                    .map(|(_, public)| public),
-                Some(material) => {
-                    hsm.import(s, id, &label, &material, &ops)?;
-                    Ok(public_of(&material))
-                }
-            })
-            .await;
-        let public = match made {
-            Ok(public) => public,
-            Err(e) => {
-                self.roll_back_new_version(id, intent).await;
-                return Err(e.into());
-            }
-        };
-
-        failpoint::hit(&format!("{op}.after_token"));
-        let record = VersionRecord {
-            name,
-            version: id,
+        let event = Event::Create {
+            version: VersionId::random(),
             kind: spec.kind,
-            ops: spec.ops,
-            attributes: spec.attributes,
-            created: now,
-            updated: now,
-            tags: spec.tags,
-            public,
             origin,
         };
-        let committed = self
-            .blocking_store(move |s| s.commit_new_version(&record, intent))
-            .await;
-        failpoint::hit(&format!("{op}.after_commit"));
-        if committed.is_err() {
-            self.roll_back_new_version(id, intent).await;
-        }
-        committed
-    }
-
-    /// Undoes a version that never got committed. If this fails too, the intent stays open and
-    /// the reconciler finishes the job at the next start.
-    async fn roll_back_new_version(self: &Arc<Self>, id: VersionId, intent: i64) {
-        let destroyed = self.hsm.call(move |hsm, s| hsm.destroy_by_id(s, id)).await;
-        match destroyed {
-            Ok(_) => {
-                if let Err(e) = self.blocking_store(move |s| s.drop_intent(intent)).await {
-                    tracing::warn!(error = %e, "could not clear a rolled-back intent; the reconciler will");
-                }
-            }
-            Err(e) => {
-                tracing::warn!(version = %id, error = %e, "could not roll back a new version; the reconciler will")
-            }
+        let intent = self
+            .decide(&name, event)
+            .await?
+            .ok_or_else(|| Error::Internal("a new version decided nothing".into()))?;
+        let id = self.begin(&intent).await?;
+        match self
+            .carry_out(id, &intent, Inputs::NewVersion { spec, material }, false)
+            .await?
+        {
+            Done::Version(record) => Ok(record),
+            Done::Versions(_) => Err(Error::Internal("a new version made several".into())),
         }
     }
 
@@ -720,45 +629,32 @@ impl KeyService {
                 return Ok(next);
             }
 
-            let payload = serde_json::to_string(&UpdateIntent {
-                ops: next.ops.clone(),
-                enabled: next.attributes.enabled,
-                nbf: next.attributes.not_before,
-                exp: next.attributes.expires,
-                tags: next.tags.clone(),
-                updated: next.updated,
-            })
-            .map_err(|e| Error::Internal(e.to_string()))?;
-            let (n, v, now) = (next.name.to_string(), next.version, next.updated);
+            let event = Event::Update {
+                version: next.version,
+                target: UpdateTarget {
+                    ops: next.ops.clone(),
+                    enabled: next.attributes.enabled,
+                    nbf: next.attributes.not_before,
+                    exp: next.attributes.expires,
+                    tags: next.tags.clone(),
+                    updated: next.updated,
+                },
+            };
             let intent = this
-                .blocking_store(move |s| s.begin_intent("update", &n, Some(v), &payload, now))
-                .await?;
-            let (before, after) = (
-                hsm::Look::live(current.ops.clone()),
-                hsm::Look::live(next.ops.clone()),
-            );
-            failpoint::hit("update.after_intent");
-            let applied = this
-                .move_version(&current, before.clone(), after.clone(), false)
-                .await;
-            failpoint::hit("update.after_token");
-            if let Err(e) = applied {
-                // Put the objects back as they were (settled from whatever the token holds);
-                // if even that fails, the intent stays and the reconciler rolls the update
-                // forward.
-                if this
-                    .move_version(&current, after, before, true)
-                    .await
-                    .is_ok()
-                {
-                    let _ = this.blocking_store(move |s| s.drop_intent(intent)).await;
+                .decide(&next.name, event)
+                .await?
+                .ok_or_else(|| Error::Internal("an update decided nothing".into()))?;
+            let id = this.begin(&intent).await?;
+            match this.carry_out(id, &intent, Inputs::None, false).await {
+                Ok(Done::Version(record)) => Ok(record),
+                Ok(Done::Versions(_)) => Err(Error::Internal("an update changed several".into())),
+                Err(e) => {
+                    // Put the objects back as the committed record has them; if even that
+                    // fails, the intent stays and the reconciler rolls the update forward.
+                    this.roll_back_quietly(id, &intent).await;
+                    Err(e)
                 }
-                return Err(e);
             }
-            let record = next.clone();
-            this.blocking_store(move |s| s.commit_update(&record, Some(intent)))
-                .await?;
-            Ok(next)
         })
         .await
     }

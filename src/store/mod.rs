@@ -3,6 +3,7 @@
 //! `synchronous=FULL` so an acknowledged commit survives power loss. Every call blocks; the key service runs them on blocking threads.
 
 mod backup;
+mod intents;
 mod schema;
 
 use std::path::{Path, PathBuf};
@@ -16,11 +17,13 @@ pub use backup::{
     Job, JobKind, JobStatus, KeySnapshot, LastBackup, RestoreJournal, RoleAssignmentRow,
     RoleDefinitionRow, Snapshot,
 };
+pub use intents::OpenIntent;
 
 use crate::auth::PrincipalRow;
 use crate::auth::roles::{RoleAssignment, RoleDefinition, RoleType, Scope};
 use crate::model::{
-    Attributes, KeyKind, KeyName, KeyOps, Origin, PublicKey, Tags, VersionId, VersionRecord,
+    Attributes, Deletion, KeyKind, KeyName, KeyOps, Origin, PublicKey, Tags, VersionId,
+    VersionRecord,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -133,23 +136,6 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_IDLE_READERS: usize = 8;
-
-/// An intent recorded before a token change (DESIGN §6).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Intent {
-    pub id: i64,
-    pub op: String,
-    pub name: String,
-    pub version: Option<VersionId>,
-    pub payload: String,
-}
-
-/// Deletion state of a key.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct Deletion {
-    pub deleted_date: i64,
-    pub scheduled_purge_date: i64,
-}
 
 /// A key's row: its stored spelling and whether it is soft-deleted.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -311,52 +297,6 @@ impl Store {
                 params![key, value],
             )?;
             meta_get(tx, key)?.ok_or_else(|| Error::Corrupt(format!("setting {key} vanished")))
-        })
-    }
-
-    // ----- intents --------------------------------------------------------------------------
-
-    /// Records an intent and commits it, before the token is touched.
-    pub fn begin_intent(
-        &self,
-        op: &str,
-        name: &str,
-        version: Option<VersionId>,
-        payload: &str,
-        now: i64,
-    ) -> Result<i64> {
-        self.write(|tx| {
-            tx.execute(
-                "INSERT INTO intents(op, name, version, payload, created) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![op, name, version.map(|v| v.as_bytes().to_vec()), payload, now],
-            )?;
-            Ok(tx.last_insert_rowid())
-        })
-    }
-
-    /// Removes an intent whose token change was rolled back or never happened.
-    pub fn drop_intent(&self, id: i64) -> Result<()> {
-        self.write(|tx| {
-            tx.execute("DELETE FROM intents WHERE id = ?1", [id])?;
-            Ok(())
-        })
-    }
-
-    pub fn open_intents(&self) -> Result<Vec<Intent>> {
-        self.read(|c| {
-            let mut stmt =
-                c.prepare("SELECT id, op, name, version, payload FROM intents ORDER BY id")?;
-            let rows = stmt.query_map([], |r| {
-                let version: Option<Vec<u8>> = r.get(3)?;
-                Ok(Intent {
-                    id: r.get(0)?,
-                    op: r.get(1)?,
-                    name: r.get(2)?,
-                    version: version.as_deref().and_then(VersionId::from_bytes),
-                    payload: r.get(4)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<_, _>>()?)
         })
     }
 
@@ -986,7 +926,7 @@ fn version_row(r: &Row) -> rusqlite::Result<Result<VersionRecord>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Curve, KeyFamily};
+    use crate::model::{Curve, Intent, KeyFamily, PurgeReason};
 
     fn record(name: &str, created: i64) -> VersionRecord {
         VersionRecord {
@@ -1058,10 +998,12 @@ mod tests {
     fn commit(store: &Store, rec: &VersionRecord) -> VersionRecord {
         let intent = store
             .begin_intent(
-                "create",
-                rec.name.as_str(),
-                Some(rec.version),
-                "{}",
+                &Intent::NewVersion {
+                    name: rec.name.clone(),
+                    version: rec.version,
+                    kind: rec.kind,
+                    origin: rec.origin,
+                },
                 rec.created,
             )
             .expect("intent recorded");
@@ -1133,13 +1075,19 @@ mod tests {
         let store = Store::open(&dir.path().join("db.sqlite")).expect("store opens");
         let rec = commit(&store, &record("gone", 5));
         let name = rec.name.clone();
-        let intent = store
-            .begin_intent("delete", "gone", None, "{}", 6)
-            .expect("intent");
         let deletion = Deletion {
             deleted_date: 6,
             scheduled_purge_date: 100,
         };
+        let intent = store
+            .begin_intent(
+                &Intent::Delete {
+                    name: name.clone(),
+                    deletion,
+                },
+                6,
+            )
+            .expect("intent");
         store
             .commit_deleted(&name, deletion, intent)
             .expect("deleted");
@@ -1153,7 +1101,13 @@ mod tests {
         assert!(store.due_for_purge(99).expect("read").is_empty());
         assert_eq!(store.due_for_purge(100).expect("read"), vec![name.clone()]);
         let intent = store
-            .begin_intent("purge", "gone", None, "{}", 7)
+            .begin_intent(
+                &Intent::Purge {
+                    name: name.clone(),
+                    reason: PurgeReason::Client,
+                },
+                7,
+            )
             .expect("intent");
         store.commit_purged(&name, intent).expect("purged");
         assert_eq!(store.key_row(&name).expect("read"), None);
@@ -1164,13 +1118,16 @@ mod tests {
     fn intents_stay_open_until_committed_or_dropped() {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = Store::open(&dir.path().join("db.sqlite")).expect("store opens");
-        let id = store
-            .begin_intent("create", "k", None, "{}", 1)
-            .expect("recorded");
+        let intent = Intent::Recover {
+            name: KeyName::parse("k").expect("name"),
+        };
+        let id = store.begin_intent(&intent, 1).expect("recorded");
         let reopened = Store::open(&dir.path().join("db.sqlite")).expect("reopens");
         let open = reopened.open_intents().expect("read");
         assert_eq!(open.len(), 1);
         assert_eq!(open[0].id, id);
+        assert_eq!(open[0].intent, Ok(intent));
+        assert!(reopened.intent_is_open(id).expect("read"));
         reopened.drop_intent(id).expect("dropped");
         assert!(store.open_intents().expect("read").is_empty());
     }

@@ -144,6 +144,11 @@ const MIGRATIONS: &[&str] = &[
         total         INTEGER NOT NULL DEFAULT 0
     );
     "#,
+    // 5: intents as typed JSON. Rows written before carry format 1 (an operation name and a
+    // payload of its own per operation); `store::intents` reads both.
+    r#"
+    ALTER TABLE intents ADD COLUMN format INTEGER NOT NULL DEFAULT 1;
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<()> {

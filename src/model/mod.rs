@@ -6,7 +6,14 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::Error;
+mod intent;
+pub use intent::{Intent, PurgeReason, UpdateTarget};
+
+/// Client input that does not make a valid domain value (a bad key name, curve, operation,
+/// tag, or attribute). The service answers it as a 400 with this message.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ParseError(pub String);
 
 /// Longest key name accepted (Azure's limit).
 pub const MAX_NAME_LEN: usize = 127;
@@ -20,14 +27,14 @@ pub const MAX_TAG_VALUE_LEN: usize = 256;
 pub struct KeyName(String);
 
 impl KeyName {
-    pub fn parse(raw: &str) -> Result<Self, Error> {
+    pub fn parse(raw: &str) -> Result<Self, ParseError> {
         let valid = !raw.is_empty()
             && raw.len() <= MAX_NAME_LEN
             && raw.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
         if valid {
             Ok(Self(raw.to_owned()))
         } else {
-            Err(Error::BadParameter(format!(
+            Err(ParseError(format!(
                 "The key name '{}' is invalid: a key name is 1 to {MAX_NAME_LEN} characters of 0-9, a-z, A-Z and '-'.",
                 truncate_for_message(raw)
             )))
@@ -88,6 +95,32 @@ impl VersionId {
     }
 }
 
+impl Serialize for VersionId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for VersionId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        Self::parse_hex(&raw).ok_or_else(|| serde::de::Error::custom("not a version id"))
+    }
+}
+
+impl Serialize for KeyName {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for KeyName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        Self::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
 impl fmt::Display for VersionId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&hex::encode(self.0))
@@ -116,12 +149,12 @@ pub enum Curve {
 impl Curve {
     pub const ALL: [Curve; 4] = [Curve::P256, Curve::P384, Curve::P521, Curve::P256K];
 
-    pub fn parse(raw: &str) -> Result<Self, Error> {
+    pub fn parse(raw: &str) -> Result<Self, ParseError> {
         Self::ALL
             .into_iter()
             .find(|c| c.jwk_name() == raw)
             .ok_or_else(|| {
-                Error::BadParameter(format!(
+                ParseError(format!(
                     "The curve '{}' is not supported; use one of P-256, P-384, P-521, P-256K.",
                     truncate_for_message(raw)
                 ))
@@ -178,12 +211,12 @@ pub enum KeyFamily {
 }
 
 impl KeyFamily {
-    pub fn parse_kty(raw: &str) -> Result<Self, Error> {
+    pub fn parse_kty(raw: &str) -> Result<Self, ParseError> {
         match raw {
             "RSA" | "RSA-HSM" => Ok(KeyFamily::Rsa),
             "EC" | "EC-HSM" => Ok(KeyFamily::Ec),
             "oct" | "oct-HSM" => Ok(KeyFamily::Oct),
-            other => Err(Error::BadParameter(format!(
+            other => Err(ParseError(format!(
                 "The key type (kty) '{}' is not supported; use one of RSA, RSA-HSM, EC, EC-HSM, oct, oct-HSM.",
                 truncate_for_message(other)
             ))),
@@ -271,7 +304,7 @@ impl KeyOps {
         Self(family.allowed_ops().to_vec())
     }
 
-    pub fn parse(raw: &[String], family: KeyFamily) -> Result<Self, Error> {
+    pub fn parse(raw: &[String], family: KeyFamily) -> Result<Self, ParseError> {
         let mut ops = Vec::with_capacity(raw.len());
         for name in raw {
             let op = family
@@ -282,7 +315,7 @@ impl KeyOps {
                 .ok_or_else(|| {
                     let allowed: Vec<&str> =
                         family.allowed_ops().iter().map(|op| op.as_str()).collect();
-                    Error::BadParameter(format!(
+                    ParseError(format!(
                         "The key operation '{}' is not valid for a key of type {}; allowed: {}.",
                         truncate_for_message(name),
                         family.hsm_kty(),
@@ -327,8 +360,16 @@ pub enum PublicKey {
     Oct,
 }
 
+/// Deletion state of a key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Deletion {
+    pub deleted_date: i64,
+    pub scheduled_purge_date: i64,
+}
+
 /// Where a version's material came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Origin {
     Generated,
     Imported,
@@ -354,21 +395,21 @@ impl Origin {
 pub type Tags = BTreeMap<String, String>;
 
 /// Checks tag count and lengths against Azure's limits.
-pub fn validate_tags(tags: &Tags) -> Result<(), Error> {
+pub fn validate_tags(tags: &Tags) -> Result<(), ParseError> {
     if tags.len() > MAX_TAGS {
-        return Err(Error::BadParameter(format!(
+        return Err(ParseError(format!(
             "A key may carry at most {MAX_TAGS} tags; {} were given.",
             tags.len()
         )));
     }
     for (name, value) in tags {
         if name.is_empty() || name.chars().count() > MAX_TAG_NAME_LEN {
-            return Err(Error::BadParameter(format!(
+            return Err(ParseError(format!(
                 "A tag name must be 1 to {MAX_TAG_NAME_LEN} characters long."
             )));
         }
         if value.chars().count() > MAX_TAG_VALUE_LEN {
-            return Err(Error::BadParameter(format!(
+            return Err(ParseError(format!(
                 "The value of tag '{}' is longer than {MAX_TAG_VALUE_LEN} characters.",
                 truncate_for_message(name)
             )));
@@ -387,10 +428,10 @@ pub struct Attributes {
 
 impl Attributes {
     /// Times are Unix seconds, not negative, and `nbf` does not lie after `exp`.
-    pub fn validate(&self) -> Result<(), Error> {
+    pub fn validate(&self) -> Result<(), ParseError> {
         for (name, value) in [("nbf", self.not_before), ("exp", self.expires)] {
             if value.is_some_and(|v| v < 0) {
-                return Err(Error::BadParameter(format!(
+                return Err(ParseError(format!(
                     "The attribute '{name}' must not be negative."
                 )));
             }
@@ -398,9 +439,7 @@ impl Attributes {
         if let (Some(nbf), Some(exp)) = (self.not_before, self.expires)
             && nbf > exp
         {
-            return Err(Error::BadParameter(
-                "The key's 'nbf' lies after its 'exp'.".into(),
-            ));
+            return Err(ParseError("The key's 'nbf' lies after its 'exp'.".into()));
         }
         Ok(())
     }
@@ -465,7 +504,7 @@ mod tests {
         }
         for bad in ["", "a_b", "a b", "ключ", "a/b", "a.b", &"k".repeat(128)] {
             assert!(
-                matches!(KeyName::parse(bad), Err(Error::BadParameter(_))),
+                matches!(KeyName::parse(bad), Err(ParseError(_))),
                 "{bad} should be refused"
             );
         }
