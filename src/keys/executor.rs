@@ -24,8 +24,8 @@ pub(super) enum Inputs {
     None,
     /// A new version's fields, and the material of an import (never stored).
     NewVersion {
-        spec: NewKey,
-        material: Option<ImportMaterial>,
+        spec: Box<NewKey>,
+        material: Option<Box<ImportMaterial>>,
     },
     /// A restored key's versions and their wrapped material.
     Restore(Box<RestoredKey>),
@@ -101,6 +101,7 @@ impl KeyService {
                 Inputs::NewVersion { spec, material },
             ) => {
                 let [_, after_token, after_commit] = new_version_points(*origin);
+                let spec = *spec;
                 let (id_, kind_, ops) = (*version, *kind, spec.ops.clone());
                 let label = live_label(name.as_str(), *version);
                 let made = self

@@ -518,7 +518,15 @@ impl KeyService {
             .ok_or_else(|| Error::Internal("a new version decided nothing".into()))?;
         let id = self.begin(&intent).await?;
         match self
-            .carry_out(id, &intent, Inputs::NewVersion { spec, material }, false)
+            .carry_out(
+                id,
+                &intent,
+                Inputs::NewVersion {
+                    spec: Box::new(spec),
+                    material: material.map(Box::new),
+                },
+                false,
+            )
             .await?
         {
             Done::Version(record) => Ok(record),
