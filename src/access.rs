@@ -11,7 +11,7 @@ use crate::auth::oidc::OidcVerifier;
 use crate::auth::roles::{self, Permission, RoleAssignment, RoleDefinition, RoleType, Scope};
 use crate::auth::{AccessSnapshot, Principal};
 use crate::clock::Clock;
-use crate::error::Error;
+use crate::error::{Error, Missing, Reason};
 use crate::model::truncate_for_message;
 use crate::store::{RoleRemoval, Store};
 
@@ -271,7 +271,7 @@ impl AccessControl {
                 message: format!(
                     "The role definition is used by {n} role assignment(s); delete them first."
                 ),
-                inner: Some("RoleDefinitionInUse"),
+                inner: Some(Reason::RoleDefinitionInUse),
             }),
         }
     }
@@ -331,7 +331,7 @@ impl AccessControl {
         {
             return Err(Error::Conflict {
                 message: "A role assignment with this name already exists; assignments cannot be changed, only deleted and created again.".into(),
-                inner: Some("RoleAssignmentExists"),
+                inner: Some(Reason::RoleAssignmentExists),
             });
         }
         self.reload()?;
@@ -411,7 +411,7 @@ fn guid(raw: &str, what: &str) -> Result<String, Error> {
 
 fn role_definition_not_found(name: &str) -> Error {
     Error::NotFound {
-        code: "RoleDefinitionNotFound",
+        what: Missing::RoleDefinition,
         message: format!(
             "There is no role definition '{}'.",
             truncate_for_message(name)
@@ -421,7 +421,7 @@ fn role_definition_not_found(name: &str) -> Error {
 
 fn role_assignment_not_found(name: &str) -> Error {
     Error::NotFound {
-        code: "RoleAssignmentNotFound",
+        what: Missing::RoleAssignment,
         message: format!(
             "There is no role assignment '{}' at this scope.",
             truncate_for_message(name)

@@ -2,6 +2,7 @@
 //! turns it into a status code and an Azure error body. Internal detail (a PKCS#11 return code, a
 //! SQLite message) is kept for the log and never sent to the client.
 
+use crate::model::FailureKind;
 use crate::{hsm, store};
 
 #[derive(Debug, thiserror::Error)]
@@ -15,9 +16,9 @@ pub enum Error {
     /// No key, or no such version of a key (404 KeyNotFound).
     #[error("{0}")]
     KeyNotFound(String),
-    /// Something other than a key does not exist (404 with `code`).
+    /// Something other than a key does not exist (404).
     #[error("{message}")]
-    NotFound { code: &'static str, message: String },
+    NotFound { what: Missing, message: String },
     /// The caller's role assignments do not grant the data action (403 AccessDenied).
     #[error("{0}")]
     AccessDenied(String),
@@ -29,13 +30,13 @@ pub enum Error {
     #[error("{message}")]
     Conflict {
         message: String,
-        inner: Option<&'static str>,
+        inner: Option<Reason>,
     },
     /// The operation is not allowed on the key as it is (403 Forbidden).
     #[error("{message}")]
     Forbidden {
         message: String,
-        inner: Option<&'static str>,
+        inner: Option<Reason>,
     },
     /// No valid credential came with the request (401).
     #[error("{0}")]
@@ -62,37 +63,61 @@ pub enum Error {
     Internal(String),
 }
 
+/// Why a request is refused, where Azure's answer names it (its inner error code, which clients
+/// branch on). `http/error.rs` names each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    DeletedButRecoverable,
+    PurgeProtectionEnabled,
+    PurgeProtectionCannotBeDisabled,
+    KeyOperationForbidden,
+    KeyDisabled,
+    KeyNotYetValid,
+    KeyExpired,
+    FullBackupRequired,
+    RoleAssignmentExists,
+    RoleDefinitionInUse,
+}
+
+/// What, other than a key, does not exist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Missing {
+    Job,
+    RoleDefinition,
+    RoleAssignment,
+}
+
 impl Error {
-    /// The `(code, message)` a client may see of an error that ended a background job: a
-    /// client's mistake says what it was, a fault inside says nothing about the inside (the
-    /// detail is logged).
-    pub fn job_error(&self) -> (String, String) {
-        let pair = |code: &str, message: &str| (code.to_owned(), message.to_owned());
+    /// What ended a background job, as the job keeps it: the kind (`http/error.rs` picks the
+    /// Azure code for it) and a message a client may see — a client's mistake says what it
+    /// was; a fault inside says nothing about the inside (the detail is logged).
+    pub fn failure(&self) -> (FailureKind, String) {
+        let said = |kind, message: &str| (kind, message.to_owned());
         match self {
-            Error::BadParameter(m) => pair("BadParameter", m),
-            Error::KeyNotFound(m) => pair("KeyNotFound", m),
-            Error::NotFound { code, message } => pair(code, message),
-            Error::Conflict { message, .. } => pair("Conflict", message),
-            Error::Forbidden { message, .. } => pair("Forbidden", message),
-            Error::AccessDenied(m) => pair("AccessDenied", m),
-            Error::Busy(m) => pair("ServiceUnavailable", m),
-            Error::Unavailable(_) => pair(
-                "ServiceUnavailable",
+            Error::BadParameter(m) => said(FailureKind::BadParameter, m),
+            Error::KeyNotFound(m) => said(FailureKind::KeyNotFound, m),
+            Error::NotFound { message, .. } => said(FailureKind::NotFound, message),
+            Error::Conflict { message, .. } => said(FailureKind::Conflict, message),
+            Error::Forbidden { message, .. } => said(FailureKind::Forbidden, message),
+            Error::AccessDenied(m) => said(FailureKind::AccessDenied, m),
+            Error::Busy(m) => said(FailureKind::Unavailable, m),
+            Error::Unavailable(_) => said(
+                FailureKind::Unavailable,
                 "The HSM was unavailable; start the operation again.",
             ),
-            Error::StorageUnavailable(_) => pair(
-                "ServiceUnavailable",
+            Error::StorageUnavailable(_) => said(
+                FailureKind::Unavailable,
                 "The service's storage could not be written; start the operation again.",
             ),
-            Error::AuditUnavailable(_) => pair(
-                "ServiceUnavailable",
+            Error::AuditUnavailable(_) => said(
+                FailureKind::Unavailable,
                 "The audit log could not be written; start the operation again.",
             ),
             Error::PayloadTooLarge { .. }
             | Error::Unauthorized(_)
             | Error::KeyChanged(_)
-            | Error::Internal(_) => pair(
-                "InternalError",
+            | Error::Internal(_) => said(
+                FailureKind::Internal,
                 "The service met an internal error; see its log.",
             ),
         }

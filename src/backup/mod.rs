@@ -12,11 +12,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::clock::{Clock, compact_utc};
-use crate::error::Error;
+use crate::error::{Error, Missing, Reason};
 use crate::keys::KeyService;
 use crate::keys::backup::Progress;
 use crate::model::KeyName;
-use crate::store::{Job, JobKind, JobStatus, LastBackup, Store};
+use crate::model::{FailureKind, Job, JobKind, JobStatus};
+use crate::store::{LastBackup, Store};
 use location::{BackupLocation, Container};
 
 const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
@@ -106,7 +107,7 @@ impl Backups {
                     &id,
                     JobStatus::Failed,
                     message,
-                    Some(("Interrupted", message)),
+                    Some((FailureKind::Interrupted, message)),
                     now,
                 )
             })
@@ -342,7 +343,7 @@ impl Backups {
                     "A full restore replaces every key and role assignment, so it needs a full backup of the current state completed within the last {} minutes; {why}. Start a full backup first.",
                     window / 60
                 ),
-                inner: Some("FullBackupRequired"),
+                inner: Some(Reason::FullBackupRequired),
             }),
         }
     }
@@ -408,7 +409,7 @@ impl Backups {
         });
         job.filter(|j| kinds.contains(&j.kind))
             .ok_or_else(|| Error::NotFound {
-                code: "JobNotFound",
+                what: Missing::Job,
                 message: format!("No job {} exists.", crate::model::truncate_for_message(id)),
             })
     }
@@ -494,7 +495,7 @@ impl Backups {
             }
             Err(e) => {
                 tracing::warn!(job = %id, error = %e, "{what} failed");
-                let (code, message) = e.job_error();
+                let (kind, message) = e.failure();
                 let details = format!("{what} failed");
                 let id2 = id.clone();
                 // A job its commit already finished (a full restore that failed only in what
@@ -504,7 +505,7 @@ impl Backups {
                         &id2,
                         JobStatus::Failed,
                         &details,
-                        Some((&code, &message)),
+                        Some((kind, &message)),
                         now,
                     ),
                     _ => Ok(()),

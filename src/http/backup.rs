@@ -16,7 +16,7 @@ use crate::backup::RestoreSource;
 use crate::error::Error;
 use crate::keys::import::decode_b64;
 use crate::model::KeyName;
-use crate::store::{Job, JobKind, JobStatus};
+use crate::model::{Job, JobKind, JobStatus};
 
 /// How long clients wait between two polls of a job, in seconds.
 const RETRY_AFTER: &str = "1";
@@ -96,7 +96,10 @@ fn operation(job: Job) -> OperationOut {
     OperationOut {
         status: job.status.as_str(),
         status_details: job.details,
-        error: job.error.map(|(code, message)| ErrorOut { code, message }),
+        error: job.error.map(|(kind, message)| ErrorOut {
+            code: super::error::failure_code(kind).to_owned(),
+            message,
+        }),
         job_id: job.id,
         start_time: job.start_time,
         end_time: job.end_time,

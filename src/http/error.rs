@@ -7,7 +7,48 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
-use crate::error::Error;
+use crate::error::{Error, Missing, Reason};
+use crate::model::FailureKind;
+
+/// Azure's inner error code for each reason a request is refused.
+fn reason_code(reason: Reason) -> &'static str {
+    match reason {
+        Reason::DeletedButRecoverable => "ObjectIsDeletedButRecoverable",
+        Reason::PurgeProtectionEnabled => "PurgeProtectionEnabled",
+        Reason::PurgeProtectionCannotBeDisabled => "PurgeProtectionCannotBeDisabled",
+        Reason::KeyOperationForbidden => "KeyOperationForbidden",
+        Reason::KeyDisabled => "KeyDisabled",
+        Reason::KeyNotYetValid => "KeyNotYetValid",
+        Reason::KeyExpired => "KeyExpired",
+        Reason::FullBackupRequired => "FullBackupRequired",
+        Reason::RoleAssignmentExists => "RoleAssignmentExists",
+        Reason::RoleDefinitionInUse => "RoleDefinitionInUse",
+    }
+}
+
+/// Azure's error code for each thing other than a key that can be missing.
+fn missing_code(what: Missing) -> &'static str {
+    match what {
+        Missing::Job => "JobNotFound",
+        Missing::RoleDefinition => "RoleDefinitionNotFound",
+        Missing::RoleAssignment => "RoleAssignmentNotFound",
+    }
+}
+
+/// The Azure error code of each kind of failure; responses and job status polls both use it.
+pub fn failure_code(kind: FailureKind) -> &'static str {
+    match kind {
+        FailureKind::BadParameter => "BadParameter",
+        FailureKind::KeyNotFound => "KeyNotFound",
+        FailureKind::NotFound => "NotFound",
+        FailureKind::Conflict => "Conflict",
+        FailureKind::Forbidden => "Forbidden",
+        FailureKind::AccessDenied => "AccessDenied",
+        FailureKind::Unavailable => "ServiceUnavailable",
+        FailureKind::Interrupted => "Interrupted",
+        FailureKind::Internal => "InternalError",
+    }
+}
 
 #[derive(Serialize)]
 struct Body<'a> {
@@ -62,22 +103,33 @@ fn unavailable(inner: &str, message: &str, retry_after: &'static str) -> Respons
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         match &self {
-            Error::BadParameter(m) => {
-                error_response(StatusCode::BAD_REQUEST, "BadParameter", m, None)
-            }
+            Error::BadParameter(m) => error_response(
+                StatusCode::BAD_REQUEST,
+                failure_code(FailureKind::BadParameter),
+                m,
+                None,
+            ),
             Error::PayloadTooLarge { limit } => error_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "RequestBodyTooLarge",
                 &format!("The request body is larger than the {limit} bytes this service accepts."),
                 None,
             ),
-            Error::KeyNotFound(m) => error_response(StatusCode::NOT_FOUND, "KeyNotFound", m, None),
-            Error::NotFound { code, message } => {
-                error_response(StatusCode::NOT_FOUND, code, message, None)
+            Error::KeyNotFound(m) => error_response(
+                StatusCode::NOT_FOUND,
+                failure_code(FailureKind::KeyNotFound),
+                m,
+                None,
+            ),
+            Error::NotFound { what, message } => {
+                error_response(StatusCode::NOT_FOUND, missing_code(*what), message, None)
             }
-            Error::AccessDenied(m) => {
-                error_response(StatusCode::FORBIDDEN, "AccessDenied", m, None)
-            }
+            Error::AccessDenied(m) => error_response(
+                StatusCode::FORBIDDEN,
+                failure_code(FailureKind::AccessDenied),
+                m,
+                None,
+            ),
             Error::Busy(m) => {
                 let mut response = error_response(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -90,12 +142,18 @@ impl IntoResponse for Error {
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
                 response
             }
-            Error::Conflict { message, inner } => {
-                error_response(StatusCode::CONFLICT, "Conflict", message, *inner)
-            }
-            Error::Forbidden { message, inner } => {
-                error_response(StatusCode::FORBIDDEN, "Forbidden", message, *inner)
-            }
+            Error::Conflict { message, inner } => error_response(
+                StatusCode::CONFLICT,
+                failure_code(FailureKind::Conflict),
+                message,
+                inner.map(reason_code),
+            ),
+            Error::Forbidden { message, inner } => error_response(
+                StatusCode::FORBIDDEN,
+                failure_code(FailureKind::Forbidden),
+                message,
+                inner.map(reason_code),
+            ),
             Error::Unauthorized(m) => {
                 error_response(StatusCode::UNAUTHORIZED, "Unauthorized", m, None)
             }
@@ -132,7 +190,7 @@ impl IntoResponse for Error {
                 tracing::error!(%detail, "answering 500");
                 error_response(
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    "InternalError",
+                    failure_code(FailureKind::Internal),
                     "The service met an internal error. The request may be retried; if it persists, contact the operator.",
                     None,
                 )
@@ -165,7 +223,7 @@ mod tests {
             (
                 Error::Conflict {
                     message: "c".into(),
-                    inner: Some("ObjectIsDeletedButRecoverable"),
+                    inner: Some(Reason::DeletedButRecoverable),
                 },
                 409,
                 "Conflict",

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::AppState;
 use super::extract::{AzJson, AzPath};
-use crate::error::Error;
+use crate::error::{Error, Reason};
 
 const PURGE_PROTECTION: &str = "EnablePurgeProtection";
 const ARM_OPERATIONS: &str = "AllowKeyManagementOperationsThroughARM";
@@ -97,7 +97,7 @@ pub async fn update(
                 (true, false) => {
                     return Err(Error::Forbidden {
                         message: "Purge protection cannot be disabled once it is enabled.".into(),
-                        inner: Some("PurgeProtectionCannotBeDisabled"),
+                        inner: Some(Reason::PurgeProtectionCannotBeDisabled),
                     });
                 }
                 (false, false) => {}

@@ -11,7 +11,7 @@ use super::blob::{Content, Envelope, FullPayload, KeyPayload, RestoredKey};
 use super::executor::{Done, Inputs};
 use super::lifecycle::Event;
 use super::{KeyService, not_found};
-use crate::error::Error;
+use crate::error::{Error, Reason};
 use crate::failpoint;
 use crate::model::{KeyName, VersionId, VersionRecord};
 use crate::store::{RestoreJournal, Snapshot};
@@ -338,7 +338,7 @@ impl KeyService {
             if now_state != expected_state {
                 return Err(Error::Conflict {
                     message: "Keys or roles changed after the full restore was accepted, so the latest full backup no longer holds the current state; nothing was restored. Back up again and restore.".into(),
-                    inner: Some("FullBackupRequired"),
+                    inner: Some(Reason::FullBackupRequired),
                 });
             }
             // Every version must unwrap before anything is destroyed: a backup whose material

@@ -6,7 +6,7 @@
 use zeroize::Zeroizing;
 
 use super::{KeyService, not_found};
-use crate::error::Error;
+use crate::error::{Error, Reason};
 use crate::hsm::KeyHandles;
 use crate::hsm::oaep::OaepHash;
 use crate::hsm::ops::{AesMode, Hash, RsaPadding, SignScheme};
@@ -560,13 +560,13 @@ impl KeyService {
         if !record.ops.contains(op) {
             return Err(Error::Forbidden {
                 message: format!("Operation {op_name} is not permitted on this key."),
-                inner: Some("KeyOperationForbidden"),
+                inner: Some(Reason::KeyOperationForbidden),
             });
         }
         if !record.attributes.enabled {
             return Err(Error::Forbidden {
                 message: format!("Operation {op_name} is not allowed on a disabled key."),
-                inner: Some("KeyDisabled"),
+                inner: Some(Reason::KeyDisabled),
             });
         }
         let now = self.now();
@@ -575,13 +575,13 @@ impl KeyService {
                 message: format!(
                     "Operation {op_name} is not allowed before the key's activation time (nbf)."
                 ),
-                inner: Some("KeyNotYetValid"),
+                inner: Some(Reason::KeyNotYetValid),
             });
         }
         if record.attributes.expires.is_some_and(|exp| now >= exp) {
             return Err(Error::Forbidden {
                 message: format!("Operation {op_name} is not allowed on an expired key."),
-                inner: Some("KeyExpired"),
+                inner: Some(Reason::KeyExpired),
             });
         }
         Ok(())

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::clock::Clock;
-use crate::error::Error;
+use crate::error::{Error, Reason};
 use crate::failpoint;
 use crate::hsm::{self, Hsm, ImportMaterial};
 use crate::model::Deletion;
@@ -156,7 +156,7 @@ impl KeyService {
                 message: format!(
                     "Key {name} is currently in a deleted but recoverable state, and its name cannot be reused; in this state, the key can only be recovered or purged."
                 ),
-                inner: Some("ObjectIsDeletedButRecoverable"),
+                inner: Some(Reason::DeletedButRecoverable),
             },
             Refusal::NameTaken => Error::Conflict {
                 message: format!(
@@ -168,7 +168,7 @@ impl KeyService {
                 message: format!(
                     "Operation \"purge\" is not allowed because purge protection is enabled for this HSM. The service will purge the key {name} automatically after its scheduled purge date."
                 ),
-                inner: Some("PurgeProtectionEnabled"),
+                inner: Some(Reason::PurgeProtectionEnabled),
             },
         }
     }

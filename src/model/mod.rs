@@ -7,7 +7,9 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 mod intent;
+mod job;
 pub use intent::{Intent, PurgeReason, UpdateTarget};
+pub use job::{FailureKind, Job, JobKind, JobStatus};
 
 /// Client input that does not make a valid domain value (a bad key name, curve, operation,
 /// tag, or attribute). The service answers it as a 400 with this message.

@@ -9,7 +9,7 @@ use super::{
     Deletion, Error, Result, Store, VERSION_COLUMNS, insert_version, meta_get, meta_set, to_json,
     version_row,
 };
-use crate::model::{KeyName, VersionRecord};
+use crate::model::{FailureKind, Job, JobKind, JobStatus, KeyName, VersionRecord};
 
 /// Names of the backup bookkeeping settings.
 const STATE_SEQ: &str = "state_seq";
@@ -77,79 +77,6 @@ pub struct LastBackup {
 pub struct RestoreJournal {
     pub job: String,
     pub file: String,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum JobKind {
-    Backup,
-    Restore,
-    SelectiveRestore,
-}
-
-impl JobKind {
-    fn as_str(self) -> &'static str {
-        match self {
-            JobKind::Backup => "backup",
-            JobKind::Restore => "restore",
-            JobKind::SelectiveRestore => "selective-restore",
-        }
-    }
-
-    fn parse(raw: &str) -> Option<Self> {
-        match raw {
-            "backup" => Some(JobKind::Backup),
-            "restore" => Some(JobKind::Restore),
-            "selective-restore" => Some(JobKind::SelectiveRestore),
-            _ => None,
-        }
-    }
-}
-
-/// Azure's `OperationStatus`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum JobStatus {
-    InProgress,
-    Succeeded,
-    Failed,
-}
-
-impl JobStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            JobStatus::InProgress => "InProgress",
-            JobStatus::Succeeded => "Succeeded",
-            JobStatus::Failed => "Failed",
-        }
-    }
-
-    fn parse(raw: &str) -> Option<Self> {
-        match raw {
-            "InProgress" => Some(JobStatus::InProgress),
-            "Succeeded" => Some(JobStatus::Succeeded),
-            "Failed" => Some(JobStatus::Failed),
-            _ => None,
-        }
-    }
-}
-
-/// A backup or restore job.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Job {
-    pub id: String,
-    pub kind: JobKind,
-    pub status: JobStatus,
-    pub details: String,
-    /// `(code, message)` of a failed job.
-    pub error: Option<(String, String)>,
-    pub start_time: i64,
-    pub end_time: Option<i64>,
-    /// The storage container URI the request named.
-    pub container: String,
-    /// The backup folder: written by a backup, read by a restore.
-    pub folder: Option<String>,
-    pub key_name: Option<String>,
-    pub done: u64,
-    pub total: u64,
 }
 
 impl Store {
@@ -383,7 +310,7 @@ impl Store {
         id: &str,
         status: JobStatus,
         details: &str,
-        error: Option<(&str, &str)>,
+        error: Option<(FailureKind, &str)>,
         now: i64,
     ) -> Result<()> {
         self.write(|tx| finish_job(tx, id, status, details, error, now))
@@ -468,7 +395,7 @@ fn finish_job(
     id: &str,
     status: JobStatus,
     details: &str,
-    error: Option<(&str, &str)>,
+    error: Option<(FailureKind, &str)>,
     now: i64,
 ) -> Result<()> {
     tx.execute(
@@ -478,7 +405,7 @@ fn finish_job(
             id,
             status.as_str(),
             details,
-            error.map(|e| e.0),
+            error.map(|e| e.0.stored_name()),
             error.map(|e| e.1),
             now
         ],
@@ -505,7 +432,7 @@ fn job_row(r: &rusqlite::Row) -> rusqlite::Result<Result<Job>> {
         kind,
         status,
         details: r.get(3)?,
-        error: code.map(|c| (c, message.unwrap_or_default())),
+        error: code.map(|c| (FailureKind::from_stored(&c), message.unwrap_or_default())),
         start_time: r.get(6)?,
         end_time: r.get(7)?,
         container: r.get(8)?,

@@ -14,8 +14,7 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, params};
 
 pub use backup::{
-    Job, JobKind, JobStatus, KeySnapshot, LastBackup, RestoreJournal, RoleAssignmentRow,
-    RoleDefinitionRow, Snapshot,
+    KeySnapshot, LastBackup, RestoreJournal, RoleAssignmentRow, RoleDefinitionRow, Snapshot,
 };
 pub use intents::OpenIntent;
 
