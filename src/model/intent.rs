@@ -46,10 +46,10 @@ impl Intent {
     pub fn what(&self) -> &'static str {
         match self {
             Intent::NewVersion { .. } => "key version",
-            Intent::Update { .. } => "update",
-            Intent::Delete { .. } => "delete",
+            Intent::Update { .. } => "version update",
+            Intent::Delete { .. } => "soft-delete",
             Intent::Recover { .. } => "recovery",
-            Intent::Purge { .. } => "purge",
+            Intent::Purge { .. } => "key purge",
             Intent::Restore { .. } => "key restore",
         }
     }
@@ -91,8 +91,8 @@ pub enum PurgeReason {
 impl PurgeReason {
     pub fn as_str(self) -> &'static str {
         match self {
-            PurgeReason::Client => "purge",
-            PurgeReason::RetentionEnded => "auto-purge",
+            PurgeReason::Client => "a client asked",
+            PurgeReason::RetentionEnded => "the retention period ended",
         }
     }
 }
