@@ -14,6 +14,7 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod backup;
+pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
@@ -26,6 +27,7 @@ pub mod keys;
 pub mod model;
 pub mod pem;
 pub mod provision;
+pub mod serve;
 pub mod store;
 pub mod tls;
 
