@@ -6,8 +6,9 @@
 
 churn: cycles of create (EC P-256, a new name each time), sign, delete, purge.
 read:  sign and get on a fixed set of keys made before the clock starts.
-Each worker is one keep-alive connection paced at rate/workers. The admin principal must hold the Crypto User and Crypto Officer roles. Prints one line per
-sample: seconds, VmRSS KiB, requests done, non-2xx count.
+Each worker is one keep-alive connection paced at rate/workers. The admin principal must hold
+the Crypto User and Crypto Officer roles. Prints one line per sample: seconds, VmRSS KiB,
+requests done, non-2xx count.
 """
 
 import argparse
