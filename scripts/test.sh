@@ -21,7 +21,7 @@ kryoptic_module="$(./scripts/install-kryoptic.sh)"
 echo "== cargo test --tests (kryoptic: $kryoptic_module)"
 start=$SECONDS
 P11VAULT_TEST_TOKEN=kryoptic P11VAULT_KRYOPTIC_MODULE="$kryoptic_module" \
-    cargo test --locked --test '*'
+    cargo test --locked --no-fail-fast --test '*'
 echo "== kryoptic pass took $((SECONDS - start)) s"
 
 echo "== interop tests (official Azure Python SDK)"
