@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Sets up and runs every test: formatting and lints, the Rust unit and integration tests
-# (real SoftHSM2 tokens, real SQLite files, real HTTPS), and the interop suite that drives the
-# service with the official Azure Python SDK.
+# (real SoftHSM2 tokens, real SQLite files, real HTTPS), the integration tests once more on
+# kryoptic (a second PKCS#11 token, built by scripts/install-kryoptic.sh), and the interop
+# suite that drives the service with the official Azure Python SDK.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh --tests
@@ -10,8 +11,18 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
-echo "== cargo test"
+echo "== cargo test (SoftHSM2)"
 cargo test --locked --all-targets
+
+# The integration tests again on a second, independent token: kryoptic, as an external
+# module (unit tests and benches do not depend on the token, so they run once, above).
+echo "== building kryoptic"
+kryoptic_module="$(./scripts/install-kryoptic.sh)"
+echo "== cargo test --tests (kryoptic: $kryoptic_module)"
+start=$SECONDS
+P11VAULT_TEST_TOKEN=kryoptic P11VAULT_KRYOPTIC_MODULE="$kryoptic_module" \
+    cargo test --locked --no-fail-fast --test '*'
+echo "== kryoptic pass took $((SECONDS - start)) s"
 
 echo "== interop tests (official Azure Python SDK)"
 cargo build --locked

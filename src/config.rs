@@ -116,6 +116,10 @@ struct FilePkcs11 {
     pin_file: Option<PathBuf>,
     /// Needed only on the first start against a vendor token, to create the security domain.
     so_pin_file: Option<PathBuf>,
+    /// `true`: when no token with the label exists, the first start initialises an empty slot
+    /// with it (`C_InitToken` with the SO PIN, then `C_InitPIN`): for soft tokens such as
+    /// kryoptic. Default `false`: a vendor token is initialised with its vendor's tools.
+    init_token: Option<bool>,
     sessions: Option<usize>,
 }
 
@@ -126,6 +130,10 @@ struct FileKeys {
     /// key, so key backups work. `false`: strict, nothing ever leaves the token.
     backups: Option<bool>,
     retention_days: Option<u32>,
+    /// `true` accepts, at the first start, a token on which any logged-in user may create
+    /// `CKA_TRUSTED` keys (kryoptic), so `CKA_WRAP_WITH_TRUSTED` does not keep backed-up keys
+    /// from leaving under a key the user made (ARCHITECTURE.md, "Protection models").
+    accept_user_trusted_keys: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -163,6 +171,8 @@ pub enum TokenSource {
         module: PathBuf,
         pin_file: PathBuf,
         so_pin_file: Option<PathBuf>,
+        /// Initialise an empty slot when no token has the label (`pkcs11.init_token`).
+        init_token: bool,
     },
 }
 
@@ -176,6 +186,8 @@ pub struct Config {
     pub token_label: String,
     pub sessions: usize,
     pub extraction: Extraction,
+    /// `keys.accept_user_trusted_keys`: consulted at the first start only.
+    pub accept_user_trusted_keys: bool,
     pub retention_days: u32,
     pub max_body_bytes: usize,
     pub challenge_authority: Option<String>,
@@ -236,6 +248,7 @@ impl Config {
                     message: "a PIN file is required with an external PKCS#11 module".into(),
                 })?,
                 so_pin_file: file.pkcs11.so_pin_file,
+                init_token: file.pkcs11.init_token.unwrap_or(false),
             },
             None => TokenSource::Embedded {
                 module: find_softhsm2().ok_or_else(|| ConfigError::Invalid {
@@ -344,6 +357,7 @@ impl Config {
             token_label,
             sessions,
             extraction,
+            accept_user_trusted_keys: file.keys.accept_user_trusted_keys.unwrap_or(false),
             retention_days,
             max_body_bytes,
             challenge_authority: file.auth.challenge_authority,

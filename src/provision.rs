@@ -14,7 +14,8 @@ use crate::auth::roles::{self, RoleAssignment, Scope};
 use crate::config::{Config, TokenSource};
 use crate::failpoint;
 use crate::fsutil::{create_private_dir, write_atomic};
-use crate::hsm::{self, HsmSettings, Module, Pin};
+use crate::hsm::templates::Extraction;
+use crate::hsm::{self, HsmSettings, Module, Pin, TokenProfile, Trust};
 use crate::model::{Retention, VersionId};
 use crate::store::{self, Store};
 use crate::tls::{self, TlsPaths};
@@ -78,6 +79,10 @@ mod meta {
     pub const DOMAIN: &str = "security_domain";
     pub const RETENTION_DAYS: &str = "retention_days";
     pub const PURGE_PROTECTION: &str = "purge_protection";
+    /// JSON: what the first start learnt of the token (`hsm::TokenProfile`).
+    pub const TOKEN_PROFILE: &str = "token_profile";
+    /// When the operator accepted a token on which any user may create trusted keys.
+    pub const USER_TRUSTED_KEYS_ACCEPTED: &str = "user_trusted_keys_accepted";
 }
 
 pub fn open(cfg: &Config, hosts: &[String]) -> Result<Ready, ProvisionError> {
@@ -110,9 +115,32 @@ pub fn open(cfg: &Config, hosts: &[String]) -> Result<Ready, ProvisionError> {
                 tracing::info!(label = %cfg.token_label, "initialising the embedded SoftHSM2 token");
                 module.init_token(&cfg.token_label, so, &user_pin)?
             }
+            (
+                TokenSource::External {
+                    init_token: true, ..
+                },
+                Some(so),
+            ) => {
+                tracing::info!(label = %cfg.token_label, module = %module_path.display(),
+                    "no token has the label: initialising an empty slot with it (pkcs11.init_token)");
+                module.init_token(&cfg.token_label, so, &user_pin)?
+            }
+            (
+                TokenSource::External {
+                    init_token: true, ..
+                },
+                None,
+            ) => {
+                return Err(ProvisionError::Refused(format!(
+                    "no token labelled '{}' in {}, and pkcs11.init_token needs pkcs11.so_pin_file to initialise one",
+                    cfg.token_label,
+                    module_path.display()
+                )));
+            }
             _ => {
                 return Err(ProvisionError::Refused(format!(
-                    "no token labelled '{}' in {}; initialise it with your HSM's tools first",
+                    "no token labelled '{}' in {}; initialise it with your HSM's tools first \
+                     (or, for a soft token, set pkcs11.init_token = true)",
                     cfg.token_label,
                     module_path.display()
                 )));
@@ -133,6 +161,15 @@ pub fn open(cfg: &Config, hosts: &[String]) -> Result<Ready, ProvisionError> {
     if let Some(so) = &so_pin {
         module.ensure_user_pin(slot, so, &user_pin)?;
     }
+    let profile = token_profile(
+        cfg,
+        &store,
+        &module,
+        slot,
+        initialized,
+        so_pin.as_ref(),
+        &user_pin,
+    )?;
     let domain = match own {
         Some(own) => own,
         None => first_start_domain(
@@ -142,6 +179,7 @@ pub fn open(cfg: &Config, hosts: &[String]) -> Result<Ready, ProvisionError> {
             slot,
             &survey,
             recorded,
+            &profile,
             so_pin.as_ref(),
             &user_pin,
         )?,
@@ -155,6 +193,7 @@ pub fn open(cfg: &Config, hosts: &[String]) -> Result<Ready, ProvisionError> {
             sessions: cfg.sessions,
             extraction: cfg.extraction,
         },
+        profile,
     )?;
     hsm.set_domain(domain)?;
 
@@ -208,6 +247,7 @@ fn first_start_domain(
     slot: hsm::Slot,
     survey: &hsm::Survey,
     recorded: Option<VersionId>,
+    profile: &TokenProfile,
     so_pin: Option<&Pin>,
     user_pin: &Pin,
 ) -> Result<VersionId, ProvisionError> {
@@ -232,11 +272,108 @@ fn first_start_domain(
         if recorded.is_some() {
             tracing::info!(%domain, "finishing the security domain an interrupted first start recorded");
         }
-        module.create_security_domain(slot, domain, need_so()?, user_pin)?;
+        module.create_security_domain(slot, domain, profile, need_so()?, user_pin)?;
         failpoint::hit("provision.after_domain_objects");
         tracing::info!(%domain, "created the security domain");
     }
     confirm_alone(cfg, module, slot, domain, so_pin, user_pin)
+}
+
+/// The token's profile: the one this data dir recorded, or (first start) what a probe of the
+/// token finds, recorded before the security domain is made so that every later start and
+/// backup uses the same choices. A data dir initialised before profiles were recorded gets the
+/// model it was made with (SoftHSM2's). Refuses, before any object is made, a protection model
+/// weaker than DESIGN §8 asks for unless the operator chose it (`keys.accept_user_trusted_keys`).
+fn token_profile(
+    cfg: &Config,
+    store: &Store,
+    module: &Module,
+    slot: hsm::Slot,
+    initialized: bool,
+    so_pin: Option<&Pin>,
+    user_pin: &Pin,
+) -> Result<TokenProfile, ProvisionError> {
+    let recorded = store
+        .meta(meta::TOKEN_PROFILE)?
+        .map(|text| {
+            serde_json::from_str::<TokenProfile>(&text)
+                .map_err(|_| store::Error::Corrupt("token_profile".into()))
+        })
+        .transpose()?;
+    let (profile, new) = match recorded {
+        Some(p) => (p, false),
+        None if initialized => {
+            let p = TokenProfile::legacy(module.probe_curves(slot, user_pin)?);
+            tracing::info!(profile = %p.describe(), "this data dir was initialised before token profiles were recorded; recording the model it was made with");
+            (p, true)
+        }
+        None => {
+            let so = so_pin.ok_or_else(|| {
+                ProvisionError::Refused(
+                    "the first start probes the token and creates the security domain, which needs the SO PIN: set pkcs11.so_pin_file for the first start".into(),
+                )
+            })?;
+            (module.probe_profile(slot, so, user_pin)?, true)
+        }
+    };
+    check_protection(cfg, store, &profile)?;
+    if new {
+        store.init_meta(
+            meta::TOKEN_PROFILE,
+            &serde_json::to_string(&profile)
+                .map_err(|e| ProvisionError::Refused(format!("the token profile: {e}")))?,
+        )?;
+        tracing::info!(token = %cfg.token_label, profile = %profile.describe(), "recorded the token's profile");
+    } else {
+        tracing::info!(token = %cfg.token_label, profile = %profile.describe(), "the token's recorded profile");
+    }
+    Ok(profile)
+}
+
+/// Whether the token can give the protection backups rely on (ARCHITECTURE.md, "Protection
+/// models"), and if it cannot, whether the operator chose the weaker model.
+fn check_protection(
+    cfg: &Config,
+    store: &Store,
+    profile: &TokenProfile,
+) -> Result<(), ProvisionError> {
+    if cfg.extraction == Extraction::Never {
+        return Ok(());
+    }
+    match profile.trust {
+        Trust::SoOnly => Ok(()),
+        Trust::Nobody => Err(ProvisionError::Refused(format!(
+            "the token '{}' lets nobody create a CKA_TRUSTED key, so keys made for backups \
+             (CKA_EXTRACTABLE with CKA_WRAP_WITH_TRUSTED) could never be wrapped: set keys.backups = false",
+            cfg.token_label
+        ))),
+        Trust::AnyUser => {
+            let accepted = store.meta(meta::USER_TRUSTED_KEYS_ACCEPTED)?.is_some();
+            if !accepted && !cfg.accept_user_trusted_keys {
+                return Err(ProvisionError::Refused(format!(
+                    "the token '{}' lets any logged-in user create CKA_TRUSTED keys, so CKA_WRAP_WITH_TRUSTED \
+                     does not stop a holder of the user PIN from wrapping a key under a key of their own and \
+                     reading it out. Backups on this token need that weaker model chosen explicitly: set \
+                     keys.accept_user_trusted_keys = true (see ARCHITECTURE.md, \"Protection models\"), \
+                     or keys.backups = false so that no key can ever leave the token. Nothing was written to the token.",
+                    cfg.token_label
+                )));
+            }
+            if !accepted {
+                store.set_meta(
+                    meta::USER_TRUSTED_KEYS_ACCEPTED,
+                    &crate::clock::Clock::now(&crate::clock::SystemClock).to_string(),
+                )?;
+            }
+            tracing::warn!(
+                token = %cfg.token_label,
+                "WEAKER PROTECTION MODEL (keys.accept_user_trusted_keys): this token lets any logged-in user create \
+                 CKA_TRUSTED keys, so anyone holding the user PIN can extract every extractable key; key material \
+                 is protected by the user PIN and the token's storage only"
+            );
+            Ok(())
+        }
+    }
 }
 
 /// After the domain of a first start is complete: the token is surveyed again, since another
@@ -335,6 +472,7 @@ fn pins(cfg: &Config) -> Result<(PathBuf, Pin, Option<Pin>), ProvisionError> {
             module,
             pin_file,
             so_pin_file,
+            ..
         } => {
             let user = read_pin(pin_file)?;
             let so = so_pin_file.as_deref().map(read_pin).transpose()?;

@@ -147,7 +147,7 @@ fn every_request_is_recorded_without_secrets_and_changes_are_on_disk_first() {
     assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
 
     let text = std::fs::read_to_string(dir.join("audit.log")).expect("log");
-    let pin = std::fs::read_to_string(dir.join("user.pin")).expect("pin");
+    let pin = common::user_pin(&dir);
     for secret in [
         user.as_str(),
         svc_token(&dir).as_str(),

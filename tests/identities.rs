@@ -121,14 +121,13 @@ fn bearer_jwts_from_the_configured_issuer_map_to_principals() {
     let jwks = json!({"keys": [{"kty": "RSA", "kid": "test-key", "use": "sig", "alg": "RS256",
         "n": b64(&rsa.n().to_vec()), "e": b64(&rsa.e().to_vec())}]});
     std::fs::write(dir.join("jwks.json"), jwks.to_string()).expect("jwks");
-    std::fs::write(
-        dir.join("p11vault.toml"),
-        format!(
+    common::write_config(
+        &dir,
+        &format!(
             "[auth.oidc]\nissuer = \"https://idp.test.internal/realms/ops\"\naudience = \"p11vault\"\njwks_file = \"{}\"\n",
             dir.join("jwks.json").display()
         ),
-    )
-    .expect("config");
+    );
     let key = PKey::from_rsa(rsa).expect("pkey");
     let svc = Service::start(&dir);
     let oid = "6f0e6bd4-3c1e-4a39-9d7f-2b1d0d5c7e11";

@@ -192,6 +192,17 @@ fn rsa_and_ec_keys_in_every_pem_form_import_and_sign() {
         ),
     ];
     for (name, ec, pem, extra, crv, alg, digest) in ec_cases {
+        if !common::curve_supported(crv) {
+            let (ok, _, err) = import(&svc, name, &pem, &svc.dir.join("admin.token"), &extra);
+            assert!(!ok, "{name}: imported onto a token without {crv}");
+            assert!(
+                err.contains("400")
+                    && err.contains(crv)
+                    && err.contains(&format!("token '{}'", common::TOKEN_LABEL)),
+                "{name}: the refusal names the token's limit: {err}"
+            );
+            continue;
+        }
         let key = import_ok(&svc, name, &pem, &extra);
         assert_eq!(key["key"]["kty"], "EC-HSM");
         assert_eq!(key["key"]["crv"], crv);

@@ -91,6 +91,13 @@ fn the_token_itself_keeps_every_key_sensitive_and_uncopyable() {
     svc.stop();
 
     let (_ctx, session) = common::open_token_as_user(&dir);
+    // The padded AES key wrap the service chose for this token at its first start.
+    let key_wrap = if common::on_kryoptic() {
+        p11vault::hsm::KeyWrap::Kwp
+    } else {
+        p11vault::hsm::KeyWrap::Pad
+    }
+    .mechanism();
 
     // An untrusted wrapping key the user is allowed to make.
     let user_kek = session
@@ -169,12 +176,38 @@ fn the_token_itself_keeps_every_key_sensitive_and_uncopyable() {
                 matches!(info.as_slice(), [AttributeInfo::Sensitive]),
                 "{label}: material readable"
             );
-            let wrapped = session.wrap_key(&Mechanism::AesKeyWrapPad, user_kek, h);
+            let wrapped = session.wrap_key(&key_wrap, user_kek, h);
+            // kryoptic names the wrapping key as the reason, SoftHSM2 the wrapped one.
+            let untrusted = if common::on_kryoptic() {
+                RvError::WrappingKeyHandleInvalid
+            } else {
+                RvError::KeyNotWrappable
+            };
             assert_eq!(
                 wrapped.map_err(rv).err(),
-                Some(RvError::KeyNotWrappable),
+                Some(untrusted),
                 "{label} wrapped by an untrusted key"
             );
+            if common::on_kryoptic() {
+                // The weaker model the kryoptic harness accepts (keys.accept_user_trusted_keys):
+                // any logged-in user may generate a trusted key and wrap the key out under it.
+                let own_trusted = session
+                    .generate_key(
+                        &Mechanism::AesKeyGen,
+                        &[
+                            Attribute::Token(false),
+                            Attribute::ValueLen(32.into()),
+                            Attribute::Trusted(true),
+                            Attribute::Wrap(true),
+                        ],
+                    )
+                    .expect("kryoptic lets a user make a trusted key");
+                assert!(
+                    session.wrap_key(&key_wrap, own_trusted, h).is_ok(),
+                    "{label}: kryoptic's CKA_TRUSTED is settable by the user, as the profile records"
+                );
+                session.destroy_object(own_trusted).expect("destroy");
+            }
         }
     }
     assert_eq!(
@@ -202,7 +235,12 @@ fn the_token_itself_keeps_every_key_sensitive_and_uncopyable() {
         assert!(bool_attr(&session, h, AttributeType::Sensitive), "{label}");
         if label.ends_with("/wrap") {
             assert!(bool_attr(&session, h, AttributeType::Trusted));
-            assert!(!bool_attr(&session, h, AttributeType::Private));
+            // SoftHSM2's SO can only make public objects; kryoptic's can make private ones.
+            assert_eq!(
+                bool_attr(&session, h, AttributeType::Private),
+                common::on_kryoptic(),
+                "{label}"
+            );
             assert!(!bool_attr(&session, h, AttributeType::Unwrap));
             let flip = session.update_attributes(h, &[Attribute::Unwrap(true)]);
             assert!(flip.is_err(), "the trusted half was made unwrap-capable");
@@ -223,7 +261,7 @@ fn the_token_itself_keeps_every_key_sensitive_and_uncopyable() {
     // A forged key backup: whoever can use the public wrap half (a token may allow that
     // without the PIN) wraps a content key and a key they know, and seals the payload
     // themselves. Only the MAC, made with the private MAC key, tells it from a real one.
-    let forged = forge_key_backup(&session);
+    let forged = forge_key_backup(&session, &key_wrap);
 
     // Soft-delete RSA and AES keys and purge the EC key through the service, then try to use
     // them directly, as a process holding the user PIN would.
@@ -281,6 +319,12 @@ fn the_token_itself_keeps_every_key_sensitive_and_uncopyable() {
     let aes = labelled("p11vault-deleted/aes/");
     assert_eq!((rsa.len(), aes.len()), (2, 1));
     let not_permitted = Some(RvError::KeyFunctionNotPermitted);
+    // kryoptic refuses an unwrap with a key whose CKA_UNWRAP is off as an invalid handle.
+    let unwrap_not_permitted = if common::on_kryoptic() {
+        Some(RvError::WrappingKeyHandleInvalid)
+    } else {
+        not_permitted
+    };
     for (h, class) in rsa.iter().chain(&aes) {
         let copy = session.copy_object(*h, &[Attribute::Label(b"revived".to_vec())]);
         assert!(copy.is_err(), "a deleted key was copied");
@@ -309,7 +353,7 @@ fn the_token_itself_keeps_every_key_sensitive_and_uncopyable() {
             );
             let unwrapped =
                 session.unwrap_key(&Mechanism::RsaPkcs, *h, &[1u8; 256], &unwrap_template);
-            assert_eq!(unwrapped.map_err(rv).err(), not_permitted);
+            assert_eq!(unwrapped.map_err(rv).err(), unwrap_not_permitted);
         } else {
             let iv = [0u8; 16];
             assert_eq!(
@@ -326,9 +370,8 @@ fn the_token_itself_keeps_every_key_sensitive_and_uncopyable() {
                     .err(),
                 not_permitted
             );
-            let unwrapped =
-                session.unwrap_key(&Mechanism::AesKeyWrapPad, *h, &[0u8; 40], &unwrap_template);
-            assert_eq!(unwrapped.map_err(rv).err(), not_permitted);
+            let unwrapped = session.unwrap_key(&key_wrap, *h, &[0u8; 40], &unwrap_template);
+            assert_eq!(unwrapped.map_err(rv).err(), unwrap_not_permitted);
         }
     }
 
@@ -405,7 +448,7 @@ fn the_token_itself_keeps_every_key_sensitive_and_uncopyable() {
 
 /// A well-formed key backup made without the MAC key: its content key and key material are
 /// wrapped with the domain's public wrap half, its payload sealed in software.
-fn forge_key_backup(session: &Session) -> Vec<u8> {
+fn forge_key_backup(session: &Session, key_wrap: &Mechanism<'_>) -> Vec<u8> {
     use p11vault::keys::blob::{Content, Envelope, KeyPayload, VersionPayload};
     use p11vault::model::{KeyFamily, KeyKind, KeyOps, PublicKey, VersionId};
     let wrap_half = session
@@ -434,7 +477,7 @@ fn forge_key_backup(session: &Session) -> Vec<u8> {
             ])
             .expect("a known key");
         session
-            .wrap_key(&Mechanism::AesKeyWrapPad, wrap_half, h)
+            .wrap_key(key_wrap, wrap_half, h)
             .expect("the public wrap half wraps it")
     };
     let material = known([0x11; 32]);

@@ -78,7 +78,7 @@ impl Hsm {
         let domain = self.domain()?;
         let handles = self.handles(id)?;
         session
-            .wrap_key(&Mechanism::AesKeyWrapPad, domain.wrap, handles.secret)
+            .wrap_key(&self.key_wrap(), domain.wrap, handles.secret)
             .map_err(|e| match e {
                 cryptoki::error::Error::Pkcs11(
                     RvError::KeyUnextractable | RvError::KeyNotWrappable,
@@ -130,7 +130,7 @@ impl Hsm {
                 Attribute::Unwrap(false),
             ],
         )?;
-        match session.wrap_key(&Mechanism::AesKeyWrapPad, domain.wrap, handle) {
+        match session.wrap_key(&self.key_wrap(), domain.wrap, handle) {
             Ok(wrapped) => Ok(ContentKey { handle, wrapped }),
             Err(e) => {
                 let _ = session.destroy_object(handle);
@@ -146,7 +146,7 @@ impl Hsm {
         let domain = self.domain()?;
         let handle = session
             .unwrap_key(
-                &Mechanism::AesKeyWrapPad,
+                &self.key_wrap(),
                 domain.unwrap,
                 wrapped,
                 &[
@@ -231,7 +231,7 @@ impl Hsm {
         };
         let template = templates::secret_unwrap(id, &label, family, &ops, self.settings.extraction);
         let secret = session
-            .unwrap_key(&Mechanism::AesKeyWrapPad, domain.unwrap, wrapped, &template)
+            .unwrap_key(&self.key_wrap(), domain.unwrap, wrapped, &template)
             .map_err(|e| rejected(e.into(), NOT_OURS))?;
         let components = match public {
             PublicKey::Rsa { n, e } => Some(vec![
@@ -273,7 +273,7 @@ impl Hsm {
         };
         let handle = session
             .unwrap_key(
-                &Mechanism::AesKeyWrapPad,
+                &self.key_wrap(),
                 domain.unwrap,
                 wrapped,
                 &[
@@ -316,7 +316,9 @@ const TAMPERED: &str =
     "the backup failed its authentication check: it was changed after it was made";
 
 /// Errors by which the token refuses the data of an unwrap or a decryption (a wrong key, a
-/// failed integrity check; SoftHSM2 reports a failed GCM tag as `CKR_GENERAL_ERROR`).
+/// failed integrity check; SoftHSM2 reports a failed GCM tag as `CKR_GENERAL_ERROR`, kryoptic
+/// a wrapped key that does not unwrap as `CKR_DEVICE_ERROR`; the caller's probe tells those
+/// from a token that went away).
 fn rejected(e: Error, what: &'static str) -> Error {
     match e.rv() {
         Some(
@@ -327,7 +329,8 @@ fn rejected(e: Error, what: &'static str) -> Error {
             | RvError::UnwrappingKeyHandleInvalid
             | RvError::DataInvalid
             | RvError::DataLenRange
-            | RvError::GeneralError,
+            | RvError::GeneralError
+            | RvError::DeviceError,
         ) => Error::Rejected(what),
         _ => e,
     }

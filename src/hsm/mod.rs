@@ -5,6 +5,7 @@
 pub mod backup;
 pub mod oaep;
 pub mod ops;
+pub mod profile;
 mod replace;
 pub mod templates;
 
@@ -24,6 +25,7 @@ use tokio::sync::Semaphore;
 use zeroize::Zeroizing;
 
 use crate::model::{Curve, KeyFamily, KeyKind, KeyOps, PublicKey, VersionId};
+pub use profile::{KeyWrap, TokenProfile, Trust, WrapHalf};
 pub use replace::{Look, Settled, Version};
 use templates::Extraction;
 
@@ -216,21 +218,54 @@ impl Module {
         &self,
         slot: Slot,
         domain: VersionId,
+        profile: &TokenProfile,
         so_pin: &Pin,
         user_pin: &Pin,
     ) -> Result<()> {
         self.destroy_security_domain(slot, domain, so_pin, user_pin)?;
+        let wrap_half = profile.wrap_half;
+        let make_wrap_half = |session: &Session, value: &[u8]| -> Result<()> {
+            let base = templates::domain_wrap_half(domain, value, wrap_half.private());
+            if profile.trust == Trust::Nobody {
+                // Nobody may set CKA_TRUSTED here (only `keys.backups = false` is allowed):
+                // the half still wraps the content keys of backups.
+                let mut template = base;
+                template.extend([
+                    Attribute::Token(true),
+                    Attribute::Modifiable(false),
+                    Attribute::Copyable(false),
+                ]);
+                session.create_object(&template)?;
+            } else {
+                profile::create_trusted(session, &base, true, profile.trusted_via)?;
+            }
+            Ok(())
+        };
         {
-            let so = self.ctx.open_rw_session(slot)?;
-            so.login(UserType::So, Some(&so_pin.auth()))?;
-            let value = Zeroizing::new(so.generate_random_vec(32)?);
-            so.create_object(&templates::domain_wrap_half(domain, &value))?;
-            so.logout()?;
-            drop(so);
-            crate::failpoint::hit("provision.after_wrap_half");
+            let value = if wrap_half.by_so() {
+                let so = self.ctx.open_rw_session(slot)?;
+                so.login(UserType::So, Some(&so_pin.auth()))?;
+                let value = Zeroizing::new(so.generate_random_vec(32)?);
+                make_wrap_half(&so, &value)?;
+                so.logout()?;
+                drop(so);
+                crate::failpoint::hit("provision.after_wrap_half");
+                Some(value)
+            } else {
+                None
+            };
 
             let user = self.ctx.open_rw_session(slot)?;
             login_user(&user, user_pin)?;
+            let value = match value {
+                Some(value) => value,
+                None => {
+                    let value = Zeroizing::new(user.generate_random_vec(32)?);
+                    make_wrap_half(&user, &value)?;
+                    crate::failpoint::hit("provision.after_wrap_half");
+                    value
+                }
+            };
             user.create_object(&templates::domain_unwrap_half(domain, &value))?;
             user.logout()?;
         }
@@ -304,6 +339,7 @@ impl Module {
         token_label: &str,
         pin: Pin,
         settings: HsmSettings,
+        profile: TokenProfile,
     ) -> Result<Hsm> {
         let anchor = self.ctx.open_rw_session(slot)?;
         login_user(&anchor, &pin)?;
@@ -327,6 +363,7 @@ impl Module {
             domain: RwLock::new(None),
             permits: Arc::new(Semaphore::new(settings.sessions)),
             mechanisms,
+            profile,
             oaep_sha256: ops::OaepSupport::default(),
             backoff: Mutex::new(Backoff {
                 last: None,
@@ -572,6 +609,8 @@ pub struct Hsm {
     domain: RwLock<Option<backup::DomainHandles>>,
     permits: Arc<Semaphore>,
     mechanisms: Vec<MechanismType>,
+    /// What the data dir's first start learnt of the token (recorded in its database).
+    profile: TokenProfile,
     oaep_sha256: ops::OaepSupport,
     backoff: Mutex<Backoff>,
     /// Held shared by every call into the module, exclusively while the module is finalised
@@ -858,6 +897,21 @@ impl Hsm {
     /// Mechanisms the token reported at start-up.
     pub fn mechanisms(&self) -> &[MechanismType] {
         &self.mechanisms
+    }
+
+    /// What the token offers and enforces, as recorded at the data dir's first start.
+    pub fn profile(&self) -> &TokenProfile {
+        &self.profile
+    }
+
+    /// The padded AES key wrap of the security domain (recorded at the first start).
+    pub(crate) fn key_wrap(&self) -> Mechanism<'static> {
+        self.profile.key_wrap.mechanism()
+    }
+
+    /// The token's label (for messages that name the token's limits).
+    pub fn token_label(&self) -> &str {
+        &self.token_label
     }
 
     /// Generates a key version in the token and reads back its public part.

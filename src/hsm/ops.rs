@@ -106,7 +106,10 @@ const EMULATED: u8 = 2;
 
 /// Return values by which a token refuses the data of an operation (a bad ciphertext, failed
 /// authentication, bad padding) rather than failing itself. SoftHSM2 reports a failed GCM
-/// authentication as `CKR_GENERAL_ERROR`, so that is among them for decryption.
+/// authentication as `CKR_GENERAL_ERROR`, and kryoptic a bad RSA ciphertext or a wrapped key
+/// that does not unwrap as `CKR_DEVICE_ERROR`, so those are among them. Both are ambiguous:
+/// [`Hsm::call_blocking`] asks the token whether it is still there before the client gets a
+/// 400, and a token that does not answer makes it a 503.
 fn refuses_input(e: &Error) -> bool {
     matches!(
         e.rv(),
@@ -118,6 +121,7 @@ fn refuses_input(e: &Error) -> bool {
                 | RvError::WrappedKeyInvalid
                 | RvError::WrappedKeyLenRange
                 | RvError::GeneralError
+                | RvError::DeviceError
         )
     )
 }

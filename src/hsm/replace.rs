@@ -16,7 +16,6 @@
 //! atomic. ARCHITECTURE.md says so; the start-up sweep reports such a version as missing.
 
 use cryptoki::error::RvError;
-use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use zeroize::Zeroizing;
@@ -234,17 +233,11 @@ impl Hsm {
             return Ok(None);
         }
         let domain = self.domain()?;
-        let wrapped =
-            Zeroizing::new(session.wrap_key(&Mechanism::AesKeyWrapPad, domain.wrap, source)?);
+        let wrapped = Zeroizing::new(session.wrap_key(&self.key_wrap(), domain.wrap, source)?);
         failpoint::hit("hsm.replace.after_wrap");
         let template =
             templates::secret_unwrap(v.id, &label, family, &to.ops, self.settings.extraction);
-        let new = session.unwrap_key(
-            &Mechanism::AesKeyWrapPad,
-            domain.unwrap,
-            &wrapped,
-            &template,
-        )?;
+        let new = session.unwrap_key(&self.key_wrap(), domain.unwrap, &wrapped, &template)?;
         Ok(Some(new))
     }
 

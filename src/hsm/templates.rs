@@ -222,14 +222,16 @@ pub fn public_import(
     attrs
 }
 
-/// The security domain's trusted half, created by the SO (SoftHSM lets only the SO create a
-/// trusted key, and only as a public object). It may wrap and nothing else, and it can never be
-/// modified, so nobody can switch on `CKA_UNWRAP` and use it to open backups.
-pub fn domain_wrap_half(domain: VersionId, value: &[u8]) -> Vec<Attribute> {
+/// The security domain's wrap half, without the attributes that make it trusted and fixed:
+/// `CKA_TOKEN`, `CKA_TRUSTED`, `CKA_MODIFIABLE=false` and `CKA_COPYABLE=false` are added where
+/// it is made (`hsm::profile::create_trusted`), the way the token allows (SoftHSM2: by the SO
+/// in `C_CreateObject`, as a public object; kryoptic: only through `C_CopyObject`). It may wrap
+/// and nothing else, and it can never be modified, so nobody can switch on `CKA_UNWRAP` and
+/// use it to open backups. `private` where the token lets its maker create private objects.
+pub fn domain_wrap_half(domain: VersionId, value: &[u8], private: bool) -> Vec<Attribute> {
     let mut attrs = domain_half_common(domain, "wrap", value);
     attrs.extend([
-        Attribute::Private(false),
-        Attribute::Trusted(true),
+        Attribute::Private(private),
         Attribute::Wrap(true),
         Attribute::Unwrap(false),
     ]);
@@ -241,6 +243,9 @@ pub fn domain_wrap_half(domain: VersionId, value: &[u8]) -> Vec<Attribute> {
 pub fn domain_unwrap_half(domain: VersionId, value: &[u8]) -> Vec<Attribute> {
     let mut attrs = domain_half_common(domain, "unwrap", value);
     attrs.extend([
+        Attribute::Token(true),
+        Attribute::Modifiable(false),
+        Attribute::Copyable(false),
         Attribute::Private(true),
         Attribute::Wrap(false),
         Attribute::Unwrap(true),
@@ -278,11 +283,8 @@ fn domain_half_common(domain: VersionId, role: &str, value: &[u8]) -> Vec<Attrib
     vec![
         Attribute::Class(ObjectClass::SECRET_KEY),
         Attribute::KeyType(KeyType::AES),
-        Attribute::Token(true),
         Attribute::Sensitive(true),
         Attribute::Extractable(false),
-        Attribute::Modifiable(false),
-        Attribute::Copyable(false),
         Attribute::Destroyable(true),
         Attribute::Encrypt(false),
         Attribute::Decrypt(false),
@@ -342,12 +344,10 @@ mod tests {
     #[test]
     fn the_domain_halves_split_wrap_from_unwrap() {
         let d = VersionId::random();
-        let wrap = domain_wrap_half(d, &[0u8; 32]);
+        let wrap = domain_wrap_half(d, &[0u8; 32], false);
         let unwrap = domain_unwrap_half(d, &[0u8; 32]);
-        assert!(has(&wrap, &Attribute::Trusted(true)) && has(&wrap, &Attribute::Unwrap(false)));
+        assert!(has(&wrap, &Attribute::Unwrap(false)) && has(&wrap, &Attribute::Private(false)));
         assert!(has(&unwrap, &Attribute::Private(true)) && has(&unwrap, &Attribute::Wrap(false)));
-        for half in [&wrap, &unwrap] {
-            assert!(has(half, &Attribute::Modifiable(false)));
-        }
+        assert!(has(&unwrap, &Attribute::Modifiable(false)));
     }
 }

@@ -93,6 +93,9 @@ impl KeyService {
         let this = Arc::clone(self);
         super::detached(async move {
             let name = restored.key.name.clone();
+            for v in &restored.key.versions {
+                this.refuse_unsupported(v.kind)?;
+            }
             let _guard = this.lock_key(&name).await;
             let ids: Vec<VersionId> = restored.key.versions.iter().map(|v| v.version).collect();
             let intent = this
@@ -344,6 +347,9 @@ impl KeyService {
             // Every version must unwrap before anything is destroyed: a backup whose material
             // the token refuses would otherwise fail after the point of no return, on every
             // start.
+            for v in backup.state.keys.iter().flat_map(|k| &k.versions) {
+                this.refuse_unsupported(v.kind)?;
+            }
             this.trial_unwrap(&backup).await?;
             failpoint::hit("restore.before_journal");
             let journal = RestoreJournal {

@@ -145,6 +145,24 @@ impl KeyService {
         })
     }
 
+    /// A 400 that names the token's limit when the token cannot hold a key of this kind, as
+    /// its profile (probed at the first start) says. Checked before anything is written.
+    pub fn refuse_unsupported(&self, kind: KeyKind) -> Result<(), Error> {
+        let profile = self.hsm.profile();
+        if let KeyKind::Ec { curve } = kind
+            && !profile.supports(curve)
+        {
+            let offered: Vec<&str> = profile.curves.iter().map(|c| c.jwk_name()).collect();
+            return Err(Error::BadParameter(format!(
+                "The curve {} is not supported by this HSM's token '{}' (it offers {}).",
+                curve.jwk_name(),
+                self.hsm.token_label(),
+                offered.join(", ")
+            )));
+        }
+        Ok(())
+    }
+
     /// The error a refusal of the lifecycle is answered with.
     fn refusal(refusal: Refusal, name: &KeyName) -> Error {
         match refusal {
@@ -507,6 +525,7 @@ impl KeyService {
         origin: Origin,
         material: Option<ImportMaterial>,
     ) -> Result<VersionRecord, Error> {
+        self.refuse_unsupported(spec.kind)?;
         let event = Event::Create {
             version: VersionId::random(),
             kind: spec.kind,

@@ -1,6 +1,14 @@
 //! Shared harness of the integration tests: starts the real `p11vault` binary on a port-0
-//! listener over a fresh data dir (a real SoftHSM2 token, a real SQLite file), reads back the
+//! listener over a fresh data dir (a real PKCS#11 token, a real SQLite file), reads back the
 //! URL it prints, and talks to it over real HTTPS trusting the CA it generated.
+//!
+//! One switch selects the token: `P11VAULT_TEST_TOKEN=softhsm` (the default: the service's
+//! embedded SoftHSM2 token under the data dir) or `kryoptic` (with
+//! `P11VAULT_KRYOPTIC_MODULE=/path/libkryoptic_pkcs11.so`, built by
+//! `scripts/install-kryoptic.sh`). With kryoptic, [`data_dir`] prepares each data dir for an
+//! external module, the way an operator of a vendor HSM would: a kryoptic config and its
+//! sqlite token file beside the data dir (`{dir}.kryoptic/`), test-only PIN files there, and a
+//! `p11vault.toml` in the data dir naming the module, the label and the PIN files.
 
 #![allow(dead_code)]
 
@@ -54,6 +62,9 @@ impl Service {
             .env("P11VAULT_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(stderr);
+        if let Some(conf) = kryoptic_conf_of(dir) {
+            cmd.env("KRYOPTIC_CONF", conf);
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -388,12 +399,12 @@ impl Drop for Service {
 
 /// Runs the admin CLI on a data dir; returns (success, stdout, stderr).
 pub fn cli(dir: &Path, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_p11vault"))
-        .args(args)
-        .arg("--data-dir")
-        .arg(dir)
-        .output()
-        .expect("the p11vault binary runs");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_p11vault"));
+    cmd.args(args).arg("--data-dir").arg(dir);
+    if let Some(conf) = kryoptic_conf_of(dir) {
+        cmd.env("KRYOPTIC_CONF", conf);
+    }
+    let out = cmd.output().expect("the p11vault binary runs");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -406,30 +417,205 @@ pub fn agent_trusting(ca: &Path) -> ureq::Agent {
     p11vault::tls::client_agent(ca, Duration::from_secs(120)).expect("the CA file is usable")
 }
 
+/// The token the integration tests run on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum TestToken {
+    /// The service's embedded SoftHSM2 token under the data dir.
+    SoftHsm,
+    /// kryoptic, as an external module: `P11VAULT_KRYOPTIC_MODULE`.
+    Kryoptic { module: PathBuf },
+}
+
+/// The token selected by `P11VAULT_TEST_TOKEN` (`softhsm`, the default, or `kryoptic`).
+pub fn test_token() -> TestToken {
+    match std::env::var("P11VAULT_TEST_TOKEN").as_deref() {
+        Err(_) | Ok("") | Ok("softhsm") => TestToken::SoftHsm,
+        Ok("kryoptic") => {
+            let module = std::env::var_os("P11VAULT_KRYOPTIC_MODULE")
+                .map(PathBuf::from)
+                .expect(
+                    "P11VAULT_TEST_TOKEN=kryoptic needs P11VAULT_KRYOPTIC_MODULE=/path/libkryoptic_pkcs11.so \
+                     (scripts/install-kryoptic.sh prints it)",
+                );
+            assert!(
+                module.exists(),
+                "P11VAULT_KRYOPTIC_MODULE={} does not exist",
+                module.display()
+            );
+            TestToken::Kryoptic { module }
+        }
+        Ok(other) => panic!("P11VAULT_TEST_TOKEN={other}: expected softhsm or kryoptic"),
+    }
+}
+
+pub fn on_kryoptic() -> bool {
+    matches!(test_token(), TestToken::Kryoptic { .. })
+}
+
+/// The label the harness gives the tests' token.
+pub const TOKEN_LABEL: &str = "p11vault";
+
+/// The files of a data dir's kryoptic token, beside the data dir (never inside it: a test that
+/// wipes or copies the data dir must not take the token with it).
+pub struct KryopticFiles {
+    pub dir: PathBuf,
+    pub conf: PathBuf,
+    pub db: PathBuf,
+    pub user_pin: PathBuf,
+    pub so_pin: PathBuf,
+}
+
+pub fn kryoptic_files(data_dir: &Path) -> KryopticFiles {
+    let dir = data_dir.with_extension("kryoptic");
+    KryopticFiles {
+        conf: dir.join("kryoptic.conf"),
+        db: dir.join("token.sql"),
+        user_pin: dir.join("TEST-ONLY-user.pin"),
+        so_pin: dir.join("TEST-ONLY-so.pin"),
+        dir,
+    }
+}
+
+/// `KRYOPTIC_CONF` for a data dir prepared for kryoptic, `None` otherwise.
+fn kryoptic_conf_of(data_dir: &Path) -> Option<PathBuf> {
+    let conf = kryoptic_files(data_dir).conf;
+    conf.exists().then_some(conf)
+}
+
+/// The `[pkcs11]` section of a data dir's `p11vault.toml` for the selected token: empty for
+/// the embedded SoftHSM2 default.
+pub fn token_config(data_dir: &Path) -> String {
+    match test_token() {
+        TestToken::SoftHsm => String::new(),
+        TestToken::Kryoptic { module } => {
+            let files = kryoptic_files(data_dir);
+            format!(
+                "[pkcs11]\nmodule = {:?}\ntoken_label = {TOKEN_LABEL:?}\npin_file = {:?}\nso_pin_file = {:?}\n\
+                 # A soft token: the service initialises an empty slot on the first start.\n\
+                 init_token = true\n\n\
+                 [keys]\n\
+                 # kryoptic lets any logged-in user create CKA_TRUSTED keys (ARCHITECTURE.md).\n\
+                 accept_user_trusted_keys = true\n",
+                module.display().to_string(),
+                files.user_pin.display().to_string(),
+                files.so_pin.display().to_string(),
+            )
+        }
+    }
+}
+
+/// Writes the data dir's `p11vault.toml`: the token's settings, then `extra` (TOML without a
+/// `[pkcs11]` or `[keys]` table of its own on kryoptic; see [`token_config`]).
+pub fn write_config(data_dir: &Path, extra: &str) {
+    std::fs::create_dir_all(data_dir).expect("data dir");
+    let text = format!("{extra}\n{}", token_config(data_dir));
+    std::fs::write(data_dir.join("p11vault.toml"), text).expect("p11vault.toml");
+}
+
+/// Makes a data dir ready for the selected token before its first start: nothing for
+/// SoftHSM2 (the service makes it all); for kryoptic the token's config, its PIN files and the
+/// data dir's `p11vault.toml`.
+pub fn prepare_data_dir(data_dir: &Path) {
+    if let TestToken::Kryoptic { .. } = test_token() {
+        let files = kryoptic_files(data_dir);
+        std::fs::create_dir_all(&files.dir).expect("kryoptic dir");
+        std::fs::write(
+            &files.conf,
+            format!(
+                "[[slots]]\nslot = 1\ndbtype = \"sqlite\"\ndbargs = {:?}\n",
+                files.db.display().to_string()
+            ),
+        )
+        .expect("kryoptic.conf");
+        // TEST-ONLY PINs (kryoptic wants at least 8 characters). Never use these anywhere else.
+        std::fs::write(&files.user_pin, "TEST-ONLY-user-pin-0000\n").expect("user pin");
+        std::fs::write(&files.so_pin, "TEST-ONLY-so-pin-0000\n").expect("so pin");
+        create_private_dir(data_dir);
+        write_config(data_dir, "");
+    }
+}
+
+fn create_private_dir(dir: &Path) {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .expect("data dir");
+}
+
+/// Unpadded base64url, as the API's `value` fields want.
+pub fn b64url(bytes: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Whether the selected token generates keys on this curve (JWK name): kryoptic has no
+/// secp256k1 (P-256K).
+pub fn curve_supported(crv: &str) -> bool {
+    !(on_kryoptic() && crv == "P-256K")
+}
+
+/// Checks the service's refusal of a curve the token lacks: a 400 that names the curve and
+/// the token.
+pub fn assert_curve_refused(status: u16, body: &Value, crv: &str) {
+    assert_eq!(status, 400, "{crv} on a token without it: {body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains(crv) && message.contains(&format!("token '{TOKEN_LABEL}'")),
+        "the refusal names the curve and the token's limit: {message}"
+    );
+}
+
+/// The token user PIN of a data dir, wherever the selected token keeps it.
+pub fn user_pin(data_dir: &Path) -> String {
+    let path = match test_token() {
+        TestToken::SoftHsm => data_dir.join("user.pin"),
+        TestToken::Kryoptic { .. } => kryoptic_files(data_dir).user_pin,
+    };
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .trim()
+        .to_owned()
+}
+
 /// A fresh data dir inside a temporary directory that lives as long as the returned guard.
+/// With kryoptic it is prepared for the external module ([`prepare_data_dir`]).
 pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
     let tmp = tempfile::tempdir().expect("temp dir");
     let dir = tmp.path().join("data");
+    prepare_data_dir(&dir);
     (tmp, dir)
 }
 
-/// Opens the service's embedded token in this process, logged in as the user, bypassing the
-/// service. Only for test binaries that hold a single test: it points SoftHSM2 at the token
-/// through the process environment.
+/// Opens the service's token in this process, logged in as the user, bypassing the service.
+/// Only for test binaries that hold a single test: it points the module at the token through
+/// the process environment (`SOFTHSM2_CONF` or `KRYOPTIC_CONF`).
 pub fn open_token_as_user(dir: &Path) -> (cryptoki::context::Pkcs11, cryptoki::session::Session) {
     use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
     use cryptoki::session::UserType;
     use cryptoki::types::AuthPin;
+    let (var, conf, module) = match test_token() {
+        TestToken::SoftHsm => (
+            "SOFTHSM2_CONF",
+            dir.join("softhsm").join("softhsm2.conf"),
+            p11vault::config::SOFTHSM2_CANDIDATES
+                .iter()
+                .map(PathBuf::from)
+                .find(|p| p.exists())
+                .expect("SoftHSM2 is installed"),
+        ),
+        TestToken::Kryoptic { module } => ("KRYOPTIC_CONF", kryoptic_files(dir).conf, module),
+    };
     // SAFETY: the calling binary holds one test, and nothing else in the process reads the
-    // environment while it changes; SoftHSM2 reads SOFTHSM2_CONF in C_Initialize below.
-    #[expect(unsafe_code, reason = "point SoftHSM2 at the service's token")]
+    // environment while it changes; the module reads its config variable in C_Initialize below.
+    #[expect(
+        unsafe_code,
+        reason = "point the PKCS#11 module at the service's token"
+    )]
     unsafe {
-        std::env::set_var("SOFTHSM2_CONF", dir.join("softhsm").join("softhsm2.conf"));
+        std::env::set_var(var, conf);
     }
-    let module = p11vault::config::SOFTHSM2_CANDIDATES
-        .iter()
-        .find(|p| Path::new(p).exists())
-        .expect("SoftHSM2 is installed");
     let ctx = Pkcs11::new(module).expect("module loads");
     ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
         .expect("initialises");
@@ -439,14 +625,13 @@ pub fn open_token_as_user(dir: &Path) -> (cryptoki::context::Pkcs11, cryptoki::s
         .into_iter()
         .find(|s| {
             ctx.get_token_info(*s)
-                .map(|i| i.label() == "p11vault")
+                .map(|i| i.label() == TOKEN_LABEL)
                 .unwrap_or(false)
         })
         .expect("the token is found by its label");
     let session = ctx.open_rw_session(slot).expect("session");
-    let pin = std::fs::read_to_string(dir.join("user.pin")).expect("user.pin");
     session
-        .login(UserType::User, Some(&AuthPin::new(pin.trim().into())))
+        .login(UserType::User, Some(&AuthPin::new(user_pin(dir).into())))
         .expect("user login");
     (ctx, session)
 }

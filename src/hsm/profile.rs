@@ -1,0 +1,384 @@
+//! What a token enforces and offers, as far as the service depends on it: probed once, at the
+//! first start of a data dir, and recorded in its database (`meta.token_profile`), so every
+//! later start, backup and restore makes the same choices (DESIGN §7, §8).
+//!
+//! Tokens differ exactly where the security domain lives (docs/pkcs11-probe.md §5, §9):
+//! SoftHSM2 lets only the SO create a `CKA_TRUSTED` key, and only as a public object; kryoptic
+//! lets any logged-in user create one. SoftHSM2's padded AES key wrap is `CKM_AES_KEY_WRAP_PAD`
+//! (0x210A), kryoptic's is `CKM_AES_KEY_WRAP_KWP` (0x210B, RFC 5649). Curves differ too
+//! (kryoptic has no secp256k1).
+
+use cryptoki::mechanism::vendor_defined::VendorDefinedMechanism;
+use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use super::{Module, Pin, Result, Slot, login_user};
+use crate::model::Curve;
+
+/// `CKM_AES_KEY_WRAP_KWP` (PKCS#11 3.0): AES key wrap with padding per RFC 5649.
+pub const CKM_AES_KEY_WRAP_KWP: std::ffi::c_ulong = 0x0000_210B;
+
+/// The padded AES key wrap the security domain wraps key material with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KeyWrap {
+    /// `CKM_AES_KEY_WRAP_PAD` (0x210A; SoftHSM2).
+    #[serde(rename = "CKM_AES_KEY_WRAP_PAD")]
+    Pad,
+    /// `CKM_AES_KEY_WRAP_KWP` (0x210B, RFC 5649; kryoptic and PKCS#11 3.0 tokens).
+    #[serde(rename = "CKM_AES_KEY_WRAP_KWP")]
+    Kwp,
+}
+
+impl KeyWrap {
+    pub fn mechanism(self) -> Mechanism<'static> {
+        match self {
+            KeyWrap::Pad => Mechanism::AesKeyWrapPad,
+            KeyWrap::Kwp => Mechanism::VendorDefined(VendorDefinedMechanism::new::<()>(
+                kwp_mechanism_type(),
+                None,
+            )),
+        }
+    }
+
+    fn mechanism_type(self) -> MechanismType {
+        match self {
+            KeyWrap::Pad => MechanismType::AES_KEY_WRAP_PAD,
+            KeyWrap::Kwp => kwp_mechanism_type(),
+        }
+    }
+}
+
+/// cryptoki 0.12 has no constant for `CKM_AES_KEY_WRAP_KWP`, and its only public constructor of
+/// a `MechanismType` from a number refuses values below `CKM_VENDOR_DEFINED`.
+fn kwp_mechanism_type() -> MechanismType {
+    // SAFETY: `MechanismType` is `#[repr(transparent)]` over `CK_MECHANISM_TYPE` (cryptoki
+    // documents the layout so that slices of either can be shared with the module), which is
+    // `CK_ULONG`, i.e. `c_ulong`; `transmute` checks the sizes at compile time. Every value is
+    // a valid `CK_MECHANISM_TYPE`, and the result is only passed back to the PKCS#11 module.
+    #[expect(
+        unsafe_code,
+        reason = "cryptoki 0.12 cannot name CKM_AES_KEY_WRAP_KWP (0x210B) safely"
+    )]
+    unsafe {
+        std::mem::transmute::<std::ffi::c_ulong, MechanismType>(CKM_AES_KEY_WRAP_KWP)
+    }
+}
+
+/// Who may create a `CKA_TRUSTED` key on the token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Trust {
+    /// Only the SO (SoftHSM2): `CKA_WRAP_WITH_TRUSTED` keeps key material to keys the SO made.
+    SoOnly,
+    /// Any logged-in user too (kryoptic): `CKA_WRAP_WITH_TRUSTED` protects nothing from a
+    /// holder of the user PIN. Accepted only explicitly (`keys.accept_user_trusted_keys`).
+    AnyUser,
+    /// Nobody could: keys with `CKA_WRAP_WITH_TRUSTED` could never be backed up.
+    Nobody,
+}
+
+/// How the security domain's wrap half is made on this token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WrapHalf {
+    /// Made by the SO as a public object (SoftHSM2: the SO cannot make private objects).
+    SoPublic,
+    /// Made by the SO as a private object (needs the user PIN to use).
+    SoPrivate,
+    /// Made by the user as a private object (the SO could not make a trusted key).
+    UserPrivate,
+}
+
+impl WrapHalf {
+    pub fn private(self) -> bool {
+        !matches!(self, WrapHalf::SoPublic)
+    }
+
+    pub fn by_so(self) -> bool {
+        !matches!(self, WrapHalf::UserPrivate)
+    }
+}
+
+/// How the token lets a `CKA_TRUSTED` key with a given value be made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrustedVia {
+    /// `C_CreateObject` with `CKA_TRUSTED=true` (SoftHSM2, as the SO).
+    #[default]
+    Create,
+    /// `C_CreateObject` refuses `CKA_TRUSTED` (`CKR_ATTRIBUTE_TYPE_INVALID`), but
+    /// `C_CopyObject` sets it (kryoptic): an untrusted session object is copied into the
+    /// trusted token object and destroyed.
+    Copy,
+}
+
+/// What the first start learnt of the token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenProfile {
+    pub key_wrap: KeyWrap,
+    pub trust: Trust,
+    pub wrap_half: WrapHalf,
+    /// How the wrap half is made trusted.
+    #[serde(default)]
+    pub trusted_via: TrustedVia,
+    /// The curves the token generates keys on.
+    pub curves: Vec<Curve>,
+}
+
+impl TokenProfile {
+    /// The profile of a data dir initialised before profiles were recorded: what the service
+    /// did then (SoftHSM2's model), with the curves probed now.
+    pub fn legacy(curves: Vec<Curve>) -> Self {
+        Self {
+            key_wrap: KeyWrap::Pad,
+            trust: Trust::SoOnly,
+            wrap_half: WrapHalf::SoPublic,
+            trusted_via: TrustedVia::Create,
+            curves,
+        }
+    }
+
+    pub fn supports(&self, curve: Curve) -> bool {
+        self.curves.contains(&curve)
+    }
+
+    /// One line for the log.
+    pub fn describe(&self) -> String {
+        let curves: Vec<&str> = self.curves.iter().map(|c| c.jwk_name()).collect();
+        format!(
+            "key wrap {:?}, CKA_TRUSTED settable by {}, domain wrap half {} (trusted by {:?}), curves {}",
+            self.key_wrap,
+            match self.trust {
+                Trust::SoOnly => "the SO only",
+                Trust::AnyUser => "ANY logged-in user",
+                Trust::Nobody => "nobody",
+            },
+            match self.wrap_half {
+                WrapHalf::SoPublic => "public (SO)",
+                WrapHalf::SoPrivate => "private (SO)",
+                WrapHalf::UserPrivate => "private (user)",
+            },
+            self.trusted_via,
+            curves.join(", ")
+        )
+    }
+}
+
+impl Module {
+    /// Probes the token at a first start, with session objects only (nothing stays on the
+    /// token): the padded AES key wrap `C_GetMechanismInfo` reports (KWP preferred: it is RFC
+    /// 5649 on every token that has it), who may create a trusted key, and which curves
+    /// generate. Must run while no user session is logged in (the SO logs in here).
+    pub fn probe_profile(&self, slot: Slot, so_pin: &Pin, user_pin: &Pin) -> Result<TokenProfile> {
+        let key_wrap = [KeyWrap::Kwp, KeyWrap::Pad]
+            .into_iter()
+            .find(|w| {
+                self.ctx
+                    .get_mechanism_info(slot, w.mechanism_type())
+                    .is_ok_and(|info| info.wrap() && info.unwrap())
+            })
+            .ok_or_else(|| {
+                super::Error::Unexpected(
+                    "the token offers neither CKM_AES_KEY_WRAP_KWP nor CKM_AES_KEY_WRAP_PAD for wrap and unwrap; the security domain needs one"
+                        .into(),
+                )
+            })?;
+
+        let (user_trusted, user_via, curves) = {
+            let user = self.ctx.open_rw_session(slot)?;
+            login_user(&user, user_pin)?;
+            // Any way at all counts: a user who can generate a trusted key can wrap every
+            // key out under it.
+            let via = trusted_method(&user, true);
+            let generated = can_generate_trusted(&user);
+            let curves = probe_curves(&user);
+            user.logout()?;
+            (via.is_some() || generated, via, curves)
+        };
+        let (so_private, so_public) = {
+            let so = self.ctx.open_rw_session(slot)?;
+            so.login(UserType::So, Some(&so_pin.auth()))?;
+            let private = trusted_method(&so, true);
+            let public = trusted_method(&so, false);
+            so.logout()?;
+            (private, public)
+        };
+        let trust = if user_trusted {
+            Trust::AnyUser
+        } else if so_private.is_some() || so_public.is_some() {
+            Trust::SoOnly
+        } else {
+            Trust::Nobody
+        };
+        let (wrap_half, trusted_via) = match (so_private, so_public, user_via) {
+            (Some(via), _, _) => (WrapHalf::SoPrivate, via),
+            (None, Some(via), _) => (WrapHalf::SoPublic, via),
+            (None, None, via) => (WrapHalf::UserPrivate, via.unwrap_or_default()),
+        };
+        Ok(TokenProfile {
+            key_wrap,
+            trust,
+            wrap_half,
+            trusted_via,
+            curves,
+        })
+    }
+
+    /// The curves the token generates keys on (a user login, session objects only): what a
+    /// data dir initialised before profiles were recorded learns at its next start.
+    pub fn probe_curves(&self, slot: Slot, user_pin: &Pin) -> Result<Vec<Curve>> {
+        let user = self.ctx.open_rw_session(slot)?;
+        login_user(&user, user_pin)?;
+        let curves = probe_curves(&user);
+        user.logout()?;
+        Ok(curves)
+    }
+}
+
+/// Makes a trusted, unmodifiable AES key (uncopyable where the token allows) holding `base`'s value (`base` carries no
+/// `CKA_TOKEN`, `CKA_TRUSTED`, `CKA_MODIFIABLE` or `CKA_COPYABLE`), the way `via` says the
+/// token allows. With [`TrustedVia::Copy`] the untrusted source is a session object, destroyed
+/// whatever happens (and gone with the session anyway).
+pub(super) fn create_trusted(
+    session: &Session,
+    base: &[Attribute],
+    token: bool,
+    via: TrustedVia,
+) -> cryptoki::error::Result<ObjectHandle> {
+    let fixed = [
+        Attribute::Token(token),
+        Attribute::Trusted(true),
+        Attribute::Modifiable(false),
+        Attribute::Copyable(false),
+    ];
+    match via {
+        TrustedVia::Create => {
+            let mut template = base.to_vec();
+            template.extend(fixed);
+            session.create_object(&template)
+        }
+        TrustedVia::Copy => {
+            let mut source = base.to_vec();
+            source.extend([
+                Attribute::Token(false),
+                Attribute::Modifiable(true),
+                Attribute::Copyable(true),
+            ]);
+            let source = session.create_object(&source)?;
+            // kryoptic refuses CKA_COPYABLE=false in a copy's template, and the copy cannot be
+            // changed afterwards (not modifiable): the wrap half stays copyable there. A copy
+            // can be made only by a logged-in user (the half is private), who on such a token
+            // may make trusted keys anyway.
+            let copy = session.copy_object(source, &fixed[..3]);
+            let _ = session.destroy_object(source);
+            copy
+        }
+    }
+}
+
+/// How this session can make a trusted, wrap-only AES session object (private or public), if
+/// it can; the object is destroyed at once.
+fn trusted_method(session: &Session, private: bool) -> Option<TrustedVia> {
+    let value = Zeroizing::new(session.generate_random_vec(32).ok()?);
+    let base = [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Private(private),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Wrap(true),
+        Attribute::Unwrap(false),
+        Attribute::Label(b"p11vault-probe".to_vec()),
+        Attribute::Value(value.to_vec()),
+    ];
+    [TrustedVia::Create, TrustedVia::Copy]
+        .into_iter()
+        .find(|via| match create_trusted(session, &base, false, *via) {
+            Ok(handle) => {
+                let _ = session.destroy_object(handle);
+                true
+            }
+            Err(e) => {
+                tracing::debug!(private, ?via, error = %e, "token probe: no trusted key this way");
+                false
+            }
+        })
+}
+
+/// Whether this session can generate a trusted key (`C_GenerateKey`, a session object).
+fn can_generate_trusted(session: &Session) -> bool {
+    let template = [
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Trusted(true),
+        Attribute::Wrap(true),
+        Attribute::ValueLen(32.into()),
+    ];
+    match session.generate_key(&Mechanism::AesKeyGen, &template) {
+        Ok(handle) => {
+            let _ = session.destroy_object(handle);
+            true
+        }
+        Err(_) => false,
+    }
+}
+
+fn probe_curves(session: &Session) -> Vec<Curve> {
+    Curve::ALL
+        .into_iter()
+        .filter(|curve| {
+            let public = [
+                Attribute::Token(false),
+                Attribute::Verify(true),
+                Attribute::EcParams(curve.der_oid().to_vec()),
+            ];
+            let private = [
+                Attribute::Token(false),
+                Attribute::Private(true),
+                Attribute::Sensitive(true),
+                Attribute::Sign(true),
+            ];
+            match session.generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private) {
+                Ok((p, s)) => {
+                    let _ = session.destroy_object(p);
+                    let _ = session.destroy_object(s);
+                    true
+                }
+                Err(_) => false,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_kwp_mechanism_type_is_0x210b() {
+        assert_eq!(*kwp_mechanism_type(), 0x210B);
+        assert_eq!(*KeyWrap::Kwp.mechanism().mechanism_type(), 0x210B);
+        assert_eq!(*KeyWrap::Pad.mechanism().mechanism_type(), 0x210A);
+    }
+
+    #[test]
+    fn profiles_round_trip_through_json() {
+        let p = TokenProfile {
+            key_wrap: KeyWrap::Kwp,
+            trust: Trust::AnyUser,
+            wrap_half: WrapHalf::SoPrivate,
+            trusted_via: TrustedVia::Copy,
+            curves: vec![Curve::P256, Curve::P384],
+        };
+        let text = serde_json::to_string(&p).expect("json");
+        assert!(text.contains("CKM_AES_KEY_WRAP_KWP") && text.contains("any-user"));
+        assert_eq!(
+            serde_json::from_str::<TokenProfile>(&text).expect("parses"),
+            p
+        );
+    }
+}

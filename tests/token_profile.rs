@@ -1,0 +1,184 @@
+//! What the first start learns of the token and records (`meta.token_profile`), the choices
+//! that follow from it, and the token-specific answers the service must turn into client
+//! errors. Runs on both tokens (`P11VAULT_TEST_TOKEN`); some checks are for one token only.
+
+mod common;
+
+use common::{API, Service, data_dir};
+use serde_json::{Value, json};
+
+fn meta(dir: &std::path::Path, key: &str) -> Option<String> {
+    let db = rusqlite::Connection::open(dir.join("p11vault.db")).expect("db");
+    db.query_row("SELECT v FROM meta WHERE k = ?1", [key], |r| r.get(0))
+        .ok()
+}
+
+fn profile(dir: &std::path::Path) -> Value {
+    serde_json::from_str(&meta(dir, "token_profile").expect("a recorded profile")).expect("JSON")
+}
+
+#[test]
+fn the_first_start_records_the_tokens_profile_and_later_starts_keep_it() {
+    let (_tmp, dir) = data_dir();
+    let svc = Service::start(&dir);
+    svc.stop();
+    let recorded = profile(&dir);
+    if common::on_kryoptic() {
+        assert_eq!(recorded["key_wrap"], "CKM_AES_KEY_WRAP_KWP", "{recorded}");
+        assert_eq!(recorded["trust"], "any-user", "{recorded}");
+        assert_eq!(recorded["wrap_half"], "so-private", "{recorded}");
+        assert_eq!(recorded["trusted_via"], "copy", "{recorded}");
+        assert_eq!(recorded["curves"], json!(["P-256", "P-384", "P-521"]));
+        assert!(meta(&dir, "user_trusted_keys_accepted").is_some());
+    } else {
+        assert_eq!(recorded["key_wrap"], "CKM_AES_KEY_WRAP_PAD", "{recorded}");
+        assert_eq!(recorded["trust"], "so-only", "{recorded}");
+        assert_eq!(recorded["wrap_half"], "so-public", "{recorded}");
+        assert_eq!(
+            recorded["curves"],
+            json!(["P-256", "P-384", "P-521", "P-256K"])
+        );
+        assert!(meta(&dir, "user_trusted_keys_accepted").is_none());
+    }
+
+    // A later start reads the record, even with the acceptance gone from the config: the
+    // choice was made at the first start, and is logged loudly on every start.
+    if common::on_kryoptic() {
+        let text = std::fs::read_to_string(dir.join("p11vault.toml")).expect("config");
+        std::fs::write(
+            dir.join("p11vault.toml"),
+            text.replace("accept_user_trusted_keys = true", ""),
+        )
+        .expect("config");
+    }
+    let svc = Service::start(&dir);
+    let key = svc.create("after-restart", r#"{"kty":"oct","key_size":256}"#);
+    assert_eq!(key["key"]["kty"], "oct-HSM");
+    let (status, body) = svc.call("POST", &format!("/keys/after-restart/backup?{API}"), None);
+    assert_eq!(status, 200, "a backup under the recorded key wrap: {body}");
+    assert_eq!(
+        svc.log().contains("WEAKER PROTECTION MODEL"),
+        common::on_kryoptic()
+    );
+    svc.stop();
+    assert_eq!(profile(&dir), recorded, "the record never changes");
+}
+
+#[test]
+fn a_weaker_protection_model_must_be_chosen_explicitly() {
+    if !common::on_kryoptic() {
+        // SoftHSM2 restricts CKA_TRUSTED to the SO: nothing to choose.
+        return;
+    }
+    let (_tmp, dir) = data_dir();
+    let text = std::fs::read_to_string(dir.join("p11vault.toml")).expect("config");
+    std::fs::write(
+        dir.join("p11vault.toml"),
+        text.replace("accept_user_trusted_keys = true", ""),
+    )
+    .expect("config");
+    let failed = match Service::start_with(&dir, &[]) {
+        Ok(_) => panic!("started with a weaker model nobody chose"),
+        Err(f) => f,
+    };
+    assert!(
+        failed
+            .stderr
+            .contains("lets any logged-in user create CKA_TRUSTED keys")
+            && failed
+                .stderr
+                .contains("keys.accept_user_trusted_keys = true")
+            && failed.stderr.contains("keys.backups = false"),
+        "{}",
+        failed.stderr
+    );
+    assert!(meta(&dir, "token_profile").is_none(), "nothing recorded");
+    assert!(meta(&dir, "security_domain").is_none(), "no domain made");
+
+    // With backups off nothing can leave the token, whatever CKA_TRUSTED means there: no
+    // choice is needed.
+    std::fs::write(
+        dir.join("p11vault.toml"),
+        text.replace("accept_user_trusted_keys = true", "backups = false"),
+    )
+    .expect("config");
+    let svc = Service::start(&dir);
+    assert!(!svc.log().contains("WEAKER PROTECTION MODEL"));
+    svc.stop();
+    assert!(meta(&dir, "user_trusted_keys_accepted").is_none());
+}
+
+#[test]
+fn an_external_token_is_initialised_only_when_asked() {
+    if !common::on_kryoptic() {
+        return;
+    }
+    let (_tmp, dir) = data_dir();
+    let text = std::fs::read_to_string(dir.join("p11vault.toml")).expect("config");
+    std::fs::write(
+        dir.join("p11vault.toml"),
+        text.replace("init_token = true", ""),
+    )
+    .expect("config");
+    let failed = match Service::start_with(&dir, &[]) {
+        Ok(_) => panic!("started without a token"),
+        Err(f) => f,
+    };
+    assert!(
+        failed
+            .stderr
+            .contains("initialise it with your HSM's tools first"),
+        "{}",
+        failed.stderr
+    );
+    // Asked to: the empty slot is initialised, and on the next start (the token exists) it is
+    // only used.
+    std::fs::write(dir.join("p11vault.toml"), &text).expect("config");
+    let svc = Service::start(&dir);
+    svc.stop();
+    let svc = Service::start(&dir);
+    assert_eq!(
+        svc.log().matches("initialising an empty slot").count(),
+        1,
+        "an existing token is never initialised again"
+    );
+    svc.stop();
+}
+
+#[test]
+fn bad_ciphertexts_and_wrapped_keys_are_400s_and_never_a_reconnect() {
+    let (_tmp, dir) = data_dir();
+    let svc = Service::start(&dir);
+    svc.create(
+        "rsa",
+        r#"{"kty":"RSA","key_size":2048,"key_ops":["encrypt","decrypt","wrapKey","unwrapKey","sign","verify"]}"#,
+    );
+    svc.create("aes", r#"{"kty":"oct","key_size":256}"#);
+    let garbage = common::b64url(&[5u8; 256]);
+    for (key, op, alg, value) in [
+        ("rsa", "decrypt", "RSA1_5", garbage.clone()),
+        ("rsa", "decrypt", "RSA-OAEP", garbage.clone()),
+        ("rsa", "decrypt", "RSA-OAEP-256", garbage.clone()),
+        ("rsa", "unwrapkey", "RSA-OAEP", garbage.clone()),
+        ("aes", "unwrapkey", "A256KW", common::b64url(&[5u8; 40])),
+    ] {
+        let (status, body) = svc.call(
+            "POST",
+            &format!("/keys/{key}//{op}?{API}"),
+            Some(&json!({"alg": alg, "value": value}).to_string()),
+        );
+        assert_eq!(status, 400, "{key} {op} {alg}: {body}");
+    }
+    let (status, body) = svc.call(
+        "POST",
+        &format!("/keys/rsa//sign?{API}"),
+        Some(&json!({"alg": "RS256", "value": common::b64url(&[1u8; 32])}).to_string()),
+    );
+    assert_eq!(status, 200, "the token is still in use: {body}");
+    assert!(
+        !svc.log().contains("reconnect"),
+        "client data made the service reconnect: {}",
+        svc.log()
+    );
+    svc.stop();
+}
