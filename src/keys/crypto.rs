@@ -268,21 +268,26 @@ impl KeyService {
     }
 
     /// Runs a key operation; if a concurrent delete, recover or update switched or replaced the
-    /// key's token objects under it, waits until that change is committed (it holds the key's
-    /// lock) and runs it once more. So the answer is the one a serial order gives: after a
-    /// delete, 404; after a recovery, the result.
+    /// key's token objects under it, runs it once more while holding the key's lock (so that
+    /// change is committed and no other can start), which makes the answer the one a serial
+    /// order gives: after a delete, 404; after a recovery, the result. Objects that are still
+    /// refused then moved under the call for another reason (the token was reconnected and
+    /// renumbered them a moment ago): 503, to be retried.
     async fn serially<T, Fut>(&self, name: &KeyName, op: impl Fn() -> Fut) -> Result<T, Error>
     where
         Fut: std::future::Future<Output = Result<T, Error>>,
     {
         match op().await {
             Err(Error::KeyChanged(detail)) => {
-                tracing::debug!(key = %name, %detail, "the key changed under an operation; running it again");
-                drop(self.lock_key(name).await);
+                tracing::debug!(key = %name, %detail, "the key changed under an operation; running it again under its lock");
+                let _guard = self.lock_key(name).await;
                 match op().await {
-                    Err(Error::KeyChanged(detail)) => Err(Error::Internal(format!(
-                        "the token refuses the objects of a live key: {detail}"
-                    ))),
+                    Err(Error::KeyChanged(detail)) => {
+                        tracing::warn!(key = %name, %detail, "the token still refuses a live key's objects under its lock");
+                        Err(Error::Unavailable(format!(
+                            "the token refuses the objects of a live key: {detail}"
+                        )))
+                    }
                     other => other,
                 }
             }
