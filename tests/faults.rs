@@ -22,6 +22,12 @@ fn token_dir(dir: &std::path::Path) -> std::path::PathBuf {
         .expect("one token")
 }
 
+/// The last `n` lines of a log.
+fn tail(log: &str, n: usize) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 /// Takes the token away for `outage` while two clients sign, puts it back, and checks every
 /// answer: 200 or 503 with `Retry-After` (never a 500), and all 200 again within 5 s.
 fn outage_under_load(svc: &Service, outage: Duration) {
@@ -39,7 +45,8 @@ fn outage_under_load(svc: &Service, outage: Duration) {
                         .expect("the service answers");
                     assert!(
                         status == 200 || status == 503,
-                        "a sign during an outage answered {status}: {body}"
+                        "a sign during an outage answered {status}: {body}; the service's log ends:\n{}",
+                        tail(&svc.log(), 40)
                     );
                     if status == 503 {
                         assert_eq!(body["error"]["code"], "ServiceUnavailable", "{body}");
