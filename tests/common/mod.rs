@@ -270,33 +270,11 @@ impl Service {
         path_and_query: &str,
         body: Option<&str>,
     ) -> Result<(u16, Option<String>, Value), String> {
-        let req = self
-            .agent
-            .request(method, &format!("{}{}", self.url, path_and_query))
-            .set("Content-Type", "application/json")
-            .set("Authorization", &format!("Bearer {}", self.token));
-        let result = match body {
-            Some(b) => req.send_string(b),
-            None => req.call(),
-        };
-        let response = match result {
-            Ok(r) => r,
-            Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => return Err(e.to_string()),
-        };
-        let status = response.status();
-        let retry_after = response.header("retry-after").map(str::to_owned);
-        let mut text = String::new();
-        response
-            .into_reader()
-            .read_to_string(&mut text)
-            .map_err(|e| e.to_string())?;
-        let json = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).map_err(|_| format!("not JSON ({status}): {text}"))?
-        };
-        Ok((status, retry_after, json))
+        let answer = self.try_answer(Some(&self.token), method, path_and_query, body)?;
+        if !answer.text.is_empty() && answer.body.is_null() {
+            return Err(format!("not JSON ({}): {}", answer.status, answer.text));
+        }
+        Ok((answer.status, answer.retry_after, answer.body))
     }
 
     /// A request with the administrator's token (or none), answered with the headers a retry
@@ -308,6 +286,17 @@ impl Service {
         path_and_query: &str,
         body: Option<&str>,
     ) -> Answer {
+        self.try_answer(token, method, path_and_query, body)
+            .unwrap_or_else(|e| panic!("{method} {path_and_query}: transport error {e}"))
+    }
+
+    fn try_answer(
+        &self,
+        token: Option<&str>,
+        method: &str,
+        path_and_query: &str,
+        body: Option<&str>,
+    ) -> Result<Answer, String> {
         let mut req = self
             .agent
             .request(method, &format!("{}{}", self.url, path_and_query))
@@ -322,7 +311,7 @@ impl Service {
         let response = match result {
             Ok(r) => r,
             Err(ureq::Error::Status(_, r)) => r,
-            Err(e) => panic!("{method} {path_and_query}: transport error {e}"),
+            Err(e) => return Err(e.to_string()),
         };
         let status = response.status();
         let header = |name: &str| response.header(name).map(str::to_owned);
@@ -331,15 +320,15 @@ impl Service {
         response
             .into_reader()
             .read_to_string(&mut text)
-            .expect("body reads");
+            .map_err(|e| e.to_string())?;
         let body = serde_json::from_str(&text).unwrap_or(Value::Null);
-        Answer {
+        Ok(Answer {
             status,
             retry_after,
             request_id,
             body,
             text,
-        }
+        })
     }
 
     /// Sends a request to a service armed with a failpoint and checks that it dies with the
