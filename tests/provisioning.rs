@@ -219,13 +219,10 @@ fn refused(result: Result<Service, FailedStart>, what: &str, says: &str) -> Stri
 
 #[test]
 fn a_start_never_destroys_what_its_data_dir_did_not_make() {
-    if common::on_kryoptic() {
-        // Every token of this test is made in the first instance's SoftHSM2 token directory;
-        // on kryoptic, tests/token_profile.rs covers initialising and refusing an external
-        // token. Not run on kryoptic.
-        eprintln!("skipped on kryoptic: this test makes its tokens in a SoftHSM2 token directory");
-        return;
-    }
+    assert!(
+        !common::on_kryoptic(),
+        "SoftHSM2 only: every token of this test is made in a SoftHSM2 token directory; tests/token_profile.rs covers an external token; scripts/test.sh skips it on kryoptic"
+    );
     let (tmp, a_dir) = data_dir();
     // The first instance: the embedded default, with a key and a backup of it.
     let a = Service::start(&a_dir);
