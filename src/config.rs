@@ -9,7 +9,6 @@ use serde::Deserialize;
 
 use crate::auth::oidc::{JwksSource, OidcSettings};
 
-use crate::hsm::templates::Extraction;
 use crate::model::Retention;
 
 /// Where the embedded default finds SoftHSM2 (Debian's package puts it here).
@@ -126,13 +125,15 @@ struct FilePkcs11 {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileKeys {
-    /// `true` (default): keys are extractable only wrapped under the trusted security-domain
-    /// key, so key backups work. `false`: strict, nothing ever leaves the token.
+    /// `true` (default): keys are extractable wrapped under the security domain, so key
+    /// backups work (and a holder of the user PIN can extract them too). `false`: strict,
+    /// nothing ever leaves the token. A first start on an external token needs it set.
     backups: Option<bool>,
     retention_days: Option<u32>,
-    /// `true` accepts, at the first start, a token on which any logged-in user may create
-    /// `CKA_TRUSTED` keys (kryoptic), so `CKA_WRAP_WITH_TRUSTED` does not keep backed-up keys
-    /// from leaving under a key the user made (ARCHITECTURE.md, "Protection models").
+    /// Accepts that a holder of the user PIN can extract keys made for backups: what
+    /// `backups = true` now says; kept so the files of data dirs of the trusted domain model on
+    /// a token where any user may create `CKA_TRUSTED` keys (kryoptic) still start
+    /// (ARCHITECTURE.md, "Protection models").
     accept_user_trusted_keys: Option<bool>,
 }
 
@@ -185,7 +186,11 @@ pub struct Config {
     pub token: TokenSource,
     pub token_label: String,
     pub sessions: usize,
-    pub extraction: Extraction,
+    /// `keys.backups`: key material may leave the token wrapped under the security domain.
+    pub backups: bool,
+    /// Whether the operator chose [`Config::backups`] (`keys.backups` is set, or the older
+    /// `keys.accept_user_trusted_keys = true`): an external token's first start needs it.
+    pub backups_chosen: bool,
     /// `keys.accept_user_trusted_keys`: consulted at the first start only.
     pub accept_user_trusted_keys: bool,
     pub retention_days: u32,
@@ -296,11 +301,9 @@ impl Config {
             });
         }
 
-        let extraction = if file.keys.backups.unwrap_or(true) {
-            Extraction::WrappedByTrustedOnly
-        } else {
-            Extraction::Never
-        };
+        let accept_user_trusted_keys = file.keys.accept_user_trusted_keys.unwrap_or(false);
+        let backups = file.keys.backups.unwrap_or(true);
+        let backups_chosen = file.keys.backups.is_some() || accept_user_trusted_keys;
 
         let max_body_bytes = file.http.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY);
         if !(4096..=64 * 1024 * 1024).contains(&max_body_bytes) {
@@ -356,8 +359,9 @@ impl Config {
             token,
             token_label,
             sessions,
-            extraction,
-            accept_user_trusted_keys: file.keys.accept_user_trusted_keys.unwrap_or(false),
+            backups,
+            backups_chosen,
+            accept_user_trusted_keys,
             retention_days,
             max_body_bytes,
             challenge_authority: file.auth.challenge_authority,
@@ -473,7 +477,7 @@ mod tests {
         let cfg = Config::load(&args).expect("valid config");
         assert_eq!(cfg.listen, "127.0.0.1:9000".parse().expect("addr"));
         assert_eq!(cfg.retention_days, 14);
-        assert_eq!(cfg.extraction, Extraction::Never);
+        assert!(!cfg.backups && cfg.backups_chosen);
         assert!(matches!(cfg.token, TokenSource::External { .. }));
     }
 

@@ -15,7 +15,7 @@ use crate::config::{Config, TokenSource};
 use crate::failpoint;
 use crate::fsutil::{create_private_dir, write_atomic};
 use crate::hsm::templates::Extraction;
-use crate::hsm::{self, HsmSettings, Module, Pin, TokenProfile, Trust};
+use crate::hsm::{self, DomainModel, HsmSettings, Module, Pin, TokenProfile, Trust};
 use crate::model::{Retention, VersionId};
 use crate::store::{self, Store};
 use crate::tls::{self, TlsPaths};
@@ -170,6 +170,7 @@ pub fn open(cfg: &Config, hosts: &[String]) -> Result<Ready, ProvisionError> {
         so_pin.as_ref(),
         &user_pin,
     )?;
+    let extraction = key_extraction(cfg, &store, &profile, own.is_none())?;
     let domain = match own {
         Some(own) => own,
         None => first_start_domain(
@@ -191,7 +192,7 @@ pub fn open(cfg: &Config, hosts: &[String]) -> Result<Ready, ProvisionError> {
         user_pin,
         HsmSettings {
             sessions: cfg.sessions,
-            extraction: cfg.extraction,
+            extraction,
         },
         profile,
     )?;
@@ -282,8 +283,7 @@ fn first_start_domain(
 /// The token's profile: the one this data dir recorded, or (first start) what a probe of the
 /// token finds, recorded before the security domain is made so that every later start and
 /// backup uses the same choices. A data dir initialised before profiles were recorded gets the
-/// model it was made with (SoftHSM2's). Refuses, before any object is made, a protection model
-/// weaker than DESIGN §8 asks for unless the operator chose it (`keys.accept_user_trusted_keys`).
+/// model it was made with (SoftHSM2's).
 fn token_profile(
     cfg: &Config,
     store: &Store,
@@ -316,7 +316,6 @@ fn token_profile(
             (module.probe_profile(slot, so, user_pin)?, true)
         }
     };
-    check_protection(cfg, store, &profile)?;
     if new {
         store.init_meta(
             meta::TOKEN_PROFILE,
@@ -330,16 +329,58 @@ fn token_profile(
     Ok(profile)
 }
 
-/// Whether the token can give the protection backups rely on (ARCHITECTURE.md, "Protection
-/// models"), and if it cannot, whether the operator chose the weaker model.
-fn check_protection(
+/// How keys made from now on may leave the token, from `keys.backups` and the data dir's
+/// domain model (ARCHITECTURE.md, "Protection models"). Refuses, before any object is made, a
+/// model the operator did not choose: on an external token, a first start with backups on
+/// needs `keys.backups` set (a holder of the user PIN can then extract keys); a data dir of
+/// the trusted model on a token where any user may create trusted keys needs
+/// `keys.accept_user_trusted_keys`.
+fn key_extraction(
+    cfg: &Config,
+    store: &Store,
+    profile: &TokenProfile,
+    first_start: bool,
+) -> Result<Extraction, ProvisionError> {
+    if !cfg.backups {
+        tracing::info!(
+            "keys.backups = false: keys made from now on never leave the token, not even wrapped"
+        );
+        return Ok(Extraction::Never);
+    }
+    match profile.domain {
+        DomainModel::Private => {
+            let external = matches!(cfg.token, TokenSource::External { .. });
+            if first_start && external && !cfg.backups_chosen {
+                return Err(ProvisionError::Refused(format!(
+                    "choose how keys on the token '{}' may leave it before the first start: \
+                     keys.backups = true makes them extractable wrapped under the security domain, so key \
+                     backups work, and so a holder of the user PIN can extract every key; keys.backups = false \
+                     makes them never extractable, and key backups impossible (see ARCHITECTURE.md, \
+                     \"Protection models\"). Nothing was written to the token.",
+                    cfg.token_label
+                )));
+            }
+            tracing::info!(
+                token = %cfg.token_label,
+                "key backups on (keys.backups): keys are extractable wrapped under the security domain, \
+                 whose objects are all private; a holder of the user PIN can extract them"
+            );
+            Ok(Extraction::Wrapped)
+        }
+        DomainModel::Trusted => {
+            check_trusted_model(cfg, store, profile)?;
+            Ok(Extraction::WrappedByTrustedOnly)
+        }
+    }
+}
+
+/// Whether the token can give the protection the trusted domain model relies on, and if it
+/// cannot, whether the operator chose the weaker model.
+fn check_trusted_model(
     cfg: &Config,
     store: &Store,
     profile: &TokenProfile,
 ) -> Result<(), ProvisionError> {
-    if cfg.extraction == Extraction::Never {
-        return Ok(());
-    }
     match profile.trust {
         Trust::SoOnly => Ok(()),
         Trust::Nobody => Err(ProvisionError::Refused(format!(

@@ -157,7 +157,8 @@ impl Pins {
 fn configure_external(dir: &Path, label: &str, pins: &Pins) {
     std::fs::create_dir_all(dir).expect("data dir");
     let toml = format!(
-        "[pkcs11]\nmodule = {:?}\ntoken_label = {label:?}\npin_file = {:?}\nso_pin_file = {:?}\n",
+        "[pkcs11]\nmodule = {:?}\ntoken_label = {label:?}\npin_file = {:?}\nso_pin_file = {:?}\n\
+         [keys]\nbackups = true\n",
         module(),
         pins.user,
         pins.so
@@ -249,6 +250,7 @@ fn a_start_never_destroys_what_its_data_dir_did_not_make() {
     two_dirs_racing_for_one_token(&tokens, tmp.path(), env);
     half_made_first_start_on_a_used_token(&tokens, tmp.path(), env);
     half_made_first_start_finishes_with_its_recorded_domain(&tokens, tmp.path(), env);
+    external_first_start_needs_the_backups_choice(&tokens, tmp.path(), env);
     a.stop();
 }
 
@@ -522,5 +524,33 @@ fn half_made_first_start_finishes_with_its_recorded_domain(
     svc.create("alone", r#"{"kty":"EC","crv":"P-256"}"#);
     purge_and_restore(&svc, "alone", &backup(&svc, "alone"));
     sign_ok(&svc, "alone");
+    svc.stop();
+}
+
+/// An external token's first start with key backups left to their default is refused before
+/// anything is written: with backups on, a holder of the user PIN can extract every key, and
+/// that is the operator's choice to make (ARCHITECTURE.md, "Protection models").
+fn external_first_start_needs_the_backups_choice(
+    tokens: &Tokens,
+    tmp: &Path,
+    env: &[(&str, &str)],
+) {
+    let pins = Pins::new_in(&tmp.join("pins"), "choice");
+    tokens.init("prov-choice", &pins);
+    let dir = tmp.join("choice");
+    configure_external(&dir, "prov-choice", &pins);
+    let config = dir.join("p11vault.toml");
+    let chosen = std::fs::read_to_string(&config).expect("config");
+    std::fs::write(&config, chosen.replace("backups = true", "")).expect("config");
+    refused(
+        Service::start_with(&dir, env),
+        "a first start with the backups choice unmade",
+        "a holder of the user PIN can extract every key",
+    );
+    assert_eq!(tokens.objects("prov-choice", &pins), Vec::new());
+
+    std::fs::write(&config, chosen).expect("config");
+    let svc = Service::start_with(&dir, env).expect("the choice made, it starts");
+    assert_eq!(domains(&tokens.objects("prov-choice", &pins)).len(), 1);
     svc.stop();
 }

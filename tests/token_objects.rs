@@ -1,8 +1,11 @@
-//! Reads the token directly with cryptoki, bypassing the service, and shows that every key it
-//! made or imported is sensitive, not copyable, and that its material cannot be read out or
-//! wrapped by an untrusted key; and that the security domain's halves are split as designed.
-//! One test in this binary: it points SoftHSM2 at the service's token through the process
-//! environment.
+//! Reads the token directly with cryptoki, bypassing the service, as a holder of the user PIN
+//! and as a process without it, and shows exactly what ARCHITECTURE.md ("Protection models")
+//! claims: every key the service made or imported is private, sensitive and not copyable, its
+//! material cannot be read out directly, a deleted key cannot be used as it is, nothing of the
+//! service's is visible or stored in clear without the PIN, and — what the model does not
+//! stop — a holder of the user PIN can wrap a key out under a key of its own and switch a
+//! deleted key's flags back on. One test in this binary: it points the module at the
+//! service's token through the process environment.
 
 mod common;
 
@@ -90,7 +93,7 @@ fn the_token_itself_keeps_every_key_sensitive_and_uncopyable() {
     }
     svc.stop();
 
-    let (_ctx, session) = common::open_token_as_user(&dir);
+    let (ctx, session) = common::open_token_as_user(&dir);
     // The padded AES key wrap the service chose for this token at its first start.
     let key_wrap = if common::on_kryoptic() {
         p11vault::hsm::KeyWrap::Kwp
@@ -99,7 +102,7 @@ fn the_token_itself_keeps_every_key_sensitive_and_uncopyable() {
     }
     .mechanism();
 
-    // An untrusted wrapping key the user is allowed to make.
+    // A wrapping key of the user's own, not trusted.
     let user_kek = session
         .generate_key(
             &Mechanism::AesKeyGen,
@@ -111,6 +114,7 @@ fn the_token_itself_keeps_every_key_sensitive_and_uncopyable() {
             ],
         )
         .expect("a session key");
+    let mut extracted = None;
 
     let mut secrets = 0;
     let mut publics = 0;
@@ -150,9 +154,13 @@ fn the_token_itself_keeps_every_key_sensitive_and_uncopyable() {
                 bool_attr(&session, h, AttributeType::Sensitive),
                 "{label} is not sensitive"
             );
-            // Backups on (the default): extractable only wrapped by a trusted key.
+            // Backups on (the default), private domain model: extractable under any key.
             assert!(
-                bool_attr(&session, h, AttributeType::WrapWithTrusted),
+                bool_attr(&session, h, AttributeType::Extractable),
+                "{label}"
+            );
+            assert!(
+                !bool_attr(&session, h, AttributeType::WrapWithTrusted),
                 "{label}"
             );
             let value = match class {
@@ -176,48 +184,51 @@ fn the_token_itself_keeps_every_key_sensitive_and_uncopyable() {
                 matches!(info.as_slice(), [AttributeInfo::Sensitive]),
                 "{label}: material readable"
             );
-            let wrapped = session.wrap_key(&key_wrap, user_kek, h);
-            // kryoptic names the wrapping key as the reason, SoftHSM2 the wrapped one.
-            let untrusted = if common::on_kryoptic() {
-                RvError::WrappingKeyHandleInvalid
-            } else {
-                RvError::KeyNotWrappable
-            };
-            assert_eq!(
-                wrapped.map_err(rv).err(),
-                Some(untrusted),
-                "{label} wrapped by an untrusted key"
-            );
-            if common::on_kryoptic() {
-                // The weaker model the kryoptic harness accepts (keys.accept_user_trusted_keys):
-                // any logged-in user may generate a trusted key and wrap the key out under it.
-                let own_trusted = session
-                    .generate_key(
-                        &Mechanism::AesKeyGen,
+            // What the model does not stop: the user PIN is enough to wrap any key out under
+            // a key of one's own, and to unwrap it again as a readable object.
+            let wrapped = session
+                .wrap_key(&key_wrap, user_kek, h)
+                .unwrap_or_else(|e| panic!("{label}: a user-PIN holder wraps it out: {e}"));
+            if label.starts_with("p11vault/imported-aes/") {
+                let readable = session
+                    .unwrap_key(
+                        &key_wrap,
+                        user_kek,
+                        &wrapped,
                         &[
+                            Attribute::Class(ObjectClass::SECRET_KEY),
+                            Attribute::KeyType(KeyType::AES),
                             Attribute::Token(false),
-                            Attribute::ValueLen(32.into()),
-                            Attribute::Trusted(true),
-                            Attribute::Wrap(true),
+                            Attribute::Sensitive(false),
+                            Attribute::Extractable(true),
                         ],
                     )
-                    .expect("kryoptic lets a user make a trusted key");
-                assert!(
-                    session.wrap_key(&key_wrap, own_trusted, h).is_ok(),
-                    "{label}: kryoptic's CKA_TRUSTED is settable by the user, as the profile records"
-                );
-                session.destroy_object(own_trusted).expect("destroy");
+                    .expect("unwrapped as a readable object");
+                extracted = match session
+                    .get_attributes(readable, &[AttributeType::Value])
+                    .expect("the value")
+                    .pop()
+                {
+                    Some(Attribute::Value(v)) => Some(v),
+                    other => panic!("{other:?}"),
+                };
             }
         }
     }
+    assert_eq!(
+        extracted.as_deref(),
+        Some(&[0x5au8; 32][..]),
+        "the imported key's value, read out by a holder of the user PIN"
+    );
     assert_eq!(
         secrets, 6,
         "rsa, ec, aes, imported-aes, restored-rsa, restored-ec"
     );
     assert_eq!(publics, 4, "the public halves of the RSA and EC keys");
 
-    // The security domain: a trusted wrap-only half and a private unwrap-only half, neither
-    // modifiable, so nobody can turn the trusted public half into an unwrapping key.
+    // The security domain: a wrap-only half, an unwrap-only half and the MAC key, every one
+    // private, none trusted (nothing relies on CKA_TRUSTED) and none modifiable, so nobody
+    // can make the wrap half unwrap.
     let mut halves = 0;
     for h in session
         .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY)])
@@ -233,17 +244,12 @@ fn the_token_itself_keeps_every_key_sensitive_and_uncopyable() {
             "{label}"
         );
         assert!(bool_attr(&session, h, AttributeType::Sensitive), "{label}");
+        assert!(bool_attr(&session, h, AttributeType::Private), "{label}");
+        assert!(!bool_attr(&session, h, AttributeType::Trusted), "{label}");
         if label.ends_with("/wrap") {
-            assert!(bool_attr(&session, h, AttributeType::Trusted));
-            // SoftHSM2's SO can only make public objects; kryoptic's can make private ones.
-            assert_eq!(
-                bool_attr(&session, h, AttributeType::Private),
-                common::on_kryoptic(),
-                "{label}"
-            );
             assert!(!bool_attr(&session, h, AttributeType::Unwrap));
             let flip = session.update_attributes(h, &[Attribute::Unwrap(true)]);
-            assert!(flip.is_err(), "the trusted half was made unwrap-capable");
+            assert!(flip.is_err(), "the wrap half was made unwrap-capable");
         } else if label.ends_with("/mac") {
             // The key that authenticates backups: private, never leaves the token.
             assert!(bool_attr(&session, h, AttributeType::Private));
@@ -258,9 +264,9 @@ fn the_token_itself_keeps_every_key_sensitive_and_uncopyable() {
     }
     assert_eq!(halves, 3, "the wrap half, the unwrap half and the MAC key");
 
-    // A forged key backup: whoever can use the public wrap half (a token may allow that
-    // without the PIN) wraps a content key and a key they know, and seals the payload
-    // themselves. Only the MAC, made with the private MAC key, tells it from a real one.
+    // A forged key backup: a holder of the user PIN wraps a content key and a key they know
+    // under the domain's wrap half, and seals the payload themselves. Only the MAC, made with
+    // the MAC key, tells it from a real one.
     let forged = forge_key_backup(&session, &key_wrap);
 
     // Soft-delete RSA and AES keys and purge the EC key through the service, then try to use
@@ -444,10 +450,60 @@ fn the_token_itself_keeps_every_key_sensitive_and_uncopyable() {
             .sign(&Mechanism::Sha256RsaPkcs, private, b"m")
             .is_ok()
     );
+
+    // Without the PIN nothing of the service's can be seen or used: every object it made,
+    // the security domain included, is private.
+    let slot = session.get_session_info().expect("session info").slot_id();
+    session.logout().expect("logout");
+    let anonymous = ctx
+        .open_ro_session(slot)
+        .expect("a session without a login");
+    // (kryoptic shows objects of its own to anyone: its mechanism and profile objects.)
+    for class in [
+        ObjectClass::SECRET_KEY,
+        ObjectClass::PRIVATE_KEY,
+        ObjectClass::PUBLIC_KEY,
+        ObjectClass::DATA,
+    ] {
+        let visible = anonymous
+            .find_objects(&[Attribute::Class(class)])
+            .expect("find");
+        assert!(
+            visible.is_empty(),
+            "{} {class:?} objects visible without a login",
+            visible.len()
+        );
+    }
+    // Nor read offline from the token's files: the imported key's known value is nowhere in
+    // clear. On SoftHSM2 no label of the service's is either: it stores a public object's
+    // attributes in clear and encrypts a private object's label, ID and value with a key
+    // derived from the PIN, so a public domain half would show here. kryoptic keeps labels in
+    // clear (values encrypted), so there the labels say which keys exist.
+    let files = common::token_files(&dir);
+    assert!(!files.is_empty(), "the token's files");
+    for file in files {
+        let bytes = std::fs::read(&file).expect("a token file");
+        assert!(
+            !bytes.windows(32).any(|w| w == [0x5au8; 32]),
+            "{} holds a key value in clear",
+            file.display()
+        );
+        // The token's own label is "p11vault"; every object label continues with / or -.
+        let labelled = bytes
+            .windows(9)
+            .any(|w| w == b"p11vault/" || w == b"p11vault-");
+        if common::on_kryoptic() {
+            if file == common::kryoptic_files(&dir).db {
+                assert!(labelled, "kryoptic keeps labels in clear, as documented");
+            }
+        } else {
+            assert!(!labelled, "{}: object labels in clear", file.display());
+        }
+    }
 }
 
 /// A well-formed key backup made without the MAC key: its content key and key material are
-/// wrapped with the domain's public wrap half, its payload sealed in software.
+/// wrapped with the domain's wrap half, its payload sealed in software.
 fn forge_key_backup(session: &Session, key_wrap: &Mechanism<'_>) -> Vec<u8> {
     use p11vault::keys::blob::{Content, Envelope, KeyPayload, VersionPayload};
     use p11vault::model::{KeyFamily, KeyKind, KeyOps, PublicKey, VersionId};
@@ -478,7 +534,7 @@ fn forge_key_backup(session: &Session, key_wrap: &Mechanism<'_>) -> Vec<u8> {
             .expect("a known key");
         session
             .wrap_key(key_wrap, wrap_half, h)
-            .expect("the public wrap half wraps it")
+            .expect("the wrap half wraps it")
     };
     let material = known([0x11; 32]);
     let content_key = [0x22u8; 32];

@@ -17,19 +17,23 @@ fn profile(dir: &std::path::Path) -> Value {
     serde_json::from_str(&meta(dir, "token_profile").expect("a recorded profile")).expect("JSON")
 }
 
+/// What every start logs about key backups under the private domain model.
+const EXTRACTION_NOTE: &str = "a holder of the user PIN can extract them";
+
 #[test]
 fn the_first_start_records_the_tokens_profile_and_later_starts_keep_it() {
     let (_tmp, dir) = data_dir();
     let svc = Service::start(&dir);
     svc.stop();
     let recorded = profile(&dir);
+    // Every new data dir keeps its security domain in private objects only.
+    assert_eq!(recorded["domain"], "private", "{recorded}");
     if common::on_kryoptic() {
         assert_eq!(recorded["key_wrap"], "CKM_AES_KEY_WRAP_KWP", "{recorded}");
         assert_eq!(recorded["trust"], "any-user", "{recorded}");
         assert_eq!(recorded["wrap_half"], "so-private", "{recorded}");
         assert_eq!(recorded["trusted_via"], "copy", "{recorded}");
         assert_eq!(recorded["curves"], json!(["P-256", "P-384", "P-521"]));
-        assert!(meta(&dir, "user_trusted_keys_accepted").is_some());
     } else {
         assert_eq!(recorded["key_wrap"], "CKM_AES_KEY_WRAP_PAD", "{recorded}");
         assert_eq!(recorded["trust"], "so-only", "{recorded}");
@@ -38,16 +42,16 @@ fn the_first_start_records_the_tokens_profile_and_later_starts_keep_it() {
             recorded["curves"],
             json!(["P-256", "P-384", "P-521", "P-256K"])
         );
-        assert!(meta(&dir, "user_trusted_keys_accepted").is_none());
     }
+    assert!(meta(&dir, "user_trusted_keys_accepted").is_none());
 
-    // A later start reads the record, even with the acceptance gone from the config: the
-    // choice was made at the first start, and is logged loudly on every start.
+    // A later start reads the record, even with the choice gone from the config: it was made
+    // at the first start, and every start says what it means.
     if common::on_kryoptic() {
         let text = std::fs::read_to_string(dir.join("p11vault.toml")).expect("config");
         std::fs::write(
             dir.join("p11vault.toml"),
-            text.replace("accept_user_trusted_keys = true", ""),
+            text.replace("backups = true", ""),
         )
         .expect("config");
     }
@@ -56,56 +60,56 @@ fn the_first_start_records_the_tokens_profile_and_later_starts_keep_it() {
     assert_eq!(key["key"]["kty"], "oct-HSM");
     let (status, body) = svc.call("POST", &format!("/keys/after-restart/backup?{API}"), None);
     assert_eq!(status, 200, "a backup under the recorded key wrap: {body}");
-    assert_eq!(
-        svc.log().contains("WEAKER PROTECTION MODEL"),
-        common::on_kryoptic()
-    );
+    assert!(svc.log().contains(EXTRACTION_NOTE), "{}", svc.log());
     svc.stop();
     assert_eq!(profile(&dir), recorded, "the record never changes");
 }
 
 #[test]
-fn a_weaker_protection_model_must_be_chosen_explicitly() {
+fn how_keys_may_leave_an_external_token_is_chosen_explicitly() {
+    let (_tmp, dir) = data_dir();
     if !common::on_kryoptic() {
-        // SoftHSM2 restricts CKA_TRUSTED to the SO: nothing to choose.
+        // The embedded SoftHSM2 default is a development token under the data dir: its first
+        // start takes the default (backups on) and says what it means. An external SoftHSM2
+        // token's first start is refused the same way (tests/provisioning.rs).
+        let svc = Service::start(&dir);
+        assert!(svc.log().contains(EXTRACTION_NOTE), "{}", svc.log());
+        svc.stop();
         return;
     }
-    let (_tmp, dir) = data_dir();
     let text = std::fs::read_to_string(dir.join("p11vault.toml")).expect("config");
     std::fs::write(
         dir.join("p11vault.toml"),
-        text.replace("accept_user_trusted_keys = true", ""),
+        text.replace("backups = true", ""),
     )
     .expect("config");
     let failed = match Service::start_with(&dir, &[]) {
-        Ok(_) => panic!("started with a weaker model nobody chose"),
+        Ok(_) => panic!("started with a protection model nobody chose"),
         Err(f) => f,
     };
     assert!(
         failed
             .stderr
-            .contains("lets any logged-in user create CKA_TRUSTED keys")
-            && failed
-                .stderr
-                .contains("keys.accept_user_trusted_keys = true")
-            && failed.stderr.contains("keys.backups = false"),
+            .contains("a holder of the user PIN can extract every key")
+            && failed.stderr.contains("keys.backups = true")
+            && failed.stderr.contains("keys.backups = false")
+            && failed.stderr.contains("Nothing was written to the token"),
         "{}",
         failed.stderr
     );
-    assert!(meta(&dir, "token_profile").is_none(), "nothing recorded");
     assert!(meta(&dir, "security_domain").is_none(), "no domain made");
 
-    // With backups off nothing can leave the token, whatever CKA_TRUSTED means there: no
-    // choice is needed.
+    // With backups off nothing can leave the token: the choice made, the start goes on, and
+    // keys are made never extractable (tests/token_objects.rs reads them).
     std::fs::write(
         dir.join("p11vault.toml"),
-        text.replace("accept_user_trusted_keys = true", "backups = false"),
+        text.replace("backups = true", "backups = false"),
     )
     .expect("config");
     let svc = Service::start(&dir);
-    assert!(!svc.log().contains("WEAKER PROTECTION MODEL"));
+    assert!(!svc.log().contains(EXTRACTION_NOTE));
+    assert!(svc.log().contains("never leave the token"));
     svc.stop();
-    assert!(meta(&dir, "user_trusted_keys_accepted").is_none());
 }
 
 #[test]

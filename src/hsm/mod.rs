@@ -28,7 +28,7 @@ use zeroize::Zeroizing;
 use crate::model::{Curve, KeyFamily, VersionId};
 pub use pool::Hsm;
 use pool::{Backoff, Connection, RECONNECT_BACKOFF_MIN};
-pub use profile::{KeyWrap, TokenProfile, Trust, WrapHalf};
+pub use profile::{DomainModel, KeyWrap, TokenProfile, Trust, WrapHalf};
 pub use replace::{Look, Settled, Version};
 use templates::Extraction;
 
@@ -210,13 +210,15 @@ impl Module {
         Ok(())
     }
 
-    /// Creates security domain `domain` (DESIGN §8): a trusted, wrap-only public object made by
-    /// the SO, and a private unwrap-only object made by the user, both holding one random
-    /// AES-256 value that exists in this process only for the length of this call. The caller
-    /// has recorded `domain` in the data dir first; objects of that id left by an interrupted
-    /// attempt are destroyed before the new ones are made, and no object of any other domain
-    /// is touched. Must run before [`Module::open`] logs the user in: the SO cannot log in
-    /// while user sessions exist.
+    /// Creates security domain `domain` (DESIGN §8, ARCHITECTURE.md "Protection models"): a
+    /// wrap-only half and a private unwrap-only half made by the user, both holding one random
+    /// AES-256 value that exists in this process only for the length of this call. Under
+    /// [`DomainModel::Private`] the wrap half is private and made by the user too; under
+    /// [`DomainModel::Trusted`] it is a `CKA_TRUSTED` key made as the profile says (SoftHSM2: by
+    /// the SO, public). The caller has recorded `domain` in the data dir first; objects of that
+    /// id left by an interrupted attempt are destroyed before the new ones are made, and no
+    /// object of any other domain is touched. Must run before [`Module::open`] logs the user
+    /// in: the SO cannot log in while user sessions exist.
     pub fn create_security_domain(
         &self,
         slot: Slot,
@@ -226,12 +228,12 @@ impl Module {
         user_pin: &Pin,
     ) -> Result<()> {
         self.destroy_security_domain(slot, domain, so_pin, user_pin)?;
-        let wrap_half = profile.wrap_half;
-        let make_wrap_half = |session: &Session, value: &[u8]| -> Result<()> {
-            let base = templates::domain_wrap_half(domain, value, wrap_half.private());
-            if profile.trust == Trust::Nobody {
-                // Nobody may set CKA_TRUSTED here (only `keys.backups = false` is allowed):
-                // the half still wraps the content keys of backups.
+        let trusted = profile.domain == DomainModel::Trusted && profile.trust != Trust::Nobody;
+        let make_wrap_half = |session: &Session, value: &[u8], private: bool| -> Result<()> {
+            let base = templates::domain_wrap_half(domain, value, private);
+            if trusted {
+                profile::create_trusted(session, &base, true, profile.trusted_via)?;
+            } else {
                 let mut template = base;
                 template.extend([
                     Attribute::Token(true),
@@ -239,39 +241,36 @@ impl Module {
                     Attribute::Copyable(false),
                 ]);
                 session.create_object(&template)?;
-            } else {
-                profile::create_trusted(session, &base, true, profile.trusted_via)?;
             }
             Ok(())
         };
-        {
-            let value = if wrap_half.by_so() {
-                let so = self.ctx.open_rw_session(slot)?;
-                so.login(UserType::So, Some(&so_pin.auth()))?;
-                let value = Zeroizing::new(so.generate_random_vec(32)?);
-                make_wrap_half(&so, &value)?;
-                so.logout()?;
-                drop(so);
-                crate::failpoint::hit("provision.after_wrap_half");
-                Some(value)
-            } else {
-                None
-            };
+        let by_so = trusted && profile.wrap_half.by_so();
+        let value = if by_so {
+            let so = self.ctx.open_rw_session(slot)?;
+            so.login(UserType::So, Some(&so_pin.auth()))?;
+            let value = Zeroizing::new(so.generate_random_vec(32)?);
+            make_wrap_half(&so, &value, profile.wrap_half.private())?;
+            so.logout()?;
+            drop(so);
+            crate::failpoint::hit("provision.after_wrap_half");
+            Some(value)
+        } else {
+            None
+        };
 
-            let user = self.ctx.open_rw_session(slot)?;
-            login_user(&user, user_pin)?;
-            let value = match value {
-                Some(value) => value,
-                None => {
-                    let value = Zeroizing::new(user.generate_random_vec(32)?);
-                    make_wrap_half(&user, &value)?;
-                    crate::failpoint::hit("provision.after_wrap_half");
-                    value
-                }
-            };
-            user.create_object(&templates::domain_unwrap_half(domain, &value))?;
-            user.logout()?;
-        }
+        let user = self.ctx.open_rw_session(slot)?;
+        login_user(&user, user_pin)?;
+        let value = match value {
+            Some(value) => value,
+            None => {
+                let value = Zeroizing::new(user.generate_random_vec(32)?);
+                make_wrap_half(&user, &value, true)?;
+                crate::failpoint::hit("provision.after_wrap_half");
+                value
+            }
+        };
+        user.create_object(&templates::domain_unwrap_half(domain, &value))?;
+        user.logout()?;
         Ok(())
     }
 

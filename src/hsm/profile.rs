@@ -115,6 +115,24 @@ pub enum TrustedVia {
     Copy,
 }
 
+/// Where the security domain lives, and so how keys made for backups may leave the token
+/// (ARCHITECTURE.md, "Protection models").
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DomainModel {
+    /// Keys made for backups carry `CKA_WRAP_WITH_TRUSTED`; the domain's wrap half is a
+    /// `CKA_TRUSTED` key made as [`TokenProfile::wrap_half`] says. What every data dir made
+    /// before the model was recorded uses (absent from its profile). On SoftHSM2 the wrap half
+    /// is then public, so its value lies in clear in the token directory.
+    #[default]
+    Trusted,
+    /// Every object of the domain is private and made by the user, and keys made for backups
+    /// are extractable without `CKA_WRAP_WITH_TRUSTED`. What every new data dir uses: without
+    /// an unwrap template on the domain, trusting the wrap half stops no holder of the user PIN
+    /// on any token, and on SoftHSM2 it would leave the domain readable without one.
+    Private,
+}
+
 /// What the first start learnt of the token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenProfile {
@@ -126,6 +144,10 @@ pub struct TokenProfile {
     pub trusted_via: TrustedVia,
     /// The curves the token generates keys on.
     pub curves: Vec<Curve>,
+    /// Where the security domain lives (absent: [`DomainModel::Trusted`], what the data dir
+    /// was made with).
+    #[serde(default)]
+    pub domain: DomainModel,
 }
 
 impl TokenProfile {
@@ -138,6 +160,7 @@ impl TokenProfile {
             wrap_half: WrapHalf::SoPublic,
             trusted_via: TrustedVia::Create,
             curves,
+            domain: DomainModel::Trusted,
         }
     }
 
@@ -149,7 +172,11 @@ impl TokenProfile {
     pub fn describe(&self) -> String {
         let curves: Vec<&str> = self.curves.iter().map(|c| c.jwk_name()).collect();
         format!(
-            "key wrap {:?}, CKA_TRUSTED settable by {}, domain wrap half {} (trusted by {:?}), curves {}",
+            "security domain {}, key wrap {:?}, CKA_TRUSTED settable by {}, trusted wrap half possible as {} (by {:?}), curves {}",
+            match self.domain {
+                DomainModel::Trusted => "trusted (keys CKA_WRAP_WITH_TRUSTED)",
+                DomainModel::Private => "private (every domain object private)",
+            },
             self.key_wrap,
             match self.trust {
                 Trust::SoOnly => "the SO only",
@@ -224,6 +251,7 @@ impl Module {
             wrap_half,
             trusted_via,
             curves,
+            domain: DomainModel::Private,
         })
     }
 
@@ -373,12 +401,22 @@ mod tests {
             wrap_half: WrapHalf::SoPrivate,
             trusted_via: TrustedVia::Copy,
             curves: vec![Curve::P256, Curve::P384],
+            domain: DomainModel::Private,
         };
         let text = serde_json::to_string(&p).expect("json");
         assert!(text.contains("CKM_AES_KEY_WRAP_KWP") && text.contains("any-user"));
+        assert!(text.contains(r#""domain":"private""#), "{text}");
         assert_eq!(
             serde_json::from_str::<TokenProfile>(&text).expect("parses"),
             p
         );
+    }
+
+    #[test]
+    fn a_profile_recorded_before_the_domain_model_keeps_the_trusted_one() {
+        let text = r#"{"key_wrap":"CKM_AES_KEY_WRAP_PAD","trust":"so-only","wrap_half":"so-public","curves":["P-256"]}"#;
+        let p: TokenProfile = serde_json::from_str(text).expect("parses");
+        assert_eq!(p.domain, DomainModel::Trusted);
+        assert_eq!(p.trusted_via, TrustedVia::Create);
     }
 }

@@ -30,8 +30,12 @@ pub fn domain_label(domain: VersionId, role: &str) -> Vec<u8> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Extraction {
     /// `CKA_EXTRACTABLE=true` with `CKA_WRAP_WITH_TRUSTED=true`: the material can leave only
-    /// wrapped under a trusted key, which only the SO can create. Needed for key backups.
+    /// wrapped under a trusted key. Key backups under [`super::profile::DomainModel::Trusted`].
     WrappedByTrustedOnly,
+    /// `CKA_EXTRACTABLE=true`, `CKA_WRAP_WITH_TRUSTED=false`: the material can leave wrapped
+    /// under any key a logged-in user may wrap with. Key backups under
+    /// [`super::profile::DomainModel::Private`].
+    Wrapped,
     /// `CKA_EXTRACTABLE=false`: nothing ever leaves; key backups are impossible.
     Never,
 }
@@ -58,6 +62,10 @@ fn extraction_attrs(extraction: Extraction) -> Vec<Attribute> {
         Extraction::WrappedByTrustedOnly => vec![
             Attribute::Extractable(true),
             Attribute::WrapWithTrusted(true),
+        ],
+        Extraction::Wrapped => vec![
+            Attribute::Extractable(true),
+            Attribute::WrapWithTrusted(false),
         ],
         Extraction::Never => vec![Attribute::Extractable(false)],
     }
@@ -222,12 +230,13 @@ pub fn public_import(
     attrs
 }
 
-/// The security domain's wrap half, without the attributes that make it trusted and fixed:
-/// `CKA_TOKEN`, `CKA_TRUSTED`, `CKA_MODIFIABLE=false` and `CKA_COPYABLE=false` are added where
-/// it is made (`hsm::profile::create_trusted`), the way the token allows (SoftHSM2: by the SO
-/// in `C_CreateObject`, as a public object; kryoptic: only through `C_CopyObject`). It may wrap
-/// and nothing else, and it can never be modified, so nobody can switch on `CKA_UNWRAP` and
-/// use it to open backups. `private` where the token lets its maker create private objects.
+/// The security domain's wrap half, without the attributes that make it fixed (and, under the
+/// trusted domain model, trusted): `CKA_TOKEN`, `CKA_MODIFIABLE=false`, `CKA_COPYABLE=false`
+/// and `CKA_TRUSTED` are added where it is made (`Module::create_security_domain`; a trusted
+/// half by `hsm::profile::create_trusted`, the way the token allows). It may wrap and nothing
+/// else, and it can never be modified, so nobody can switch on `CKA_UNWRAP` and use it to open
+/// backups. `private` unless it is a trusted half on a token whose SO cannot make private
+/// objects (SoftHSM2, data dirs of the trusted model).
 pub fn domain_wrap_half(domain: VersionId, value: &[u8], private: bool) -> Vec<Attribute> {
     let mut attrs = domain_half_common(domain, "wrap", value);
     attrs.extend([
@@ -309,7 +318,11 @@ mod tests {
     fn every_key_object_is_private_sensitive_and_not_copyable() {
         let id = VersionId::random();
         let ops = KeyOps::all_for(KeyFamily::Rsa);
-        for extraction in [Extraction::WrappedByTrustedOnly, Extraction::Never] {
+        for extraction in [
+            Extraction::WrappedByTrustedOnly,
+            Extraction::Wrapped,
+            Extraction::Never,
+        ] {
             let (public, private) =
                 pair_generate(id, b"l", KeyFamily::Rsa, vec![], &ops, extraction);
             let aes = aes_generate(id, b"l", 256, &KeyOps::all_for(KeyFamily::Oct), extraction);
@@ -320,11 +333,11 @@ mod tests {
                 assert!(has(secret, &Attribute::Modifiable(true)));
             }
             assert!(has(&public, &Attribute::Copyable(false)));
-            let extractable = extraction == Extraction::WrappedByTrustedOnly;
+            let extractable = extraction != Extraction::Never;
             assert!(has(&private, &Attribute::Extractable(extractable)));
             assert_eq!(
                 has(&private, &Attribute::WrapWithTrusted(true)),
-                extractable
+                extraction == Extraction::WrappedByTrustedOnly
             );
         }
     }

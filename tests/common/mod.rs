@@ -483,8 +483,9 @@ pub fn token_config(data_dir: &Path) -> String {
                  # A soft token: the service initialises an empty slot on the first start.\n\
                  init_token = true\n\n\
                  [keys]\n\
-                 # kryoptic lets any logged-in user create CKA_TRUSTED keys (ARCHITECTURE.md).\n\
-                 accept_user_trusted_keys = true\n",
+                 # An external token's first start needs the choice made (ARCHITECTURE.md,\n\
+                 # \"Protection models\"): keys extractable under the security domain.\n\
+                 backups = true\n",
                 module.display().to_string(),
                 files.user_pin.display().to_string(),
                 files.so_pin.display().to_string(),
@@ -575,6 +576,35 @@ pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
     let dir = tmp.path().join("data");
     prepare_data_dir(&dir);
     (tmp, dir)
+}
+
+/// Every file the selected token keeps a data dir's token in: SoftHSM2's object files, or
+/// kryoptic's SQLite database (with its journal, if any).
+pub fn token_files(dir: &Path) -> Vec<PathBuf> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("token dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    match test_token() {
+        TestToken::SoftHsm => walk(&dir.join("softhsm").join("tokens"), &mut out),
+        TestToken::Kryoptic { .. } => {
+            let db = kryoptic_files(dir).db;
+            walk(db.parent().expect("the kryoptic dir"), &mut out);
+            out.retain(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("token.sql"))
+            });
+        }
+    }
+    out
 }
 
 /// Opens the service's token in this process, logged in as the user, bypassing the service.
