@@ -204,6 +204,10 @@ pub struct Config {
     pub restore_requires_backup_within_secs: i64,
     /// TEST-ONLY crash points (see `failpoint`), from `P11VAULT_TEST_FAILPOINTS`.
     pub test_failpoints: Vec<String>,
+    /// TEST-ONLY: a first start makes a data dir of the older trusted domain model, as data
+    /// dirs made before the private model exist (`P11VAULT_TEST_TRUSTED_DOMAIN=1`), so that
+    /// the path those data dirs take stays tested.
+    pub test_trusted_domain: bool,
     /// TEST-ONLY clock offset file (see `clock::FileOffsetClock`), from
     /// `P11VAULT_TEST_CLOCK_FILE`.
     pub test_clock_file: Option<PathBuf>,
@@ -382,6 +386,8 @@ impl Config {
                 })
                 .unwrap_or_default(),
             test_clock_file: std::env::var_os("P11VAULT_TEST_CLOCK_FILE").map(PathBuf::from),
+            test_trusted_domain: std::env::var_os("P11VAULT_TEST_TRUSTED_DOMAIN")
+                .is_some_and(|v| v == "1"),
         })
     }
 }

@@ -313,7 +313,12 @@ fn token_profile(
                     "the first start probes the token and creates the security domain, which needs the SO PIN: set pkcs11.so_pin_file for the first start".into(),
                 )
             })?;
-            (module.probe_profile(slot, so, user_pin)?, true)
+            let mut p = module.probe_profile(slot, so, user_pin)?;
+            if cfg.test_trusted_domain {
+                tracing::warn!("TEST-ONLY: making a data dir of the older trusted domain model");
+                p.domain = DomainModel::Trusted;
+            }
+            (p, true)
         }
     };
     if new {

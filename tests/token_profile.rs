@@ -186,3 +186,96 @@ fn bad_ciphertexts_and_wrapped_keys_are_400s_and_never_a_reconnect() {
     );
     svc.stop();
 }
+
+#[test]
+fn a_data_dir_of_the_older_trusted_model_keeps_it_and_works() {
+    // Data dirs made before the private model record no `domain`, and keep the trusted one:
+    // keys with CKA_WRAP_WITH_TRUSTED, a CKA_TRUSTED wrap half. A TEST-ONLY switch makes one.
+    let (_tmp, dir) = data_dir();
+    let env = [("P11VAULT_TEST_TRUSTED_DOMAIN", "1")];
+    if common::on_kryoptic() {
+        // Any user may make trusted keys there: that model needed its own acceptance.
+        let failed = match Service::start_with(&dir, &env) {
+            Ok(_) => panic!("started a trusted-model data dir nobody accepted"),
+            Err(f) => f,
+        };
+        assert!(
+            failed
+                .stderr
+                .contains("lets any logged-in user create CKA_TRUSTED keys")
+                && failed
+                    .stderr
+                    .contains("keys.accept_user_trusted_keys = true"),
+            "{}",
+            failed.stderr
+        );
+        assert!(meta(&dir, "security_domain").is_none(), "no domain made");
+        let config = dir.join("p11vault.toml");
+        let text = std::fs::read_to_string(&config).expect("config");
+        std::fs::write(
+            &config,
+            text.replace(
+                "backups = true",
+                "backups = true\naccept_user_trusted_keys = true",
+            ),
+        )
+        .expect("config");
+    }
+    let svc = Service::start_with(&dir, &env).expect("a trusted-model data dir starts");
+    assert_eq!(profile(&dir)["domain"], "trusted");
+    assert_eq!(
+        svc.log().contains("WEAKER PROTECTION MODEL"),
+        common::on_kryoptic()
+    );
+    svc.create(
+        "rsa",
+        r#"{"kty":"RSA","key_size":2048,"key_ops":["sign","verify"]}"#,
+    );
+    svc.create("aes", r#"{"kty":"oct","key_size":256}"#);
+    let sign = |svc: &Service| {
+        svc.call(
+            "POST",
+            &format!("/keys/rsa//sign?{API}"),
+            Some(&json!({"alg": "RS256", "value": common::b64url(&[1u8; 32])}).to_string()),
+        )
+    };
+    // Every path that wraps under the domain: soft-delete and recover (objects made anew),
+    // a key_ops change, a backup, a purge and its restore.
+    for name in ["rsa", "aes"] {
+        assert_eq!(
+            svc.call("DELETE", &format!("/keys/{name}?{API}"), None).0,
+            200
+        );
+        let (status, body) = svc.call("POST", &format!("/deletedkeys/{name}/recover?{API}"), None);
+        assert_eq!(status, 200, "{body}");
+    }
+    let (status, body) = svc.call(
+        "PATCH",
+        &format!("/keys/rsa/?{API}"),
+        Some(r#"{"key_ops":["sign","verify","encrypt"]}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, blob) = svc.call("POST", &format!("/keys/rsa/backup?{API}"), None);
+    assert_eq!(status, 200, "{blob}");
+    assert_eq!(svc.call("DELETE", &format!("/keys/rsa?{API}"), None).0, 200);
+    assert_eq!(
+        svc.call("DELETE", &format!("/deletedkeys/rsa?{API}"), None)
+            .0,
+        204
+    );
+    let (status, body) = svc.call(
+        "POST",
+        &format!("/keys/restore?{API}"),
+        Some(&blob.to_string()),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(sign(&svc).0, 200);
+    svc.stop();
+
+    // Later starts keep the recorded model without the switch.
+    let recorded = profile(&dir);
+    let svc = Service::start(&dir);
+    assert_eq!(sign(&svc).0, 200);
+    svc.stop();
+    assert_eq!(profile(&dir), recorded);
+}
