@@ -2,7 +2,7 @@
 # Sets up and runs every test: formatting and lints, the Rust unit and integration tests
 # (real SoftHSM2 tokens, real SQLite files, real HTTPS), the integration tests once more on
 # kryoptic (a second PKCS#11 token, built by scripts/install-kryoptic.sh), and the interop
-# suite that drives the service with the official Azure Python SDK.
+# suite that drives the service with the official Azure Python SDK, on both tokens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh --tests
@@ -35,4 +35,8 @@ if [[ ! -x "$venv/bin/python" ]]; then
     python3 -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
+echo "== interop tests on SoftHSM2"
 P11VAULT_BIN="$PWD/target/debug/p11vault" "$venv/bin/python" -m pytest -q tests/interop
+echo "== interop tests on kryoptic"
+P11VAULT_TEST_TOKEN=kryoptic P11VAULT_KRYOPTIC_MODULE="$kryoptic_module" \
+    P11VAULT_BIN="$PWD/target/debug/p11vault" "$venv/bin/python" -m pytest -q tests/interop

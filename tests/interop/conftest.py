@@ -5,7 +5,10 @@ through the official Azure SDK (``azure-keyvault-keys``) plus a few raw ``reques
 wire-level checks.
 
 Environment:
-    P11VAULT_BIN   path to the p11vault binary (default: <repo>/target/debug/p11vault)
+    P11VAULT_BIN              path to the p11vault binary (default: <repo>/target/debug/p11vault)
+    P11VAULT_TEST_TOKEN       ``softhsm`` (default: the embedded SoftHSM2 token) or ``kryoptic``
+    P11VAULT_KRYOPTIC_MODULE  the kryoptic module, with ``kryoptic`` (scripts/install-kryoptic.sh
+                              prints it)
 """
 
 from __future__ import annotations
@@ -37,6 +40,60 @@ STARTUP_TIMEOUT_S = 60.0
 SHUTDOWN_TIMEOUT_S = 30.0
 LISTEN_RE = re.compile(r"^p11vault listening on (https://127\.0\.0\.1:(\d+))$")
 STDERR_TAIL_CHARS = 8000
+
+
+# --------------------------------------------------------------------------------------------
+# The token under test
+# --------------------------------------------------------------------------------------------
+
+TEST_TOKEN = os.environ.get("P11VAULT_TEST_TOKEN", "softhsm")
+if TEST_TOKEN not in ("softhsm", "kryoptic"):
+    raise RuntimeError(f"P11VAULT_TEST_TOKEN={TEST_TOKEN!r}: softhsm or kryoptic")
+TOKEN_LABEL = "p11vault"
+# The curves each token generates keys on (the service probes them at its first start; a
+# curve the token lacks is a 400 naming the token). kryoptic 1.5.4 has no secp256k1.
+TOKEN_CURVES = {
+    "softhsm": ("P-256", "P-384", "P-521", "P-256K"),
+    "kryoptic": ("P-256", "P-384", "P-521"),
+}[TEST_TOKEN]
+
+
+def on_kryoptic() -> bool:
+    return TEST_TOKEN == "kryoptic"
+
+
+def _prepare_token(data_dir: Path) -> Dict[str, str]:
+    """Makes a data dir ready for the token under test before its first start; returns what
+    the service's environment needs. SoftHSM2: nothing (the service makes its embedded token).
+    kryoptic: a token database beside the data dir (never inside it), TEST-ONLY PIN files and a
+    ``p11vault.toml`` that names the module and lets the service initialise the empty slot."""
+    if not on_kryoptic():
+        return {}
+    module = os.environ.get("P11VAULT_KRYOPTIC_MODULE")
+    if not module or not Path(module).is_file():
+        raise RuntimeError("P11VAULT_TEST_TOKEN=kryoptic needs P11VAULT_KRYOPTIC_MODULE=PATH")
+    kdir = data_dir.with_suffix(".kryoptic")
+    conf = kdir / "kryoptic.conf"
+    if not conf.exists():
+        kdir.mkdir(parents=True, exist_ok=True)
+        db = kdir / "token.sql"
+        conf.write_text(f'[[slots]]\nslot = 1\ndbtype = "sqlite"\ndbargs = "{db}"\n')
+        # TEST-ONLY PINs (kryoptic wants at least 8 characters). Never use these anywhere else.
+        (kdir / "TEST-ONLY-user.pin").write_text("TEST-ONLY-user-pin-0000\n")
+        (kdir / "TEST-ONLY-so.pin").write_text("TEST-ONLY-so-pin-00000\n")
+        (data_dir / "p11vault.toml").write_text(
+            "[pkcs11]\n"
+            f'module = "{module}"\n'
+            f'token_label = "{TOKEN_LABEL}"\n'
+            f'pin_file = "{kdir / "TEST-ONLY-user.pin"}"\n'
+            f'so_pin_file = "{kdir / "TEST-ONLY-so.pin"}"\n'
+            "# A soft token: the service initialises an empty slot on the first start.\n"
+            "init_token = true\n\n"
+            "[keys]\n"
+            "# The choice an external token's first start needs (ARCHITECTURE.md).\n"
+            "backups = true\n"
+        )
+    return {"KRYOPTIC_CONF": str(conf)}
 
 
 # --------------------------------------------------------------------------------------------
@@ -77,6 +134,7 @@ class Service:
     bin_path: Path
     admin_id: str = ""
     stdout_lines: List[str] = field(default_factory=list)
+    env: Dict[str, str] = field(default_factory=dict)
 
     def cli(self, *args: str) -> Dict[str, str]:
         """Runs the admin CLI on this service's data dir; returns its ``k=v`` output lines."""
@@ -85,6 +143,7 @@ class Service:
             capture_output=True,
             text=True,
             timeout=60,
+            env=self.env,
         )
         assert done.returncode == 0, f"p11vault {' '.join(args)}: {done.stderr}"
         return dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
@@ -127,6 +186,7 @@ def _start_service(bin_path: Path, data_dir: Path) -> Service:
     # P11VAULT_* variables (e.g. P11VAULT_PUBLIC_URL, P11VAULT_CONFIG) would change the service's
     # behaviour behind the suite's back: the child gets none of them.
     env = {k: v for k, v in os.environ.items() if not k.startswith("P11VAULT_")}
+    env.update(_prepare_token(data_dir))
     proc = subprocess.Popen(
         [str(bin_path), "serve", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0"],
         env=env,
@@ -208,6 +268,7 @@ def _start_service(bin_path: Path, data_dir: Path) -> Service:
         stderr_path=stderr_path,
         bin_path=bin_path,
         stdout_lines=stdout_lines,
+        env=env,
     )
     # The initial administrator holds only the Administrator role, which uses no keys. The
     # suite's default client is that principal with the key roles added, as an operator would
@@ -217,6 +278,7 @@ def _start_service(bin_path: Path, data_dir: Path) -> Service:
         capture_output=True,
         text=True,
         check=True,
+        env=env,
     )
     service.admin_id = json.loads(listed.stdout.splitlines()[0])["id"]
     for role in ("Managed HSM Crypto User", "Managed HSM Crypto Officer"):
