@@ -1,7 +1,7 @@
 //! Backups against the raw token, in one run on one token (`cargo bench --bench backup`,
 //! run by `scripts/bench.sh` after the service benchmark).
 //!
-//! Raw: cryptoki in this process on the service's own SoftHSM2 token, the work a backup needs
+//! Raw: cryptoki in this process on the service's own token (SoftHSM2 or kryoptic), the work a backup needs
 //! from the token — `C_WrapKey` of every key version under the security domain's wrap half, and
 //! for a key blob also a content key, its wrap and an AES-GCM seal; for a restore `C_UnwrapKey`
 //! of every version with the domain's unwrap half into a token object, and its destruction
@@ -70,7 +70,7 @@ fn main() {
         .iter()
         .map(|(h, _, _)| {
             session
-                .wrap_key(&Mechanism::AesKeyWrapPad, wrap_half, *h)
+                .wrap_key(&common::key_wrap(), wrap_half, *h)
                 .expect("wrap")
         })
         .collect();
@@ -80,7 +80,7 @@ fn main() {
     for ((_, class, kind), blob) in secrets.iter().zip(&wrapped) {
         let h = session
             .unwrap_key(
-                &Mechanism::AesKeyWrapPad,
+                &common::key_wrap(),
                 unwrap_half,
                 blob,
                 &[
@@ -108,7 +108,7 @@ fn main() {
     let t = Instant::now();
     for h in &ec_keys {
         let _material = session
-            .wrap_key(&Mechanism::AesKeyWrapPad, wrap_half, *h)
+            .wrap_key(&common::key_wrap(), wrap_half, *h)
             .expect("wrap");
         let ck = session
             .generate_key(
@@ -123,7 +123,7 @@ fn main() {
             )
             .expect("content key");
         session
-            .wrap_key(&Mechanism::AesKeyWrapPad, wrap_half, ck)
+            .wrap_key(&common::key_wrap(), wrap_half, ck)
             .expect("wrap the content key");
         let mut iv = [1u8; 12];
         let params = GcmParams::new(&mut iv, b"header", 128.into()).expect("params");
@@ -168,7 +168,10 @@ fn main() {
         &json!({"sasTokenParameters": {"storageResourceUri": CONTAINER}, "folderToRestore": folder}),
     );
 
-    println!("### Backups ({keys} keys: 80% EC P-256, 10% RSA-2048, 10% AES-256)\n");
+    println!(
+        "### Backups ({keys} keys: 80% EC P-256, 10% RSA-2048, 10% AES-256; token: {})\n",
+        common::token_name()
+    );
     println!("| operation | raw PKCS#11 (same token, same run) | service | service / raw |");
     println!("|---|---|---|---|");
     println!(

@@ -1,7 +1,8 @@
 //! The service against the raw token, in one run on one token (`cargo bench --bench service`,
 //! wrapped by `scripts/bench.sh`).
 //!
-//! Raw: cryptoki in this process on the service's own SoftHSM2 token, the same mechanisms and
+//! Raw: cryptoki in this process on the service's own token (SoftHSM2, or kryoptic with
+//! `P11VAULT_TEST_TOKEN=kryoptic`), the same mechanisms and
 //! objects the service uses, 1 and 2 threads. Service: the release binary over HTTPS on
 //! loopback, driven by `wrk` (closed loop, keep-alive) at concurrency 1, 2, 8 and 32. Then the
 //! token is filled to 10,000 keys and the latency of sign and get measured again, with the
@@ -146,7 +147,7 @@ fn main() {
                         &live_label("raw-keygen", id),
                         256,
                         &KeyOps::all_for(KeyFamily::Oct),
-                        Extraction::WrappedByTrustedOnly,
+                        Extraction::Wrapped,
                     );
                     let h = s
                         .generate_key(&Mechanism::AesKeyGen, &template)
@@ -252,6 +253,7 @@ fn main() {
 
     // ----- report ----------------------------------------------------------------------------
     let mut out = String::new();
+    let _ = writeln!(out, "Token: {}\n", common::token_name());
     let _ = writeln!(
         out,
         "### Raw PKCS#11 (cryptoki, this process, same token and objects)\n"

@@ -95,12 +95,7 @@ fn the_token_itself_keeps_every_key_sensitive_and_uncopyable() {
 
     let (ctx, session) = common::open_token_as_user(&dir);
     // The padded AES key wrap the service chose for this token at its first start.
-    let key_wrap = if common::on_kryoptic() {
-        p11vault::hsm::KeyWrap::Kwp
-    } else {
-        p11vault::hsm::KeyWrap::Pad
-    }
-    .mechanism();
+    let key_wrap = common::key_wrap();
 
     // A wrapping key of the user's own, not trusted.
     let user_kek = session

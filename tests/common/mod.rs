@@ -437,6 +437,25 @@ pub fn test_token() -> TestToken {
     }
 }
 
+/// The padded AES key wrap the service chooses on the selected token at its first start
+/// (ARCHITECTURE.md, "Protection models per token").
+pub fn key_wrap() -> cryptoki::mechanism::Mechanism<'static> {
+    if on_kryoptic() {
+        p11vault::hsm::KeyWrap::Kwp
+    } else {
+        p11vault::hsm::KeyWrap::Pad
+    }
+    .mechanism()
+}
+
+/// The selected token, for reports.
+pub fn token_name() -> &'static str {
+    match test_token() {
+        TestToken::SoftHsm => "SoftHSM2 (embedded default)",
+        TestToken::Kryoptic { .. } => "kryoptic 1.5.4 (external module, SQLite store)",
+    }
+}
+
 pub fn on_kryoptic() -> bool {
     matches!(test_token(), TestToken::Kryoptic { .. })
 }
