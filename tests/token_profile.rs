@@ -28,6 +28,21 @@ fn the_first_start_records_the_tokens_profile_and_later_starts_keep_it() {
     let recorded = profile(&dir);
     // Every new data dir keeps its security domain in private objects only.
     assert_eq!(recorded["domain"], "private", "{recorded}");
+    // Both tokens make RSA keys of every size the API offers; SoftHSM2 does OAEP only with
+    // SHA-1 itself (RSA-OAEP-256 is raw RSA in the token, padded by the service).
+    let rsa = &recorded["rsa"];
+    assert!(rsa["min_bits"].as_u64() <= Some(2048) && rsa["max_bits"].as_u64() >= Some(4096));
+    let oaep = if common::on_kryoptic() {
+        json!(["SHA-1", "SHA-256"])
+    } else {
+        json!(["SHA-1"])
+    };
+    assert_eq!(rsa["oaep_native"], oaep, "{recorded}");
+    let mechanisms = recorded["mechanisms"].as_array().expect("mechanisms");
+    for m in ["CKM_AES_GCM", "CKM_ECDSA", "CKM_RSA_PKCS_OAEP"] {
+        assert!(mechanisms.contains(&json!(m)), "{m}: {recorded}");
+    }
+    assert!(mechanisms.contains(&recorded["key_wrap"]), "{recorded}");
     if common::on_kryoptic() {
         assert_eq!(recorded["key_wrap"], "CKM_AES_KEY_WRAP_KWP", "{recorded}");
         assert_eq!(recorded["trust"], "any-user", "{recorded}");

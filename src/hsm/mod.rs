@@ -334,6 +334,16 @@ impl Module {
         })
     }
 
+    /// The mechanisms the service uses that the token reports (`C_GetMechanismInfo` of each:
+    /// cryptoki's list call drops the types it does not know).
+    pub(crate) fn listed_mechanisms(&self, slot: Slot) -> Vec<MechanismType> {
+        WANTED_MECHANISMS
+            .iter()
+            .copied()
+            .filter(|m| self.ctx.get_mechanism_info(slot, *m).is_ok())
+            .collect()
+    }
+
     /// Logs in as the token user and builds the session pool and the handle cache.
     pub fn open(
         self,
@@ -345,11 +355,8 @@ impl Module {
     ) -> Result<Hsm> {
         let anchor = self.ctx.open_rw_session(slot)?;
         login_user(&anchor, &pin)?;
-        let mechanisms = WANTED_MECHANISMS
-            .iter()
-            .copied()
-            .filter(|m| self.ctx.get_mechanism_info(slot, *m).is_ok())
-            .collect();
+        let mechanisms = self.listed_mechanisms(slot);
+        let oaep_sha256 = ops::OaepSupport::from_profile(&profile);
         let hsm = Hsm {
             module: self,
             token_label: token_label.to_owned(),
@@ -366,7 +373,7 @@ impl Module {
             permits: Arc::new(Semaphore::new(settings.sessions)),
             mechanisms,
             profile,
-            oaep_sha256: ops::OaepSupport::default(),
+            oaep_sha256,
             backoff: Mutex::new(Backoff {
                 last: None,
                 wait: RECONNECT_BACKOFF_MIN,

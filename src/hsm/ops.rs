@@ -96,9 +96,20 @@ pub enum AesMode<'a> {
     Cbc { iv: [u8; 16], pad: bool },
 }
 
-/// Whether the token does OAEP with SHA-256 itself; learnt from the first attempt.
+/// Whether the token does OAEP with SHA-256 itself: as the first start probed it, or (older
+/// profiles) learnt from the first attempt.
 #[derive(Debug, Default)]
 pub struct OaepSupport(AtomicU8);
+
+impl OaepSupport {
+    pub fn from_profile(profile: &super::TokenProfile) -> Self {
+        Self(AtomicU8::new(match &profile.rsa {
+            None => UNKNOWN,
+            Some(rsa) if rsa.oaep_is_native(OaepHash::Sha256) => NATIVE,
+            Some(_) => EMULATED,
+        }))
+    }
+}
 
 const UNKNOWN: u8 = 0;
 const NATIVE: u8 = 1;
@@ -391,7 +402,7 @@ fn pss(h: Hash) -> PkcsPssParams {
     }
 }
 
-fn oaep_mechanism(h: OaepHash) -> Mechanism<'static> {
+pub(super) fn oaep_mechanism(h: OaepHash) -> Mechanism<'static> {
     let (hash, mgf) = match h {
         OaepHash::Sha1 => (MechanismType::SHA1, PkcsMgfType::MGF1_SHA1),
         OaepHash::Sha256 => (MechanismType::SHA256, PkcsMgfType::MGF1_SHA256),

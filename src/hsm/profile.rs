@@ -15,7 +15,8 @@ use cryptoki::session::{Session, UserType};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use super::{Module, Pin, Result, Slot, login_user};
+use super::oaep::OaepHash;
+use super::{Module, Pin, Result, Slot, login_user, ops};
 use crate::model::Curve;
 
 /// `CKM_AES_KEY_WRAP_KWP` (PKCS#11 3.0): AES key wrap with padding per RFC 5649.
@@ -40,6 +41,14 @@ impl KeyWrap {
                 kwp_mechanism_type(),
                 None,
             )),
+        }
+    }
+
+    /// The PKCS#11 name.
+    pub fn name(self) -> &'static str {
+        match self {
+            KeyWrap::Pad => "CKM_AES_KEY_WRAP_PAD",
+            KeyWrap::Kwp => "CKM_AES_KEY_WRAP_KWP",
         }
     }
 
@@ -133,6 +142,30 @@ pub enum DomainModel {
     Private,
 }
 
+/// RSA as the token offers it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RsaProfile {
+    /// The modulus sizes `C_GetMechanismInfo(CKM_RSA_PKCS_KEY_PAIR_GEN)` reports.
+    pub min_bits: u64,
+    pub max_bits: u64,
+    /// The OAEP hashes the token does itself (a round trip on a session key pair worked);
+    /// for any other, the service pads and the token does raw RSA.
+    pub oaep_native: Vec<String>,
+}
+
+impl RsaProfile {
+    pub fn oaep_is_native(&self, h: OaepHash) -> bool {
+        self.oaep_native.iter().any(|n| n == oaep_name(h))
+    }
+}
+
+fn oaep_name(h: OaepHash) -> &'static str {
+    match h {
+        OaepHash::Sha1 => "SHA-1",
+        OaepHash::Sha256 => "SHA-256",
+    }
+}
+
 /// What the first start learnt of the token.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenProfile {
@@ -148,6 +181,14 @@ pub struct TokenProfile {
     /// was made with).
     #[serde(default)]
     pub domain: DomainModel,
+    /// RSA key sizes and OAEP variants (absent in profiles recorded before they were probed:
+    /// then no size is refused here, and OAEP support is learnt from the first use).
+    #[serde(default)]
+    pub rsa: Option<RsaProfile>,
+    /// The mechanisms the service uses that the token lists (for the record; every start
+    /// also logs what the token lists then).
+    #[serde(default)]
+    pub mechanisms: Vec<String>,
 }
 
 impl TokenProfile {
@@ -161,11 +202,20 @@ impl TokenProfile {
             trusted_via: TrustedVia::Create,
             curves,
             domain: DomainModel::Trusted,
+            rsa: None,
+            mechanisms: Vec::new(),
         }
     }
 
     pub fn supports(&self, curve: Curve) -> bool {
         self.curves.contains(&curve)
+    }
+
+    /// Whether the token makes RSA keys of `bits` (unknown for older profiles: yes).
+    pub fn supports_rsa_bits(&self, bits: u64) -> bool {
+        self.rsa
+            .as_ref()
+            .is_none_or(|r| (r.min_bits..=r.max_bits).contains(&bits))
     }
 
     /// One line for the log.
@@ -214,7 +264,19 @@ impl Module {
                 )
             })?;
 
-        let (user_trusted, user_via, curves) = {
+        let rsa = self
+            .ctx
+            .get_mechanism_info(slot, MechanismType::RSA_PKCS_KEY_PAIR_GEN)
+            .ok();
+        let mut mechanisms: Vec<String> = self
+            .listed_mechanisms(slot)
+            .iter()
+            .map(|m| m.to_string())
+            .collect();
+        if !mechanisms.iter().any(|m| m == key_wrap.name()) {
+            mechanisms.push(key_wrap.name().to_owned());
+        }
+        let (user_trusted, user_via, curves, oaep_native) = {
             let user = self.ctx.open_rw_session(slot)?;
             login_user(&user, user_pin)?;
             // Any way at all counts: a user who can generate a trusted key can wrap every
@@ -222,8 +284,12 @@ impl Module {
             let via = trusted_method(&user, true);
             let generated = can_generate_trusted(&user);
             let curves = probe_curves(&user);
+            // The smallest key the token makes, from 1,024 bits: the probe only needs OAEP's
+            // padding to fit, and a first start should not wait for a large key.
+            let bits = rsa.as_ref().map_or(1024, |i| i.min_key_size().max(1024));
+            let oaep = probe_oaep(&user, bits as u64);
             user.logout()?;
-            (via.is_some() || generated, via, curves)
+            (via.is_some() || generated, via, curves, oaep)
         };
         let (so_private, so_public) = {
             let so = self.ctx.open_rw_session(slot)?;
@@ -252,6 +318,12 @@ impl Module {
             trusted_via,
             curves,
             domain: DomainModel::Private,
+            rsa: rsa.map(|info| RsaProfile {
+                min_bits: info.min_key_size() as u64,
+                max_bits: info.max_key_size() as u64,
+                oaep_native,
+            }),
+            mechanisms,
         })
     }
 
@@ -355,6 +427,42 @@ fn can_generate_trusted(session: &Session) -> bool {
     }
 }
 
+/// The OAEP hashes the token does itself: a round trip of each on a session RSA key pair of
+/// `bits`.
+fn probe_oaep(session: &Session, bits: u64) -> Vec<String> {
+    let public = [
+        Attribute::Token(false),
+        Attribute::ModulusBits(bits.into()),
+        Attribute::PublicExponent(vec![1, 0, 1]),
+        Attribute::Encrypt(true),
+    ];
+    let private = [
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Decrypt(true),
+    ];
+    let Ok((p, s)) = session.generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &public, &private)
+    else {
+        return Vec::new();
+    };
+    let message = b"p11vault OAEP probe";
+    let native = [OaepHash::Sha1, OaepHash::Sha256]
+        .into_iter()
+        .filter(|h| {
+            let mechanism = ops::oaep_mechanism(*h);
+            session
+                .encrypt(&mechanism, p, message)
+                .and_then(|ct| session.decrypt(&mechanism, s, &ct))
+                .is_ok_and(|pt| pt == message)
+        })
+        .map(|h| oaep_name(h).to_owned())
+        .collect();
+    let _ = session.destroy_object(p);
+    let _ = session.destroy_object(s);
+    native
+}
+
 fn probe_curves(session: &Session) -> Vec<Curve> {
     Curve::ALL
         .into_iter()
@@ -402,6 +510,12 @@ mod tests {
             trusted_via: TrustedVia::Copy,
             curves: vec![Curve::P256, Curve::P384],
             domain: DomainModel::Private,
+            rsa: Some(RsaProfile {
+                min_bits: 1024,
+                max_bits: 4096,
+                oaep_native: vec!["SHA-1".into()],
+            }),
+            mechanisms: vec!["CKM_AES_GCM".into()],
         };
         let text = serde_json::to_string(&p).expect("json");
         assert!(text.contains("CKM_AES_KEY_WRAP_KWP") && text.contains("any-user"));
@@ -418,5 +532,23 @@ mod tests {
         let p: TokenProfile = serde_json::from_str(text).expect("parses");
         assert_eq!(p.domain, DomainModel::Trusted);
         assert_eq!(p.trusted_via, TrustedVia::Create);
+        assert!(
+            p.rsa.is_none() && p.supports_rsa_bits(8192),
+            "nothing refused unprobed"
+        );
+    }
+
+    #[test]
+    fn rsa_sizes_outside_the_tokens_range_are_unsupported() {
+        let mut p = TokenProfile::legacy(vec![Curve::P256]);
+        p.rsa = Some(RsaProfile {
+            min_bits: 2048,
+            max_bits: 3072,
+            oaep_native: vec!["SHA-256".into()],
+        });
+        assert!(p.supports_rsa_bits(2048) && p.supports_rsa_bits(3072));
+        assert!(!p.supports_rsa_bits(4096) && !p.supports_rsa_bits(1024));
+        let rsa = p.rsa.as_ref().expect("rsa");
+        assert!(rsa.oaep_is_native(OaepHash::Sha256) && !rsa.oaep_is_native(OaepHash::Sha1));
     }
 }

@@ -160,6 +160,17 @@ impl KeyService {
                 offered.join(", ")
             )));
         }
+        if let KeyKind::Rsa { bits } = kind
+            && !profile.supports_rsa_bits(u64::from(bits))
+            && let Some(rsa) = &profile.rsa
+        {
+            return Err(Error::BadParameter(format!(
+                "RSA keys of {bits} bits are not supported by this HSM's token '{}' (it makes {} to {} bits).",
+                self.hsm.token_label(),
+                rsa.min_bits,
+                rsa.max_bits
+            )));
+        }
         Ok(())
     }
 
