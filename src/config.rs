@@ -464,6 +464,34 @@ mod tests {
     }
 
     #[test]
+    fn every_example_config_in_deploy_is_a_valid_config_that_chooses_backups() {
+        let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy");
+        let mut files = vec![deploy.join("p11vault.toml.example")];
+        for entry in std::fs::read_dir(deploy.join("vendors")).expect("deploy/vendors") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "toml") {
+                files.push(path);
+            }
+        }
+        assert!(files.len() >= 6, "{files:?}");
+        let dir = tempfile::tempdir().expect("temp dir");
+        for file in files {
+            let args = ServeArgs {
+                data_dir: Some(dir.path().to_owned()),
+                config: Some(file.clone()),
+                ..ServeArgs::default()
+            };
+            let cfg = Config::load(&args).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+            assert!(
+                matches!(cfg.token, TokenSource::External { .. }),
+                "{}: names a module",
+                file.display()
+            );
+            assert!(cfg.backups_chosen, "{}: sets keys.backups", file.display());
+        }
+    }
+
+    #[test]
     fn the_config_file_is_read_and_flags_win() {
         let dir = tempfile::tempdir().expect("temp dir");
         let file = dir.path().join("c.toml");
