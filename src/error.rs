@@ -41,7 +41,8 @@ pub enum Error {
     /// No valid credential came with the request (401).
     #[error("{0}")]
     Unauthorized(String),
-    /// The token cannot be reached right now; the service is reconnecting (503).
+    /// The token cannot be reached right now (the service is reconnecting), or it is there but
+    /// cannot serve the call for now (busy) (503).
     #[error("the HSM is unavailable: {0}")]
     Unavailable(String),
     /// A key's token objects were switched off, replaced or destroyed under an operation by a
@@ -139,7 +140,7 @@ impl From<hsm::Error> for Error {
                 &message[1..]
             ));
         }
-        if err.is_token_gone() {
+        if err.is_token_gone() || err.is_token_busy() {
             Error::Unavailable(err.to_string())
         } else if err.is_stale_object() {
             Error::KeyChanged(err.to_string())
@@ -157,5 +158,52 @@ impl From<store::Error> for Error {
         } else {
             Error::Internal(format!("store: {err}"))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cryptoki::context::Function;
+    use cryptoki::error::RvError;
+
+    fn from_token(rv: RvError) -> Error {
+        hsm::Error::Cryptoki(cryptoki::error::Error::Pkcs11(rv, Function::SignInit)).into()
+    }
+
+    #[test]
+    fn a_token_that_is_gone_or_busy_is_a_503_and_nothing_else_is() {
+        // Gone: the service reconnects.
+        assert!(matches!(
+            from_token(RvError::DeviceRemoved),
+            Error::Unavailable(_)
+        ));
+        assert!(matches!(
+            Error::from(hsm::Error::Unreachable("probe failed".into())),
+            Error::Unavailable(_)
+        ));
+        // Busy, with the probe passed: kryoptic while another process locks its database
+        // (CKR_DEVICE_MEMORY on object reads and writes, CKR_TOKEN_RESOURCE_EXCEEDED on login).
+        assert!(matches!(
+            from_token(RvError::DeviceMemory),
+            Error::Unavailable(_)
+        ));
+        assert!(matches!(
+            from_token(RvError::UnknownErrorCode(0x201)),
+            Error::Unavailable(_)
+        ));
+        // Neither: a key changed under the call, a fault, an unknown code.
+        assert!(matches!(
+            from_token(RvError::KeyFunctionNotPermitted),
+            Error::KeyChanged(_)
+        ));
+        assert!(matches!(
+            from_token(RvError::GeneralError),
+            Error::Internal(_)
+        ));
+        assert!(matches!(
+            from_token(RvError::UnknownErrorCode(0x8000_0001)),
+            Error::Internal(_)
+        ));
     }
 }

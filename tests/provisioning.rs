@@ -1,31 +1,78 @@
 //! Provisioning never destroys what it did not make (ARCHITECTURE.md, invariant 9): every way
-//! a data dir and a token can disagree, against the real binary and real SoftHSM2 tokens. A
-//! data dir that does not belong to the token it finds is refused before anything is written
-//! to the token; the test counts the token's objects directly (cryptoki, bypassing the service)
-//! before and after each refused start.
+//! a data dir and a token can disagree, against the real binary and real tokens (SoftHSM2 or
+//! kryoptic, whichever the harness selects). A data dir that does not belong to the token it
+//! finds is refused before anything is written to the token; the test counts the token's
+//! objects directly (cryptoki, bypassing the service) before and after each refused start.
 //!
-//! One test in this binary: it points SoftHSM2 at the first instance's token directory through
-//! the process environment. Every other token of the test is made in that directory, under its
-//! own label, and the other data dirs reach them through a vendor-style `p11vault.toml`.
+//! One test in this binary: it points the module at the first instance's tokens through the
+//! process environment (`SOFTHSM2_CONF` at its SoftHSM2 token directory, or `KRYOPTIC_CONF` at
+//! its kryoptic config, which on kryoptic is given empty slots beside the first instance's
+//! before its first start). Every other token of the test is made there, under its own label,
+//! and the other data dirs reach them through a vendor-style `p11vault.toml`.
 
 mod common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{API, FailedStart, Service, data_dir};
+use common::{API, FailedStart, Service, TestToken, data_dir};
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::object::{Attribute, AttributeType};
 use cryptoki::session::UserType;
 use cryptoki::types::AuthPin;
 use serde_json::json;
 
-/// The SoftHSM2 module, as the service's embedded default finds it.
-fn module() -> &'static str {
-    p11vault::config::SOFTHSM2_CANDIDATES
-        .iter()
-        .find(|p| Path::new(p).exists())
-        .expect("SoftHSM2 is installed")
+/// The module: SoftHSM2 as the service's embedded default finds it, or kryoptic's.
+fn module() -> PathBuf {
+    match common::test_token() {
+        TestToken::SoftHsm => p11vault::config::SOFTHSM2_CANDIDATES
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.exists())
+            .expect("SoftHSM2 is installed"),
+        TestToken::Kryoptic { module } => module,
+    }
+}
+
+/// The tokens the first instance's module configuration holds besides its own: one for each
+/// case that makes a token (`Tokens::init`).
+const EXTRA_TOKENS: usize = 5;
+
+/// Points this process's module at the first instance's tokens (its SoftHSM2 token directory,
+/// or its kryoptic config with the extra slots); returns the environment variable and its
+/// value, for the service processes of the other data dirs.
+fn share_first_instance_tokens(a_dir: &Path) -> (&'static str, PathBuf) {
+    let (var, conf) = match common::test_token() {
+        TestToken::SoftHsm => (
+            "SOFTHSM2_CONF",
+            p11vault::provision::softhsm_conf_path(a_dir),
+        ),
+        TestToken::Kryoptic { .. } => ("KRYOPTIC_CONF", common::kryoptic_files(a_dir).conf),
+    };
+    // SAFETY: this binary holds one test, and nothing else in the process reads the
+    // environment while it changes; the module reads the variable in C_Initialize.
+    #[expect(
+        unsafe_code,
+        reason = "point the module at the first instance's tokens"
+    )]
+    unsafe {
+        std::env::set_var(var, &conf);
+    }
+    (var, conf)
+}
+
+/// On kryoptic, before the first instance's first start: its config gets [`EXTRA_TOKENS`]
+/// empty slots, each with its own sqlite file, after its own (the service's `init_token`
+/// takes the first empty slot, slot 1). Only this test's: every other data dir keeps the
+/// harness's one-slot config, so no other start can initialise a token it was not meant to.
+/// (SoftHSM2 makes a new slot for every token initialised in a token directory.)
+fn give_first_instance_extra_slots(a_dir: &Path) {
+    if common::on_kryoptic() {
+        let files = common::kryoptic_files(a_dir);
+        let mut dbs = vec![files.db.clone()];
+        dbs.extend((1..=EXTRA_TOKENS).map(|i| files.dir.join(format!("extra-{i}.sql"))));
+        std::fs::write(&files.conf, common::kryoptic_conf(&dbs)).expect("kryoptic.conf");
+    }
 }
 
 fn read_pin(path: &Path) -> String {
@@ -80,7 +127,7 @@ impl Tokens {
         session.logout().expect("logout");
     }
 
-    /// Every object on the token (public and private), as (label, id), sorted.
+    /// Every object stored on the token (public and private), as (label, id), sorted.
     fn objects(&self, label: &str, pins: &Pins) -> Vec<(String, Vec<u8>)> {
         let slot = self.slot(label).expect("the token");
         let session = self.ctx.open_ro_session(slot).expect("session");
@@ -91,7 +138,8 @@ impl Tokens {
             )
             .expect("user login");
         let mut out: Vec<(String, Vec<u8>)> = session
-            .find_objects(&[])
+            // Token objects only: kryoptic also lists built-in session objects (mechanisms).
+            .find_objects(&[Attribute::Token(true)])
             .expect("find")
             .into_iter()
             .map(|h| {
@@ -133,10 +181,21 @@ struct Pins {
 }
 
 impl Pins {
+    /// The PIN files of a data dir's own token: the embedded SoftHSM2 token's in the data dir,
+    /// or the harness's beside it for kryoptic.
     fn of(dir: &Path) -> Pins {
-        Pins {
-            user: dir.join("user.pin"),
-            so: dir.join("so.pin"),
+        match common::test_token() {
+            TestToken::SoftHsm => Pins {
+                user: dir.join("user.pin"),
+                so: dir.join("so.pin"),
+            },
+            TestToken::Kryoptic { .. } => {
+                let files = common::kryoptic_files(dir);
+                Pins {
+                    user: files.user_pin,
+                    so: files.so_pin,
+                }
+            }
         }
     }
 
@@ -220,30 +279,22 @@ fn refused(result: Result<Service, FailedStart>, what: &str, says: &str) -> Stri
 
 #[test]
 fn a_start_never_destroys_what_its_data_dir_did_not_make() {
-    assert!(
-        !common::on_kryoptic(),
-        "SoftHSM2 only: every token of this test is made in a SoftHSM2 token directory; tests/token_profile.rs covers an external token; scripts/test.sh skips it on kryoptic"
-    );
     let (tmp, a_dir) = data_dir();
-    // The first instance: the embedded default, with a key and a backup of it.
+    give_first_instance_extra_slots(&a_dir);
+    // The first instance (the embedded default on SoftHSM2, the harness's kryoptic token
+    // otherwise), with a key and a backup of it.
     let a = Service::start(&a_dir);
     a.create("signer", r#"{"kty":"EC","crv":"P-256"}"#);
     sign_ok(&a, "signer");
     let blob = backup(&a, "signer");
 
-    let conf = p11vault::provision::softhsm_conf_path(&a_dir);
-    // SAFETY: this binary holds one test, and nothing else in the process reads the
-    // environment while it changes; SoftHSM2 reads SOFTHSM2_CONF in C_Initialize below.
-    #[expect(unsafe_code, reason = "point SoftHSM2 at the first instance's tokens")]
-    unsafe {
-        std::env::set_var("SOFTHSM2_CONF", &conf);
-    }
+    let (var, conf) = share_first_instance_tokens(&a_dir);
     let ctx = Pkcs11::new(module()).expect("module loads");
     ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
         .expect("initialises");
     let tokens = Tokens { ctx };
     let conf = conf.to_string_lossy().into_owned();
-    let env: &[(&str, &str)] = &[("SOFTHSM2_CONF", conf.as_str())];
+    let env: &[(&str, &str)] = &[(var, conf.as_str())];
 
     let a = new_dir_on_a_used_token(&tokens, tmp.path(), a, env, &blob);
     old_dir_on_another_token(&tokens, tmp.path(), &a_dir, env);
@@ -301,12 +352,14 @@ fn new_dir_on_a_used_token(
 
 /// Case 2: an initialised data dir pointed at a new, empty token with its token's label, and
 /// at another instance's token. Refused both times without a write (no domain, no MAC key),
-/// and the data dir still starts on its own token afterwards.
+/// and the data dir still starts on its own token afterwards. Its own token is an embedded
+/// SoftHSM2 token, or on kryoptic one of its own config (never among the first instance's).
 fn old_dir_on_another_token(tokens: &Tokens, tmp: &Path, a_dir: &Path, env: &[(&str, &str)]) {
     let dir = tmp.join("old");
+    common::prepare_data_dir(&dir);
     std::fs::create_dir_all(&dir).expect("data dir");
-    let embedded = "[pkcs11]\ntoken_label = \"prov-old\"\n";
-    std::fs::write(dir.join("p11vault.toml"), embedded).expect("config");
+    let own = common::token_config_labelled(&dir, "prov-old");
+    std::fs::write(dir.join("p11vault.toml"), &own).expect("config");
     let svc = Service::start(&dir);
     svc.create("old", r#"{"kty":"EC","crv":"P-256"}"#);
     svc.stop();
@@ -337,7 +390,7 @@ fn old_dir_on_another_token(tokens: &Tokens, tmp: &Path, a_dir: &Path, env: &[(&
         "does not hold security domain",
     );
 
-    std::fs::write(dir.join("p11vault.toml"), embedded).expect("config");
+    std::fs::write(dir.join("p11vault.toml"), &own).expect("config");
     let svc = Service::start(&dir);
     sign_ok(&svc, "old");
     svc.stop();

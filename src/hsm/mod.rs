@@ -96,6 +96,7 @@ impl Error {
                     RvError::GeneralError
                         | RvError::DeviceError
                         | RvError::DeviceMemory
+                        | RvError::UnknownErrorCode(CKR_TOKEN_RESOURCE_EXCEEDED)
                         | RvError::FunctionFailed
                         | RvError::ObjectHandleInvalid
                         | RvError::KeyHandleInvalid
@@ -103,6 +104,19 @@ impl Error {
                         | RvError::UnwrappingKeyHandleInvalid
                 )
             )
+    }
+
+    /// Errors by which a token that is still there says it cannot do the call right now, for
+    /// want of its own resources: never the client's fault, and no reason to reconnect, so the
+    /// service answers 503 and the client retries. kryoptic answers `CKR_DEVICE_MEMORY` to
+    /// every object read or write while another process holds its SQLite file locked past
+    /// SQLite's busy timeout, and `CKR_TOKEN_RESOURCE_EXCEEDED` to a login then; a probe that
+    /// runs once the lock is gone finds the token well, so the call's own error must say 503.
+    pub fn is_token_busy(&self) -> bool {
+        matches!(
+            self.rv(),
+            Some(RvError::DeviceMemory | RvError::UnknownErrorCode(CKR_TOKEN_RESOURCE_EXCEEDED))
+        )
     }
 
     /// Errors by which the token refuses a key object that was switched off, replaced or
@@ -121,6 +135,9 @@ impl Error {
         )
     }
 }
+
+/// `CKR_TOKEN_RESOURCE_EXCEEDED` (PKCS#11 3.1), which cryptoki 0.12 cannot name.
+const CKR_TOKEN_RESOURCE_EXCEEDED: std::ffi::c_ulong = 0x201;
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

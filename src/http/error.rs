@@ -162,7 +162,7 @@ impl IntoResponse for Error {
                 let mut response = error_response(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "ServiceUnavailable",
-                    "The HSM is temporarily unavailable; the service is reconnecting. Retry shortly.",
+                    "The HSM is temporarily unavailable. Retry shortly.",
                     None,
                 );
                 response

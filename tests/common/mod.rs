@@ -490,15 +490,36 @@ fn kryoptic_conf_of(data_dir: &Path) -> Option<PathBuf> {
     conf.exists().then_some(conf)
 }
 
+/// A kryoptic config with one sqlite slot per database file, numbered from 1 in this order.
+pub fn kryoptic_conf(dbs: &[PathBuf]) -> String {
+    dbs.iter()
+        .enumerate()
+        .map(|(i, db)| {
+            format!(
+                "[[slots]]\nslot = {}\ndbtype = \"sqlite\"\ndbargs = {:?}\n",
+                i + 1,
+                db.display().to_string()
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// The `[pkcs11]` section of a data dir's `p11vault.toml` for the selected token: empty for
 /// the embedded SoftHSM2 default.
 pub fn token_config(data_dir: &Path) -> String {
+    token_config_labelled(data_dir, TOKEN_LABEL)
+}
+
+/// [`token_config`] for a token with another label than [`TOKEN_LABEL`].
+pub fn token_config_labelled(data_dir: &Path, label: &str) -> String {
     match test_token() {
-        TestToken::SoftHsm => String::new(),
+        TestToken::SoftHsm if label == TOKEN_LABEL => String::new(),
+        TestToken::SoftHsm => format!("[pkcs11]\ntoken_label = {label:?}\n"),
         TestToken::Kryoptic { module } => {
             let files = kryoptic_files(data_dir);
             format!(
-                "[pkcs11]\nmodule = {:?}\ntoken_label = {TOKEN_LABEL:?}\npin_file = {:?}\nso_pin_file = {:?}\n\
+                "[pkcs11]\nmodule = {:?}\ntoken_label = {label:?}\npin_file = {:?}\nso_pin_file = {:?}\n\
                  # A soft token: the service initialises an empty slot on the first start.\n\
                  init_token = true\n\n\
                  [keys]\n\
@@ -528,14 +549,8 @@ pub fn prepare_data_dir(data_dir: &Path) {
     if let TestToken::Kryoptic { .. } = test_token() {
         let files = kryoptic_files(data_dir);
         std::fs::create_dir_all(&files.dir).expect("kryoptic dir");
-        std::fs::write(
-            &files.conf,
-            format!(
-                "[[slots]]\nslot = 1\ndbtype = \"sqlite\"\ndbargs = {:?}\n",
-                files.db.display().to_string()
-            ),
-        )
-        .expect("kryoptic.conf");
+        std::fs::write(&files.conf, kryoptic_conf(std::slice::from_ref(&files.db)))
+            .expect("kryoptic.conf");
         // TEST-ONLY PINs (kryoptic wants at least 8 characters). Never use these anywhere else.
         std::fs::write(&files.user_pin, "TEST-ONLY-user-pin-0000\n").expect("user pin");
         std::fs::write(&files.so_pin, "TEST-ONLY-so-pin-0000\n").expect("so pin");
