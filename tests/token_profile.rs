@@ -82,23 +82,23 @@ fn the_first_start_records_the_tokens_profile_and_later_starts_keep_it() {
 
 #[test]
 fn how_keys_may_leave_an_external_token_is_chosen_explicitly() {
+    // (The embedded SoftHSM2 default, a development token under the data dir, takes the
+    // default, backups on, and says what it means: the test above.)
     let (_tmp, dir) = data_dir();
-    if !common::on_kryoptic() {
-        // The embedded SoftHSM2 default is a development token under the data dir: its first
-        // start takes the default (backups on) and says what it means. An external SoftHSM2
-        // token's first start is refused the same way (tests/provisioning.rs).
-        let svc = Service::start(&dir);
-        assert!(svc.log().contains(EXTRACTION_NOTE), "{}", svc.log());
-        svc.stop();
-        return;
-    }
+    let env = if common::on_kryoptic() {
+        Vec::new()
+    } else {
+        external_softhsm(&dir)
+    };
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let text = std::fs::read_to_string(dir.join("p11vault.toml")).expect("config");
+    assert!(text.contains("backups = true"), "{text}");
     std::fs::write(
         dir.join("p11vault.toml"),
         text.replace("backups = true", ""),
     )
     .expect("config");
-    let failed = match Service::start_with(&dir, &[]) {
+    let failed = match Service::start_with(&dir, &env) {
         Ok(_) => panic!("started with a protection model nobody chose"),
         Err(f) => f,
     };
@@ -121,25 +121,66 @@ fn how_keys_may_leave_an_external_token_is_chosen_explicitly() {
         text.replace("backups = true", "backups = false"),
     )
     .expect("config");
-    let svc = Service::start(&dir);
+    let svc = Service::start_with(&dir, &env).expect("the choice made, it starts");
     assert!(!svc.log().contains(EXTRACTION_NOTE));
     assert!(svc.log().contains("never leave the token"));
     svc.stop();
 }
 
+/// An external SoftHSM2 module over a token directory of its own, as an operator would set
+/// it up before the token exists: the module's config (`SOFTHSM2_CONF`), TEST-ONLY PIN files
+/// and the data dir's `p11vault.toml`. kryoptic: the harness's external config already is.
+fn external_softhsm(dir: &std::path::Path) -> Vec<(String, String)> {
+    let base = dir.with_extension("external-softhsm");
+    let tokens = base.join("tokens");
+    std::fs::create_dir_all(&tokens).expect("token dir");
+    let conf = base.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\n",
+            tokens.display()
+        ),
+    )
+    .expect("softhsm2.conf");
+    // TEST-ONLY PINs. Never use these anywhere else.
+    std::fs::write(base.join("TEST-ONLY-user.pin"), "TEST-ONLY-user-1234\n").expect("pin");
+    std::fs::write(base.join("TEST-ONLY-so.pin"), "TEST-ONLY-so-5678\n").expect("pin");
+    let module = p11vault::config::SOFTHSM2_CANDIDATES
+        .iter()
+        .find(|p| std::path::Path::new(p).exists())
+        .expect("SoftHSM2 is installed");
+    std::fs::create_dir_all(dir).expect("data dir");
+    std::fs::write(
+        dir.join("p11vault.toml"),
+        format!(
+            "[pkcs11]\nmodule = {module:?}\ntoken_label = \"p11vault\"\npin_file = {:?}\nso_pin_file = {:?}\n\
+             init_token = true\n\n[keys]\nbackups = true\n",
+            base.join("TEST-ONLY-user.pin").display().to_string(),
+            base.join("TEST-ONLY-so.pin").display().to_string(),
+        ),
+    )
+    .expect("config");
+    vec![("SOFTHSM2_CONF".into(), conf.display().to_string())]
+}
+
 #[test]
 fn an_external_token_is_initialised_only_when_asked() {
-    if !common::on_kryoptic() {
-        return;
-    }
     let (_tmp, dir) = data_dir();
+    let env = if common::on_kryoptic() {
+        Vec::new()
+    } else {
+        external_softhsm(&dir)
+    };
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let text = std::fs::read_to_string(dir.join("p11vault.toml")).expect("config");
+    assert!(text.contains("init_token = true"), "{text}");
     std::fs::write(
         dir.join("p11vault.toml"),
         text.replace("init_token = true", ""),
     )
     .expect("config");
-    let failed = match Service::start_with(&dir, &[]) {
+    let failed = match Service::start_with(&dir, &env) {
         Ok(_) => panic!("started without a token"),
         Err(f) => f,
     };
@@ -153,14 +194,17 @@ fn an_external_token_is_initialised_only_when_asked() {
     // Asked to: the empty slot is initialised, and on the next start (the token exists) it is
     // only used.
     std::fs::write(dir.join("p11vault.toml"), &text).expect("config");
-    let svc = Service::start(&dir);
+    let svc = Service::start_with(&dir, &env).expect("initialises the empty slot");
+    svc.create("on-the-new-token", r#"{"kty":"EC","crv":"P-256"}"#);
     svc.stop();
-    let svc = Service::start(&dir);
+    let svc = Service::start_with(&dir, &env).expect("uses the token");
     assert_eq!(
         svc.log().matches("initialising an empty slot").count(),
         1,
         "an existing token is never initialised again"
     );
+    let (status, body) = svc.call("GET", &format!("/keys/on-the-new-token?{API}"), None);
+    assert_eq!(status, 200, "{body}");
     svc.stop();
 }
 
