@@ -81,7 +81,7 @@ impl KeyService {
         let candidates = self.blocking_store(|s| s.rotation_candidates()).await?;
         let mut rotated = Vec::new();
         for candidate in candidates {
-            if !candidate.due_at().is_some_and(|due| due <= now) {
+            if candidate.due_at().is_none_or(|due| due > now) {
                 continue;
             }
             let this = Arc::clone(self);
@@ -100,7 +100,7 @@ impl KeyService {
                 let due = record
                     .policy
                     .due_at(latest.created, latest.attributes.expires);
-                if !due.is_some_and(|due| due <= this.clock.now()) {
+                if due.is_none_or(|due| due > this.clock.now()) {
                     return Ok(None);
                 }
                 failpoint::hit("autorotate.before");
