@@ -35,6 +35,8 @@ pub use reconcile::ReconcileReport;
 #[derive(Clone, Debug)]
 pub struct NewKey {
     pub kind: KeyKind,
+    /// The public exponent of a generated RSA key; `None` is 65537. Ignored otherwise.
+    pub public_exponent: Option<u32>,
     pub ops: KeyOps,
     pub attributes: Attributes,
     pub tags: Tags,
@@ -519,6 +521,8 @@ impl KeyService {
             let latest = this.latest_or_404(&name).await?;
             let spec = NewKey {
                 kind: latest.kind,
+                // The same exponent as the newest version, where a create could name it.
+                public_exponent: latest.public.public_exponent(),
                 ops: latest.ops,
                 attributes: Attributes::default(),
                 tags: latest.tags,
