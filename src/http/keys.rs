@@ -432,6 +432,41 @@ pub async fn get_version(
     Ok(Json(bundle(&state, &record)))
 }
 
+/// `GET /keys/{name}/{version}/attestation`; the SDKs and az send an empty version for the
+/// latest (`/keys/{name}//attestation`). Authorised like `get`; refused once the key is found
+/// ([`crate::keys::KeyService::attestation`]).
+pub async fn get_attestation(
+    State(state): State<AppState>,
+    AzPath((name, version)): AzPath<(String, String)>,
+) -> Result<Json<KeyBundleOut>, Error> {
+    attestation(state, name, Some(version)).await
+}
+
+pub async fn get_attestation_latest(
+    State(state): State<AppState>,
+    AzPath(name): AzPath<String>,
+) -> Result<Json<KeyBundleOut>, Error> {
+    attestation(state, name, None).await
+}
+
+async fn attestation(
+    state: AppState,
+    name: String,
+    version: Option<String>,
+) -> Result<Json<KeyBundleOut>, Error> {
+    let name = KeyName::parse(&name)?;
+    let version = match version.filter(|v| !v.is_empty()) {
+        None => None,
+        Some(raw) => Some(version_segment(&raw).ok_or_else(|| {
+            Error::KeyNotFound(format!(
+                "A key with (name/id) {name}/{} was not found in this key vault.",
+                crate::model::truncate_for_message(&raw)
+            ))
+        })?),
+    };
+    match state.keys.attestation(&name, version).await? {}
+}
+
 pub async fn list_keys(
     State(state): State<AppState>,
     AzQuery(query): AzQuery,

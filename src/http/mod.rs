@@ -123,6 +123,14 @@ pub fn router(state: AppState) -> Router {
         .route("/keys/{name}/create", post(keys::create_key))
         .route("/keys/{name}/rotate", post(keys::rotate_key))
         .route("/keys/{name}/versions", get(keys::list_versions))
+        .route(
+            "/keys/{name}/{version}/attestation",
+            get(keys::get_attestation),
+        )
+        .route(
+            "/keys/{name}//attestation",
+            get(keys::get_attestation_latest),
+        )
         .route("/keys/{name}/{version}/{operation}", post(crypto::operate))
         .route("/keys/{name}//{operation}", post(crypto::operate_latest))
         .route("/rng", post(crypto::random))
@@ -328,7 +336,13 @@ pub fn requirement(
         ("GET", "/keys") => need(Action::KeysRead),
         (
             "GET",
-            "/keys/{name}" | "/keys/{name}/" | "/keys/{name}/{version}" | "/keys/{name}/versions",
+            "/keys/{name}"
+            | "/keys/{name}/"
+            | "/keys/{name}/{version}"
+            | "/keys/{name}/versions"
+            // Attestation is the key's public part and what the HSM says of it: the get right.
+            | "/keys/{name}/{version}/attestation"
+            | "/keys/{name}//attestation",
         ) => need(Action::KeysRead),
         ("PUT", "/keys/{name}") => need(Action::KeysImport),
         ("PATCH", "/keys/{name}" | "/keys/{name}/" | "/keys/{name}/{version}") => {

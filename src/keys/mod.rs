@@ -3,6 +3,7 @@
 //! token, commit the outcome and clear the intent — and runs on its own task, so a client that
 //! disconnects half-way cannot stop it between two steps.
 
+mod attestation;
 pub mod backup;
 pub mod blob;
 mod cache;
