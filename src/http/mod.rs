@@ -117,6 +117,8 @@ pub fn router(state: AppState) -> Router {
         .route("/keys/{name}/backup", post(backup::backup_key))
         .route("/keys/{name}/restore", put(backup::start_selective_restore))
         .route("/backup", post(backup::start_backup))
+        .route("/prebackup", post(backup::start_pre_backup))
+        .route("/prerestore", put(backup::start_pre_restore))
         .route(BACKUP_STATUS, get(backup::backup_status))
         .route("/restore", put(backup::start_restore))
         .route(RESTORE_STATUS, get(backup::restore_status))
@@ -382,7 +384,12 @@ pub fn requirement(
             action: Action::RestoreStart,
             key: None,
         }),
-        ("POST", "/backup") => need(Action::BackupStart),
+        // The checks need what the operation they check needs.
+        ("POST", "/backup" | "/prebackup") => need(Action::BackupStart),
+        ("PUT", "/prerestore") => Ok(Requirement {
+            action: Action::RestoreStart,
+            key: None,
+        }),
         ("GET", BACKUP_STATUS) => need(Action::BackupStatus),
         ("GET", RESTORE_STATUS) => need(Action::RestoreStatus),
         _ => Err(Error::Internal(format!(
