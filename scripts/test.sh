@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Sets up and runs every test: formatting and lints, the Rust unit and integration tests
 # (real SoftHSM2 tokens, real SQLite files, real HTTPS), the integration tests once more on
-# kryoptic (a second PKCS#11 token, built by scripts/install-kryoptic.sh), and the interop
-# suite that drives the service with the official Azure Python SDK, on both tokens.
+# kryoptic (a second PKCS#11 token, built by scripts/install-kryoptic.sh), the interop suite
+# that drives the service with the official Azure Python SDK, and the suites that drive it with
+# the released JavaScript and Rust clients (scripts/test-sdk.sh), each on both tokens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh --tests
@@ -40,3 +41,16 @@ P11VAULT_BIN="$PWD/target/debug/p11vault" "$venv/bin/python" -m pytest -q tests/
 echo "== interop tests on kryoptic"
 P11VAULT_TEST_TOKEN=kryoptic P11VAULT_KRYOPTIC_MODULE="$kryoptic_module" \
     P11VAULT_BIN="$PWD/target/debug/p11vault" "$venv/bin/python" -m pytest -q tests/interop
+
+# The released JavaScript and Rust clients, unmodified (versions pinned in
+# tests/sdk-js/package-lock.json and tests/sdk-rust/Cargo.lock), on both tokens. Both suites
+# run even if the first fails.
+sdk_failed=()
+for suite in js rust; do
+    P11VAULT_KRYOPTIC_MODULE="$kryoptic_module" P11VAULT_BIN="$PWD/target/debug/p11vault" \
+        ./scripts/test-sdk.sh "$suite" softhsm kryoptic || sdk_failed+=("$suite")
+done
+if ((${#sdk_failed[@]})); then
+    echo "== SDK suites failed: ${sdk_failed[*]}" >&2
+    exit 1
+fi
