@@ -347,7 +347,11 @@ async fn the_sdk_takes_the_challenge_and_then_sends_the_static_token() -> TestRe
     let scopes = cred.scopes.lock().expect("scopes").clone();
     assert!(!scopes.is_empty(), "get_token was never called");
     for s in &scopes {
-        assert!(s.ends_with("/.default"), "scope {s}");
+        // The scope the challenge named (its resource + "/.default").
+        assert!(
+            s.starts_with("https://") && s.ends_with("/.default"),
+            "scope {s}"
+        );
     }
     Ok(())
 }
