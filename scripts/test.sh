@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Sets up and runs every test: formatting and lints, the Rust unit and integration tests
 # (real SoftHSM2 tokens, real SQLite files, real HTTPS), the integration tests once more on
-# kryoptic (a second PKCS#11 token, built by scripts/install-kryoptic.sh), and the interop
-# suite that drives the service with the official Azure Python SDK, on both tokens.
+# kryoptic (a second PKCS#11 token, built by scripts/install-kryoptic.sh), the interop suite
+# that drives the service with the official Azure Python SDK, and the suites that drive it with
+# the released JavaScript and Rust clients (scripts/test-sdk.sh), each on both tokens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh --tests
@@ -29,13 +30,33 @@ echo "== kryoptic pass took $((SECONDS - start)) s"
 
 echo "== interop tests (official Azure Python SDK)"
 cargo build --locked
+# The binary the interop suites start: the debug build, wherever CARGO_TARGET_DIR puts it.
+target_dir="${CARGO_TARGET_DIR:-target}"
+[[ "$target_dir" == /* ]] || target_dir="$PWD/$target_dir"
+p11vault_bin="$target_dir/debug/p11vault"
 venv=".venv-interop"
 if [[ ! -x "$venv/bin/python" ]]; then
     python3 -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/interop/requirements.txt
 echo "== interop tests on SoftHSM2"
-P11VAULT_BIN="$PWD/target/debug/p11vault" "$venv/bin/python" -m pytest -q tests/interop
+P11VAULT_BIN="$p11vault_bin" "$venv/bin/python" -m pytest -q tests/interop
 echo "== interop tests on kryoptic"
 P11VAULT_TEST_TOKEN=kryoptic P11VAULT_KRYOPTIC_MODULE="$kryoptic_module" \
-    P11VAULT_BIN="$PWD/target/debug/p11vault" "$venv/bin/python" -m pytest -q tests/interop
+    P11VAULT_BIN="$p11vault_bin" "$venv/bin/python" -m pytest -q tests/interop
+
+# The released JavaScript and Rust clients, unmodified (versions pinned in
+# tests/sdk-js/package-lock.json and tests/sdk-rust/Cargo.lock), on both tokens. Both suites
+# run even if the first fails.
+sdk_failed=()
+for suite in js rust; do
+    start=$SECONDS
+    P11VAULT_KRYOPTIC_MODULE="$kryoptic_module" P11VAULT_BIN="$p11vault_bin" \
+        ./scripts/test-sdk.sh "$suite" softhsm kryoptic || sdk_failed+=("$suite")
+    echo "== $suite SDK suites (install and both tokens) took $((SECONDS - start)) s"
+done
+if ((${#sdk_failed[@]})); then
+    echo "== SDK suites failed: ${sdk_failed[*]}" >&2
+    exit 1
+fi
+echo "== scripts/test.sh took $SECONDS s"
