@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Sets up and runs every test: formatting and lints, the Rust unit and integration tests
 # (real SoftHSM2 tokens, real SQLite files, real HTTPS), the integration tests once more on
-# kryoptic (a second PKCS#11 token, built by scripts/install-kryoptic.sh), and the interop
-# suite that drives the service with the official Azure Python SDK, on both tokens.
+# kryoptic (a second PKCS#11 token, built by scripts/install-kryoptic.sh), the interop suite
+# that drives the service with the official Azure Python SDK, on both tokens, and the Azure
+# SDKs' own test suites live against the service (tests/sdk-suites, on SoftHSM2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh --tests
@@ -40,3 +41,14 @@ P11VAULT_BIN="$PWD/target/debug/p11vault" "$venv/bin/python" -m pytest -q tests/
 echo "== interop tests on kryoptic"
 P11VAULT_TEST_TOKEN=kryoptic P11VAULT_KRYOPTIC_MODULE="$kryoptic_module" \
     P11VAULT_BIN="$PWD/target/debug/p11vault" "$venv/bin/python" -m pytest -q tests/interop
+
+# The test suites that ship in the azure-keyvault-keys and azure-keyvault-administration
+# sdists, their Managed HSM tests live against the service (tests/sdk-suites/run.py downloads
+# and checks the pinned sdists; exclusions and their reasons: tests/sdk-suites/exclusions.toml).
+echo "== SDK test suites (azure-keyvault-keys, azure-keyvault-administration) on SoftHSM2"
+sdk_venv=".venv-sdk-suites"
+if [[ ! -x "$sdk_venv/bin/python" ]]; then
+    python3 -m venv "$sdk_venv"
+fi
+"$sdk_venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/sdk-suites/requirements.txt
+"$sdk_venv/bin/python" tests/sdk-suites/run.py --bin "$PWD/target/debug/p11vault"
