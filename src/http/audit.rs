@@ -21,7 +21,7 @@ pub async fn read(
 ) -> Result<Response, Error> {
     let time = |field: &str| -> Result<Option<String>, Error> {
         query
-            .get(field)
+            .get(field)?
             .map(|raw| {
                 crate::clock::parse_time(raw)
                     .map(|secs| crate::clock::rfc3339_millis(secs * 1000))
@@ -35,7 +35,7 @@ pub async fn read(
     };
     let number = |field: &str| -> Result<Option<u64>, Error> {
         query
-            .get(field)
+            .get(field)?
             .map(|raw| {
                 raw.parse::<u64>().map_err(|_| {
                     Error::BadParameter(format!("'{field}' must be a non-negative integer."))
@@ -47,10 +47,10 @@ pub async fn read(
     let filter = Filter {
         since: time("since")?,
         until: time("until")?,
-        principal: query.get("principal").cloned(),
-        key: query.get("key").cloned(),
-        action: query.get("action").cloned(),
-        outcome: query.get("outcome").cloned(),
+        principal: query.get("principal")?.map(str::to_owned),
+        key: query.get("key")?.map(str::to_owned),
+        action: query.get("action")?.map(str::to_owned),
+        outcome: query.get("outcome")?.map(str::to_owned),
         after_seq: number("after")?,
     };
     let path = state.audit_path.clone();

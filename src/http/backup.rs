@@ -112,7 +112,7 @@ fn operation(job: Job) -> OperationOut {
 }
 
 /// 202 with the status URL clients poll (`Azure-AsyncOperation`) and how long to wait.
-fn accepted(state: &AppState, job: Job, api_version: Option<&String>) -> Response {
+fn accepted(state: &AppState, job: Job, api_version: Option<&str>) -> Response {
     let kind = match job.kind {
         JobKind::Backup => "backup",
         JobKind::Restore | JobKind::SelectiveRestore => "restore",
@@ -183,7 +183,7 @@ pub async fn start_backup(
 ) -> Result<Response, Error> {
     let uri = storage_uri(Some(body))?;
     let job = state.backups.start_backup(&uri).await?;
-    Ok(accepted(&state, job, query.get("api-version")))
+    Ok(accepted(&state, job, query.get("api-version")?))
 }
 
 /// A status body; while the job runs, with `Retry-After` so clients poll at our pace.
@@ -222,7 +222,7 @@ pub async fn start_restore(
             folder,
         })
         .await?;
-    Ok(accepted(&state, job, query.get("api-version")))
+    Ok(accepted(&state, job, query.get("api-version")?))
 }
 
 pub async fn start_selective_restore(
@@ -246,7 +246,7 @@ pub async fn start_selective_restore(
             },
         )
         .await?;
-    Ok(accepted(&state, job, query.get("api-version")))
+    Ok(accepted(&state, job, query.get("api-version")?))
 }
 
 pub async fn restore_status(

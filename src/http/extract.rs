@@ -1,10 +1,8 @@
-//! Extractors whose rejections are Azure error bodies: a JSON body with a size limit, and the
-//! query string as a map.
-
-use std::collections::HashMap;
+//! Extractors whose rejections are Azure error bodies: a JSON body with a size limit, path
+//! parameters, and the query string.
 
 use axum::body::{Body, Bytes};
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::request::Parts;
 use bytes::BytesMut;
 use http_body_util::BodyExt;
@@ -87,19 +85,8 @@ pub async fn discard(mut body: Body, cap: usize) {
 #[derive(Clone, Copy, Debug)]
 pub struct BodyLimit(pub usize);
 
-/// The query string as a map; a string that cannot be decoded is a 400.
-pub struct AzQuery(pub HashMap<String, String>);
-
-impl<S: Send + Sync> FromRequestParts<S> for AzQuery {
-    type Rejection = Error;
-
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        Query::<HashMap<String, String>>::from_request_parts(parts, state)
-            .await
-            .map(|Query(map)| AzQuery(map))
-            .map_err(|_| Error::BadParameter("The query string could not be decoded.".into()))
-    }
-}
+/// The query string (decoded as [`super::query`] says).
+pub use super::query::AzQuery;
 
 /// Path parameters; a segment that cannot be decoded is a 400.
 pub struct AzPath<T>(pub T);

@@ -1,8 +1,6 @@
 //! The keys endpoints of the Azure Key Vault / Managed HSM data plane: create, import, get,
 //! list, list versions, update and rotate, with their request and response bodies.
 
-use std::collections::HashMap;
-
 use axum::Json;
 use axum::extract::State;
 use base64::Engine;
@@ -11,6 +9,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use super::AppState;
 use super::extract::{AzJson, AzPath, AzQuery};
+use super::query::QueryParams;
 use crate::error::Error;
 use crate::keys::import::{JwkIn, material_from_jwk};
 use crate::keys::{KeyPatch, NewKey};
@@ -309,8 +308,8 @@ fn tags(raw: Option<Tags>) -> Result<Tags, Error> {
 }
 
 /// `maxresults` (1–25, default 25) and `$skiptoken` of a list request.
-pub fn paging(query: &HashMap<String, String>) -> Result<(usize, Option<String>), Error> {
-    let limit = match query.get("maxresults") {
+pub fn paging(query: &QueryParams) -> Result<(usize, Option<String>), Error> {
+    let limit = match query.get("maxresults")? {
         None => DEFAULT_PAGE,
         Some(raw) => match raw.parse::<usize>() {
             Ok(n) if (1..=DEFAULT_PAGE).contains(&n) => n,
@@ -321,7 +320,7 @@ pub fn paging(query: &HashMap<String, String>) -> Result<(usize, Option<String>)
             }
         },
     };
-    let token = match query.get("$skiptoken") {
+    let token = match query.get("$skiptoken")? {
         None => None,
         Some(raw) => Some(
             URL_SAFE_NO_PAD
@@ -339,13 +338,16 @@ pub fn paging(query: &HashMap<String, String>) -> Result<(usize, Option<String>)
 pub fn next_link(
     state: &AppState,
     path: &str,
-    query: &HashMap<String, String>,
+    query: &QueryParams,
     cursor: &str,
     limit: usize,
 ) -> String {
+    // The client's own version (the check before the handler read it); the SDKs replace it
+    // with theirs when they follow the link anyway.
     let api_version = query
         .get("api-version")
-        .map(String::as_str)
+        .ok()
+        .flatten()
         .unwrap_or(super::LATEST_API_VERSION);
     format!(
         "{}{path}?api-version={api_version}&$skiptoken={}&maxresults={limit}",

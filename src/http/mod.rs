@@ -8,8 +8,10 @@ mod deleted;
 pub mod error;
 mod extract;
 mod keys;
+pub mod query;
 mod rbac;
 mod settings;
+pub mod version;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -37,24 +39,8 @@ use crate::model::{KeyOp, truncate_for_message};
 use error::error_response;
 use extract::BodyLimit;
 
-/// The api-versions this service answers: every version the official SDKs and az CLI send.
-pub const API_VERSIONS: &[&str] = &[
-    "7.0",
-    "7.1",
-    "7.2",
-    "7.3",
-    "7.4",
-    "7.5",
-    "7.6",
-    "7.3-preview",
-    "7.4-preview.1",
-    "7.5-preview.1",
-    "7.6-preview.1",
-    "7.6-preview.2",
-    "2025-06-01-preview",
-    "2025-07-01",
-    "2026-01-01-preview",
-];
+/// The version the service implements (the spec in `shared/api-spec`), the one its own clients
+/// send, and the one refusals point to. Which versions are accepted is [`version`]'s policy.
 pub const LATEST_API_VERSION: &str = "2025-07-01";
 
 /// What every handler can reach.
@@ -157,7 +143,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/p11vault/audit", get(audit::read));
     let router = rbac("/keys/{scope_key}", rbac("/keys", rbac("", router)));
-    router
+    let router = router
         .route_layer(middleware::from_fn(authorize))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -173,8 +159,14 @@ pub fn router(state: AppState) -> Router {
         // Added after the layers, so none of them runs for it: no credential, no api-version,
         // no audit record (a load balancer probes it every few seconds), and answered during
         // an audit outage, which it reports.
-        .route(HEALTH, get(health))
-        .with_state(state)
+        .route(HEALTH, get(health));
+    // Percent-encoded unreserved characters of the path are decoded before routing
+    // ([`query::normalize_path`]), so an encoded route or key name is the same request.
+    let routed = router.with_state(state);
+    Router::new().fallback_service(tower::ServiceExt::map_request(
+        routed,
+        query::normalize_path,
+    ))
 }
 
 /// The health endpoint.
@@ -582,30 +574,64 @@ async fn drain(req: Request) {
     extract::discard(req.into_body(), extract::DRAIN_CAP).await;
 }
 
+/// Decodes the query string once (leaving it on the request for the handler) and applies the
+/// api-version policy ([`version`]) before any handler runs.
 async fn require_api_version(req: Request, next: Next) -> Response {
-    // Status URLs are polled as handed out; a client that dropped the query still gets its
-    // job's status.
+    let query = match query::QueryParams::parse(req.uri().query()) {
+        Ok(query) => query,
+        Err(e) => {
+            drain(req).await;
+            return e.into_response();
+        }
+    };
+    // Status URLs are polled as handed out, with the version of the request that started the
+    // job or none; a client that dropped the query still gets its job's status.
     if matches!(matched_route(&req), Some(BACKUP_STATUS | RESTORE_STATUS)) {
-        return next.run(req).await;
+        return pass(req, query, next).await;
     }
-    let version = req.uri().query().and_then(|q| {
-        q.split('&')
-            .filter_map(|pair| pair.split_once('='))
-            .find(|(k, _)| *k == "api-version")
-            .map(|(_, v)| v.to_owned())
-    });
-    let refusal = match version {
-        Some(v) if API_VERSIONS.contains(&v.as_str()) => return next.run(req).await,
-        Some(v) => Error::BadParameter(format!(
-            "The specified version ({}) is not recognized. Consider using the latest supported version ({LATEST_API_VERSION}).",
-            crate::model::truncate_for_message(&v)
-        )),
-        None => Error::BadParameter(format!(
+    let refusal = match query.get("api-version") {
+        Err(e) => e,
+        Ok(None) => Error::BadParameter(format!(
             "The api-version query parameter is required; the latest supported version is {LATEST_API_VERSION}."
         )),
+        Ok(Some(v)) => match version::classify(v) {
+            Ok(version::Accepted::Known) => return pass(req, query, next).await,
+            Ok(version::Accepted::Newer) => {
+                note_newer_version(v);
+                return pass(req, query, next).await;
+            }
+            Err(version::Refused::Unknown) => Error::BadParameter(format!(
+                "The specified version ({}) is not recognized. Consider using the latest supported version ({LATEST_API_VERSION}).",
+                truncate_for_message(v)
+            )),
+            Err(version::Refused::Malformed) => Error::BadParameter(format!(
+                "The specified version ({}) is not a valid api-version (YYYY-MM-DD, YYYY-MM-DD-preview or 7.x). Consider using the latest supported version ({LATEST_API_VERSION}).",
+                truncate_for_message(v)
+            )),
+        },
     };
     drain(req).await;
     refusal.into_response()
+}
+
+async fn pass(mut req: Request, query: query::QueryParams, next: Next) -> Response {
+    req.extensions_mut().insert(query);
+    next.run(req).await
+}
+
+/// Logs, once per version string (at most a few dozen), that a version newer than every known
+/// one is answered in the newest shape.
+fn note_newer_version(v: &str) {
+    static SEEN: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut seen = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    if seen.len() < 32 && !seen.iter().any(|s| s == v) {
+        seen.push(v.to_owned());
+        tracing::info!(
+            api_version = %truncate_for_message(v),
+            answered_as = version::NEWEST_KNOWN,
+            "a client sent an api-version newer than this release knows; answering in the newest shape"
+        );
+    }
 }
 
 async fn not_found(req: Request) -> Response {

@@ -187,7 +187,7 @@ pub async fn list_definitions(
     RbacScope(_scope): RbacScope,
     AzQuery(query): AzQuery,
 ) -> Result<Json<ListOut<DefinitionOut>>, Error> {
-    let role_name = match query.get("$filter") {
+    let role_name = match query.get("$filter")? {
         None => None,
         Some(f) => Some(filter_value(f, "roleName").ok_or_else(|| bad_filter(f))?),
     };
@@ -252,7 +252,7 @@ pub async fn list_assignments(
     RbacScope(scope): RbacScope,
     AzQuery(query): AzQuery,
 ) -> Result<Json<ListOut<AssignmentOut>>, Error> {
-    let (at_scope, principal) = match query.get("$filter").map(|f| f.trim()) {
+    let (at_scope, principal) = match query.get("$filter")?.map(|f| f.trim()) {
         None => (false, None),
         Some("atScope()") => (true, None),
         Some(f) => (
