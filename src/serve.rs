@@ -86,7 +86,9 @@ pub fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
         tracing::info!(?report, "reconciled the token with the database");
         let mechanisms: Vec<String> = keys.hsm().mechanisms().iter().map(|m| m.to_string()).collect();
         tracing::info!(mechanisms = %mechanisms.join(" "), "mechanisms the token offers");
-        keys.spawn_maintenance(maintenance_every);
+        let (rotated, rotations) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(record_rotations(rotations, audit.clone()));
+        keys.spawn_maintenance(maintenance_every, rotated);
         let authority = cfg
             .challenge_authority
             .clone()
@@ -129,6 +131,38 @@ pub fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
         tracing::info!("stopped");
         Ok::<(), Box<dyn std::error::Error>>(())
     })
+}
+
+/// Writes an audit record of every rotation the maintenance task makes (a key's rotation
+/// policy made it due): the service's own change, recorded as the rotate request a client would
+/// have sent. The version is committed first; a crash before its record is written loses the
+/// record, not the version (whose `created` still says when it was made).
+async fn record_rotations(
+    mut rotations: tokio::sync::mpsc::UnboundedReceiver<crate::model::VersionRecord>,
+    audit: AuditLog,
+) {
+    while let Some(version) = rotations.recv().await {
+        let event = crate::audit::Event {
+            time: crate::audit::Event::now(),
+            request_id: uuid::Uuid::new_v4().to_string(),
+            client_request_id: None,
+            source: Some("maintenance".into()),
+            principal: None,
+            principal_name: Some("p11vault (rotation policy)".into()),
+            method: "SERVICE".into(),
+            path: format!("/keys/{}/rotate", version.name),
+            action: Some(crate::auth::roles::Action::KeysRotate.name()),
+            key: Some(version.name.to_string()),
+            version: Some(version.version.to_string()),
+            outcome: crate::audit::Outcome::Allowed,
+            status: 200,
+            answered: None,
+            outage: None,
+        };
+        if audit.record_durably(event).await.is_err() {
+            tracing::error!(key = %version.name, version = %version.version, "the audit record of an automatic rotation is not on disk yet (the log cannot be written); it is kept and written late, as a request's would be");
+        }
+    }
 }
 
 fn default_public_url(bound: SocketAddr) -> String {

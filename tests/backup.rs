@@ -94,7 +94,8 @@ fn selective_body(folder_url: &str) -> Value {
 }
 
 /// Everything a restore must bring back, comparable: per key (live and deleted) its versions'
-/// kids, enabled flags, tags and public parts; and the role assignments.
+/// kids, enabled flags, tags and public parts, a live key's rotation policy; and the role
+/// assignments.
 fn state(svc: &Service) -> Value {
     let mut keys = Vec::new();
     let (_, live) = svc.call("GET", &format!("/keys?maxresults=25&{API}"), None);
@@ -126,7 +127,15 @@ fn state(svc: &Service) -> Value {
                 }
                 json!(bundles)
             };
-            keys.push(json!({"name": name, "deleted": is_deleted, "versions": versions}));
+            let policy = if is_deleted {
+                Value::Null
+            } else {
+                let (status, p) =
+                    svc.call("GET", &format!("/keys/{name}/rotationpolicy?{API}"), None);
+                assert_eq!(status, 200, "{p}");
+                p
+            };
+            keys.push(json!({"name": name, "deleted": is_deleted, "versions": versions, "rotationPolicy": policy}));
         }
     }
     let (_, assignments) = svc.call(
@@ -406,6 +415,18 @@ fn a_full_restore_brings_back_a_changed_state_and_needs_a_recent_backup() {
     svc.create("alpha", r#"{"kty":"RSA","key_size":2048,"tags":{"v":"1"}}"#);
     svc.create("beta", r#"{"kty":"EC","crv":"P-384"}"#);
     svc.create("gamma", r#"{"kty":"oct","key_size":256}"#);
+    let set_policy = |name: &str, after: &str| {
+        let body = json!({"lifetimeActions": [{"trigger": {"timeAfterCreate": after}, "action": {"type": "Rotate"}}],
+                          "attributes": {"expiryTime": "P1Y"}});
+        let (status, p) = svc.call(
+            "PUT",
+            &format!("/keys/{name}/rotationpolicy?{API}"),
+            Some(&body.to_string()),
+        );
+        assert_eq!(status, 200, "{p}");
+    };
+    set_policy("alpha", "P90D");
+    set_policy("gamma", "P60D");
     assert_eq!(
         svc.call("DELETE", &format!("/keys/gamma?{API}"), None).0,
         200
@@ -425,8 +446,10 @@ fn a_full_restore_brings_back_a_changed_state_and_needs_a_recent_backup() {
             .is_file()
     );
 
-    // Change everything: a new key, a purge, a recovery, new tags, a removed assignment.
+    // Change everything: a new key, a purge, a recovery, new tags, a removed assignment, a
+    // new rotation policy.
     svc.create("delta", r#"{"kty":"EC","crv":"P-256"}"#);
+    set_policy("alpha", "P30D");
     delete_and_purge(&svc, "beta");
     assert_eq!(
         svc.call("POST", &format!("/deletedkeys/gamma/recover?{API}"), None)
@@ -521,6 +544,26 @@ fn a_full_restore_brings_back_a_changed_state_and_needs_a_recent_backup() {
         !log.contains("holds no object for this key version"),
         "missing: {log}"
     );
+
+    // A backup holds rotation policies, so a changed policy needs a new backup first.
+    let _ = full_backup(&svc);
+    let body = json!({"lifetimeActions": [], "attributes": {}}).to_string();
+    let (status, _) = svc.call(
+        "PUT",
+        &format!("/keys/delta/rotationpolicy?{API}"),
+        Some(&body),
+    );
+    assert_eq!(status, 200);
+    let (status, body) = svc.call(
+        "PUT",
+        &format!("/restore?{ADMIN_API}"),
+        Some(&full_restore_body(&folder2).to_string()),
+    );
+    assert_eq!(
+        status, 409,
+        "a policy changed after the last backup: {body}"
+    );
+    assert_eq!(body["error"]["innererror"]["code"], "FullBackupRequired");
 }
 
 #[test]

@@ -197,6 +197,21 @@ fn operations() -> Vec<Operation> {
         ("rotate", |fx, t, s| {
             on_key(fx, t, s, "ec", "POST", "/keys/{k}/rotate", None)
         }),
+        ("get rotation policy", |fx, t, s| {
+            on_key(fx, t, s, "ec", "GET", "/keys/{k}/rotationpolicy", None)
+        }),
+        ("set rotation policy", |fx, t, s| {
+            let body = json!({"lifetimeActions": [{"trigger": {"timeAfterCreate": "P90D"}, "action": {"type": "Rotate"}}], "attributes": {"expiryTime": "P1Y"}});
+            on_key(
+                fx,
+                t,
+                s,
+                "ec",
+                "PUT",
+                "/keys/{k}/rotationpolicy",
+                Some(body),
+            )
+        }),
         ("delete", |fx, t, s| {
             on_key(fx, t, s, "ec", "DELETE", "/keys/{k}", None)
         }),
@@ -431,6 +446,11 @@ fn the_role_matrix_matches_the_golden_file() {
     assert_eq!(at("recover", "deleted", "User"), "deny");
     assert_eq!(at("purge", "deleted", "Officer"), "204");
     assert_eq!(at("recover", "deleted", "Officer"), "200");
+    // Managed HSM: a rotation policy is read with keys/read and set with keys/write.
+    assert_eq!(at("get rotation policy", "active", "Auditor"), "200");
+    assert_eq!(at("set rotation policy", "active", "Auditor"), "deny");
+    assert_eq!(at("set rotation policy", "active", "User"), "200");
+    assert_eq!(at("set rotation policy", "active", "Officer"), "deny");
     for &(_, short) in ROLES {
         let expected = if short == "Admin" { "200" } else { "deny" };
         assert_eq!(at("change a setting", "active", short), expected, "{short}");

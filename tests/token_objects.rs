@@ -552,6 +552,7 @@ fn forge_key_backup(session: &Session, key_wrap: &Mechanism<'_>) -> Vec<u8> {
             origin: "generated".into(),
             material: base64::engine::general_purpose::STANDARD.encode(material),
         }],
+        rotation_policy: None,
     };
     let plain = serde_json::to_vec(&payload).expect("JSON");
     let iv = [0x33u8; 12];

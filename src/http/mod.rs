@@ -10,6 +10,7 @@ mod extract;
 mod keys;
 pub mod query;
 mod rbac;
+mod rotation;
 mod settings;
 pub mod version;
 
@@ -122,6 +123,10 @@ pub fn router(state: AppState) -> Router {
         .route(RESTORE_STATUS, get(backup::restore_status))
         .route("/keys/{name}/create", post(keys::create_key))
         .route("/keys/{name}/rotate", post(keys::rotate_key))
+        .route(
+            "/keys/{name}/rotationpolicy",
+            get(rotation::get_policy).put(rotation::put_policy),
+        )
         .route("/keys/{name}/versions", get(keys::list_versions))
         .route("/keys/{name}/{version}/{operation}", post(crypto::operate))
         .route("/keys/{name}//{operation}", post(crypto::operate_latest))
@@ -337,6 +342,9 @@ pub fn requirement(
         ("DELETE", "/keys/{name}") => need(Action::KeysDelete),
         ("POST", "/keys/{name}/create") => need(Action::KeysCreate),
         ("POST", "/keys/{name}/rotate") => need(Action::KeysRotate),
+        // Managed HSM: reading a policy is reading the key; setting one needs "Key Write".
+        ("GET", "/keys/{name}/rotationpolicy") => need(Action::KeysRead),
+        ("PUT", "/keys/{name}/rotationpolicy") => need(Action::KeysWrite),
         ("POST", "/keys/{name}/{version}/{operation}" | "/keys/{name}//{operation}") => {
             let operation = param("operation").unwrap_or_default();
             need(match crypto::parse_operation(&operation)? {

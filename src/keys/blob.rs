@@ -32,7 +32,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::Error;
 use crate::model::Deletion;
 use crate::model::{
-    Attributes, KeyKind, KeyName, KeyOps, Origin, PublicKey, Tags, VersionId, VersionRecord,
+    Attributes, KeyKind, KeyName, KeyOps, Origin, PolicyRecord, PublicKey, Tags, VersionId,
+    VersionRecord,
 };
 use crate::store::{KeySnapshot, RoleAssignmentRow, RoleDefinitionRow};
 
@@ -177,7 +178,8 @@ impl Envelope {
     }
 }
 
-/// One key in a backup: its versions, attributes, tags and (in a full backup) deletion state.
+/// One key in a backup: its versions, attributes, tags, rotation policy and (in a full backup)
+/// deletion state.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyPayload {
@@ -185,6 +187,11 @@ pub struct KeyPayload {
     pub created: i64,
     pub deletion: Option<Deletion>,
     pub versions: Vec<VersionPayload>,
+    /// Absent from backups made before rotation policies existed, and from those of keys
+    /// without one (so releases that predate policies still read those). Its limits are
+    /// checked as it is read (`model::RotationPolicy`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_policy: Option<PolicyRecord>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -253,6 +260,7 @@ impl KeyPayload {
                     material: STANDARD.encode(m),
                 })
                 .collect(),
+            rotation_policy: key.rotation_policy.clone(),
         }
     }
 
@@ -318,6 +326,7 @@ impl KeyPayload {
                 created: self.created,
                 deletion: self.deletion,
                 versions,
+                rotation_policy: self.rotation_policy,
             },
             material,
         })
@@ -410,6 +419,7 @@ mod tests {
                 origin: "generated".into(),
                 material: STANDARD.encode([0u8; 40]),
             }],
+            rotation_policy: None,
         };
         assert!(good.clone().check().is_ok());
         let mut bad_name = good.clone();
@@ -427,5 +437,60 @@ mod tests {
         let mut none = good;
         none.versions.clear();
         assert!(none.check().is_err());
+    }
+
+    #[test]
+    fn a_rotation_policy_travels_in_the_payload_and_only_when_there_is_one() {
+        let version = VersionPayload {
+            id: VersionId::random().to_string(),
+            kind: KeyKind::Oct { bits: 256 },
+            key_ops: KeyOps::all_for(crate::model::KeyFamily::Oct),
+            enabled: true,
+            nbf: None,
+            exp: None,
+            created: 1,
+            updated: 1,
+            tags: Tags::new(),
+            public: PublicKey::Oct,
+            origin: "generated".into(),
+            material: STANDARD.encode([0u8; 40]),
+        };
+        let without = KeyPayload {
+            name: "k1".into(),
+            created: 1,
+            deletion: None,
+            versions: vec![version],
+            rotation_policy: None,
+        };
+        let json = serde_json::to_value(&without).expect("serialises");
+        assert!(
+            json.get("rotation_policy").is_none(),
+            "a release before policies reads it: {json}"
+        );
+        let back: KeyPayload = serde_json::from_value(json).expect("a payload of before");
+        assert_eq!(back.rotation_policy, None);
+
+        let policy = crate::model::RotationPolicy::new(
+            Some(crate::model::RotationTrigger::AfterCreate(
+                crate::model::IsoDuration::parse("P30D").expect("duration"),
+            )),
+            Some(crate::model::IsoDuration::parse("P90D").expect("duration")),
+        )
+        .expect("policy");
+        let mut with = without.clone();
+        with.rotation_policy = Some(PolicyRecord {
+            policy,
+            created: 5,
+            updated: 6,
+        });
+        let json = serde_json::to_string(&with).expect("serialises");
+        let back: KeyPayload = serde_json::from_str(&json).expect("parses");
+        let restored = back.check().expect("checks");
+        assert_eq!(restored.key.rotation_policy, with.rotation_policy);
+
+        // A policy Managed HSM would refuse is refused on the way back too.
+        let bad = json.replace("\"P30D\"", "\"P1D\"");
+        assert_ne!(bad, json);
+        assert!(serde_json::from_str::<KeyPayload>(&bad).is_err());
     }
 }

@@ -11,6 +11,7 @@ mod executor;
 pub mod import;
 pub mod lifecycle;
 mod reconcile;
+mod rotation;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -447,11 +448,13 @@ impl KeyService {
     }
 
     /// Runs for the life of the service: every `every`, settles abandoned intents, refreshes
-    /// purge protection and purges the keys whose retention has ended. A restart catches up
-    /// on whatever came due while the service was down.
+    /// purge protection, purges the keys whose retention has ended and rotates the keys their
+    /// rotation policy makes due (each new version is sent to `rotated`, for the audit log). A
+    /// restart catches up on whatever came due while the service was down.
     pub fn spawn_maintenance(
         self: &Arc<Self>,
         every: std::time::Duration,
+        rotated: tokio::sync::mpsc::UnboundedSender<VersionRecord>,
     ) -> tokio::task::JoinHandle<()> {
         let this = Arc::clone(self);
         tokio::spawn(async move {
@@ -466,6 +469,17 @@ impl KeyService {
                     Ok(0) => {}
                     Ok(n) => tracing::info!(purged = n, "purged keys whose retention ended"),
                     Err(e) => tracing::warn!(error = %e, "the scheduled purge failed; will retry"),
+                }
+                match this.rotate_due().await {
+                    Ok(versions) => {
+                        for version in versions {
+                            // Nobody listening (the service is stopping): nothing to record.
+                            let _ = rotated.send(version);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "reading the rotation policies failed; will retry")
+                    }
                 }
                 tokio::time::sleep(every).await;
             }
@@ -511,20 +525,13 @@ impl KeyService {
     }
 
     /// Creates a new version with fresh material of the same kind, operations and tags as the
-    /// newest one.
+    /// newest one, expiring as the key's rotation policy says (`rotation.rs`).
     pub async fn rotate(self: &Arc<Self>, name: KeyName) -> Result<VersionRecord, Error> {
         let this = Arc::clone(self);
         detached(async move {
             let _guard = this.lock_key(&name).await;
             let latest = this.latest_or_404(&name).await?;
-            let spec = NewKey {
-                kind: latest.kind,
-                ops: latest.ops,
-                attributes: Attributes::default(),
-                tags: latest.tags,
-            };
-            this.make_version(latest.name, spec, Origin::Generated, None)
-                .await
+            this.rotate_locked(latest).await
         })
         .await
     }

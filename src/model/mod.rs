@@ -1,5 +1,6 @@
-//! Plain domain types shared by every layer: key names, version ids, key kinds, operations and
-//! the metadata record of one key version. Nothing here knows about HTTP, SQLite or PKCS#11.
+//! Plain domain types shared by every layer: key names, version ids, key kinds, operations,
+//! the metadata record of one key version, and rotation policies (`rotation.rs`). Nothing here
+//! knows about HTTP, SQLite or PKCS#11.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -8,8 +9,10 @@ use serde::{Deserialize, Serialize};
 
 mod intent;
 mod job;
+mod rotation;
 pub use intent::{Intent, PurgeReason, UpdateTarget};
 pub use job::{FailureKind, Job, JobKind, JobStatus};
+pub use rotation::{IsoDuration, PolicyRecord, RotationPolicy, RotationTrigger};
 
 /// Client input that does not make a valid domain value (a bad key name, curve, operation,
 /// tag, or attribute). The service answers it as a 400 with this message.

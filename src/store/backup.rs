@@ -5,18 +5,19 @@
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use serde::{Deserialize, Serialize};
 
+use super::rotation::{insert_policy, policy_of};
 use super::{
     Deletion, Error, Result, Store, VERSION_COLUMNS, insert_version, meta_get, meta_set, to_json,
     version_row,
 };
-use crate::model::{FailureKind, Job, JobKind, JobStatus, KeyName, VersionRecord};
+use crate::model::{FailureKind, Job, JobKind, JobStatus, KeyName, PolicyRecord, VersionRecord};
 
 /// Names of the backup bookkeeping settings.
 const STATE_SEQ: &str = "state_seq";
 const LAST_FULL_BACKUP: &str = "last_full_backup";
 const RESTORE_JOURNAL: &str = "restore_journal";
 
-/// One key with every version, whatever its state.
+/// One key with every version, whatever its state, and its rotation policy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeySnapshot {
     pub name: KeyName,
@@ -24,6 +25,7 @@ pub struct KeySnapshot {
     pub deletion: Option<Deletion>,
     /// Oldest first.
     pub versions: Vec<VersionRecord>,
+    pub rotation_policy: Option<PolicyRecord>,
 }
 
 /// A stored custom role definition, as its row holds it.
@@ -208,14 +210,15 @@ impl Store {
         self.write(|tx| meta_set(tx, RESTORE_JOURNAL, &to_json(journal)?))
     }
 
-    /// Replaces every key, version, role definition and assignment with the backup's, drops
-    /// open intents (their token objects are gone with the old state), clears the journal and
-    /// finishes the job — one transaction. Purge protection stays on if it is on: it is
-    /// monotonic, and a restore is no way around it.
+    /// Replaces every key (with its rotation policy), version, role definition and assignment
+    /// with the backup's, drops open intents (their token objects are gone with the old state),
+    /// clears the journal and finishes the job — one transaction. Purge protection stays on if
+    /// it is on: it is monotonic, and a restore is no way around it.
     pub fn commit_restore(&self, state: &Snapshot, job: &str, now: i64) -> Result<()> {
         self.write(|tx| {
             for table in [
                 "intents",
+                "rotation_policies",
                 "versions",
                 "keys",
                 "role_assignments",
@@ -357,15 +360,18 @@ fn keys_in(c: &Connection, only: Option<&KeyName>) -> Result<Vec<KeySnapshot>> {
             .query_map([&name], version_row)?
             .map(|r| r?)
             .collect::<Result<Vec<_>>>()?;
+        let name =
+            KeyName::parse(&name).map_err(|_| Error::Corrupt(format!("key name {name:?}")))?;
+        let rotation_policy = policy_of(c, &name)?;
         keys.push(KeySnapshot {
-            name: KeyName::parse(&name)
-                .map_err(|_| Error::Corrupt(format!("key name {name:?}")))?,
+            name,
             created,
             deletion: deleted.map(|deleted_date| Deletion {
                 deleted_date,
                 scheduled_purge_date: scheduled.unwrap_or(deleted_date),
             }),
             versions,
+            rotation_policy,
         });
     }
     Ok(keys)
@@ -386,6 +392,9 @@ fn insert_key(tx: &Transaction, key: &KeySnapshot) -> Result<()> {
         let mut v = v.clone();
         v.name = key.name.clone();
         insert_version(tx, &v)?;
+    }
+    if let Some(policy) = &key.rotation_policy {
+        insert_policy(tx, &key.name, policy)?;
     }
     Ok(())
 }

@@ -235,9 +235,13 @@ impl Store {
         })
     }
 
-    /// Removes a purged key's metadata and clears its intent.
+    /// Removes a purged key's metadata (its rotation policy too) and clears its intent.
     pub fn commit_purged(&self, name: &KeyName, intent: i64) -> Result<()> {
         self.write(|tx| {
+            tx.execute(
+                "DELETE FROM rotation_policies WHERE name = ?1",
+                [name.as_str()],
+            )?;
             tx.execute("DELETE FROM versions WHERE name = ?1", [name.as_str()])?;
             tx.execute("DELETE FROM keys WHERE name = ?1", [name.as_str()])?;
             tx.execute("DELETE FROM intents WHERE id = ?1", [intent])?;

@@ -2,12 +2,14 @@
 //! assignments, and settings. One writer connection, a few readers, WAL with
 //! `synchronous=FULL` so an acknowledged commit survives power loss. Every call blocks; the key service runs them on blocking threads.
 //! This file holds the connections, the error type and settings; the tables have their own
-//! files (`keys.rs`, `access.rs`, `intents.rs`, `backup.rs`, and `schema.rs` for migrations).
+//! files (`keys.rs`, `access.rs`, `intents.rs`, `rotation.rs`, `backup.rs`, and `schema.rs` for
+//! migrations).
 
 mod access;
 mod backup;
 mod intents;
 mod keys;
+mod rotation;
 mod schema;
 
 use std::path::{Path, PathBuf};
@@ -23,6 +25,7 @@ pub use backup::{
 };
 pub use intents::OpenIntent;
 pub use keys::KeyRow;
+pub use rotation::RotationCandidate;
 
 // Shared with `backup.rs`, which reads and writes version rows too.
 use crate::model::Deletion;

@@ -149,6 +149,23 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE intents ADD COLUMN format INTEGER NOT NULL DEFAULT 1;
     "#,
+    // 6: key rotation policies, one per key, as `model::RotationPolicy` JSON. A policy belongs to
+    // its key: it stays through soft-delete and recovery and goes with the key row (a purge, a
+    // full restore's swap). Full backups hold policies, so changing one moves `state_seq`.
+    r#"
+    CREATE TABLE rotation_policies (
+        name    TEXT PRIMARY KEY COLLATE NOCASE REFERENCES keys(name) ON DELETE CASCADE,
+        policy  TEXT NOT NULL,
+        created INTEGER NOT NULL,
+        updated INTEGER NOT NULL
+    );
+    CREATE TRIGGER state_seq_rotation_policies_insert AFTER INSERT ON rotation_policies
+    BEGIN UPDATE meta SET v = CAST(v AS INTEGER) + 1 WHERE k = 'state_seq'; END;
+    CREATE TRIGGER state_seq_rotation_policies_update AFTER UPDATE ON rotation_policies
+    BEGIN UPDATE meta SET v = CAST(v AS INTEGER) + 1 WHERE k = 'state_seq'; END;
+    CREATE TRIGGER state_seq_rotation_policies_delete AFTER DELETE ON rotation_policies
+    BEGIN UPDATE meta SET v = CAST(v AS INTEGER) + 1 WHERE k = 'state_seq'; END;
+    "#,
 ];
 
 pub fn migrate(conn: &mut Connection) -> Result<()> {

@@ -3,7 +3,7 @@
 Covered (this release): create (RSA/EC/oct), import, get (latest/by version), list keys and
 versions (paged), update properties, rotate, input validation, authentication challenge.
 Elsewhere: delete/recover/purge (test_soft_delete.py), key operations and rng (test_crypto.py,
-test_wycheproof.py). Not implemented yet: backup, RBAC, release, rotation policy.
+test_wycheproof.py), rotation policies (test_rotation.py). Not implemented yet: release.
 """
 
 from __future__ import annotations
