@@ -4,17 +4,18 @@
 The suites are the tests/ folders of the azure-keyvault-keys and azure-keyvault-administration
 sdists on PyPI (versions and SHA-256 pinned below). Each run downloads them with pip (a cached
 copy under ~/.cache/p11vault/sdk-suites is used when its checksum matches; the cache is never
-needed), unpacks them into a temporary directory, and runs each suite with pytest against a
-p11vault of its own (a fresh data dir on a port-0 loopback listener) through the
+needed), unpacks them into a temporary directory, collects each suite's Managed HSM tests (see
+shim/p11vault_sdk_plugin.py), and runs them with pytest in shards side by side, each shard
+against a p11vault of its own (a fresh data dir on a port-0 loopback listener), through the
 devtools_testutils shim in tests/sdk-suites/shim. No test file is changed.
 
-Only the Managed HSM tests run (see shim/p11vault_sdk_plugin.py); the tests listed in
-tests/sdk-suites/exclusions.toml are skipped with their reasons. The counts are printed at the
-end; the exit status is 0 only when every selected, unlisted test passed (or was skipped by the
-test itself), no exclusion is stale, and each p11vault exited cleanly.
+The tests listed in tests/sdk-suites/exclusions.toml are skipped with their reasons. The
+counts are printed at the end; the exit status is 0 only when every selected, unlisted test
+passed (or was skipped by the test itself), no exclusion is stale, and each p11vault exited
+cleanly.
 
 Usage (with the interpreter of a venv holding tests/sdk-suites/requirements.txt):
-    python tests/sdk-suites/run.py [--suite keys|administration] [--bin PATH] [--serial]
+    python tests/sdk-suites/run.py [--suite keys|administration] [--bin PATH] [--jobs N]
                                    [--run-excluded] [-- PYTEST_ARGS...]
 Environment: P11VAULT_BIN (default <repo>/target/debug/p11vault), P11VAULT_KEEP_DATA=1 keeps the
 data dirs and logs, XDG_CACHE_HOME moves the cache.
@@ -23,6 +24,7 @@ data dirs and logs, XDG_CACHE_HOME moves the cache.
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import hashlib
 import importlib.metadata
 import json
@@ -77,7 +79,7 @@ SUITES = {
 
 STARTUP_TIMEOUT_S = 60.0
 SHUTDOWN_TIMEOUT_S = 30.0
-SUITE_TIMEOUT_S = 40 * 60.0
+SUITE_TIMEOUT_S = 20 * 60.0  # one shard's pytest
 LISTEN_RE = re.compile(r"^p11vault listening on (https://127\.0\.0\.1:(\d+))$")
 # Roles of the suites' principal: the initial administrator (Administrator: roles, backups,
 # settings) with the key roles added, as an operator does after activating a Managed HSM.
@@ -217,6 +219,7 @@ def start_service(bin_path: Path, base: Path) -> Service:
     stderr_path = base / "p11vault.stderr.log"
     # P11VAULT_* variables would change the service behind the suite's back.
     env = {k: v for k, v in os.environ.items() if not k.startswith("P11VAULT_")}
+    env["NO_COLOR"] = "1"  # its log is read as text (printed for shards with failures)
     with open(stderr_path, "wb") as stderr_file:
         proc = subprocess.Popen(
             [str(bin_path), "serve", "--data-dir", str(data_dir), "--listen", "127.0.0.1:0"],
@@ -266,27 +269,41 @@ def start_service(bin_path: Path, base: Path) -> Service:
 
 
 # --------------------------------------------------------------------------------------------
-# One suite
+# Collecting, then running in shards
 # --------------------------------------------------------------------------------------------
+
+# The shards a suite runs in, each on its own service, side by side: the tests spend most of
+# their time in the waits they make in live mode for Azure's sake (2 s before each key they
+# create, 60 s after each role test, 75 s around each backup and restore), and a full restore
+# replaces everything in the HSM. So each keys test file, and each administration test, runs
+# alone on a fresh p11vault.
+SHARD_BY = {"keys": "file", "administration": "test"}
+PLACEHOLDER_URL = "https://127.0.0.1:9"  # for collection only: nothing is sent
 
 
 @dataclass
-class Result:
+class Shard:
     suite: Suite
+    tests: Path
+    label: str
+    nodeids: List[str]
+
+
+@dataclass
+class ShardResult:
+    shard: Shard
     report: Dict
-    returncode: int
     problems: List[str]
-    output: Path
+    output: str
+    service_stderr: str
     seconds: float
 
 
-def suite_env(service: Service, suite: Suite, report: Path, run_excluded: bool) -> Dict[str, str]:
+def suite_env(suite: Suite, url: str, report: Path, run_excluded: bool) -> Dict[str, str]:
     env = dict(os.environ)
     for k in list(env):
         if k.startswith(("AZURE_", "KEYVAULT_", "BLOB_", "P11VAULT_")):
             del env[k]  # nothing from the caller's environment reaches a suite by accident
-    # A principal for test_role_assignment to assign a role to (Azure: a managed identity).
-    assignee = service.cli("principal", "create", "--name", "sdk-suite-assignee")["id"]
     env.update(
         {
             # devtools_testutils: live mode, no recording (there is no proxy).
@@ -295,21 +312,14 @@ def suite_env(service: Service, suite: Suite, report: Path, run_excluded: bool) 
             # The suites' _test_case.py: the Managed HSM under test. KeysClientPreparer also
             # requires a Key Vault URL; only Managed HSM parametrisations run, so it is the
             # same service.
-            "AZURE_MANAGEDHSM_URL": service.url,
-            "AZURE_KEYVAULT_URL": service.url,
+            "AZURE_MANAGEDHSM_URL": url,
+            "AZURE_KEYVAULT_URL": url,
             "KEYVAULT_SKU": "premium",
             # Backups (administration): the service maps the container URI's last segment to a
             # folder under its data dir; neither the host nor the SAS token is contacted.
             "BLOB_STORAGE_URL": "https://p11vaultsdksuites.blob.core.windows.net",
             "BLOB_CONTAINER_NAME": "sdk-suite-backups",
             "BLOB_STORAGE_SAS_TOKEN": "sv=2024-11-04&ss=b&srt=co&sp=rwl&sig=not-a-real-signature",
-            "MANAGED_IDENTITY_CLIENT_ID": assignee,
-            # The shim: the bearer token and the CA; clients a test builds itself find the CA
-            # through these (requests; aiohttp's default SSL context).
-            "P11VAULT_SDK_TOKEN": service.token,
-            "P11VAULT_SDK_CA": str(service.ca),
-            "REQUESTS_CA_BUNDLE": str(service.ca),
-            "SSL_CERT_FILE": str(service.ca),
             "P11VAULT_SDK_SUITE": suite.name,
             "P11VAULT_SDK_EXCLUSIONS": str(EXCLUSIONS),
             "P11VAULT_SDK_REPORT": str(report),
@@ -322,100 +332,149 @@ def suite_env(service: Service, suite: Suite, report: Path, run_excluded: bool) 
     return env
 
 
-def run_suite(
-    suite: Suite, tests: Path, bin_path: Path, work: Path, pytest_args: List[str], run_excluded: bool, stream: bool
-) -> Result:
-    base = work / f"{suite.name}-service"
-    report = work / f"{suite.name}-report.json"
-    output = work / f"{suite.name}-pytest.log"
-    started = time.monotonic()
-    service = start_service(bin_path, base)
-    problems: List[str] = []
-    cmd = [
+def service_env(env: Dict[str, str], service: Service) -> Dict[str, str]:
+    # A principal for test_role_assignment to assign a role to (on Azure: a managed identity).
+    assignee = service.cli("principal", "create", "--name", "sdk-suite-assignee")["id"]
+    env = dict(env)
+    env.update(
+        {
+            "MANAGED_IDENTITY_CLIENT_ID": assignee,
+            # The shim: the bearer token and the CA; clients a test builds itself find the CA
+            # through these (requests; aiohttp's default SSL context).
+            "P11VAULT_SDK_TOKEN": service.token,
+            "P11VAULT_SDK_CA": str(service.ca),
+            "REQUESTS_CA_BUNDLE": str(service.ca),
+            "SSL_CERT_FILE": str(service.ca),
+        }
+    )
+    return env
+
+
+def pytest_cmd(tests: Path, args: List[str]) -> List[str]:
+    return [
         sys.executable, "-m", "pytest", "-c", str(PYTEST_INI), "--rootdir", str(tests),
-        "-p", "p11vault_sdk_plugin", *pytest_args, str(tests),
+        "-p", "p11vault_sdk_plugin", *args,
     ]  # fmt: skip
-    env = suite_env(service, suite, report, run_excluded)
-    with open(output, "w") as out:
-        proc = subprocess.Popen(
-            cmd, cwd=tests, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, bufsize=1,
-        )  # fmt: skip
-        assert proc.stdout is not None
-        killed = threading.Event()
 
-        def kill() -> None:
-            killed.set()
-            proc.kill()
 
-        timer = threading.Timer(SUITE_TIMEOUT_S, kill)
-        timer.start()
-        for line in proc.stdout:
-            out.write(line)
-            if stream:
-                sys.stdout.write(line)
-                sys.stdout.flush()
-        rc = proc.wait()
-        timer.cancel()
-    if killed.is_set():
+def run_pytest(cmd: List[str], cwd: Path, env: Dict[str, str], stream: bool) -> "tuple[int, str, bool]":
+    """(exit code, output, whether it was killed for taking too long)."""
+    proc = subprocess.Popen(
+        cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, bufsize=1,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    killed = threading.Event()
+
+    def kill() -> None:
+        killed.set()
+        proc.kill()
+
+    timer = threading.Timer(SUITE_TIMEOUT_S, kill)
+    timer.start()
+    out: List[str] = []
+    for line in proc.stdout:
+        out.append(line)
+        if stream:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+    rc = proc.wait()
+    timer.cancel()
+    return rc, "".join(out), killed.is_set()
+
+
+def collect(suite: Suite, tests: Path, work: Path, pytest_args: List[str], run_excluded: bool) -> Dict:
+    """The suite's Managed HSM tests, exclusions and not-applicable counts (no service needed)."""
+    report = work / f"{suite.name}-collected.json"
+    env = suite_env(suite, PLACEHOLDER_URL, report, run_excluded)
+    env["P11VAULT_SDK_CHECK_STALE"] = "1"
+    rc, output, _ = run_pytest(pytest_cmd(tests, ["--collect-only", "-q", *pytest_args, str(tests)]), tests, env, False)
+    try:
+        data = json.loads(report.read_text())
+    except (OSError, ValueError):
+        raise SystemExit(f"collecting {suite.package}'s tests failed (exit {rc}):\n{output}")
+    if rc not in (0, 5):
+        raise SystemExit(f"collecting {suite.package}'s tests failed (exit {rc}):\n{output}")
+    return data
+
+
+def make_shards(suite: Suite, tests: Path, collected: Dict, run_excluded: bool) -> List[Shard]:
+    groups: Dict[str, List[str]] = {}
+    for nodeid, entry in collected["tests"].items():
+        if entry["outcome"] == "excluded" and not run_excluded:
+            continue  # skipped by the plugin: no service needed
+        key = nodeid.split("::", 1)[0] if SHARD_BY[suite.name] == "file" else nodeid
+        groups.setdefault(key, []).append(nodeid)
+    return [Shard(suite, tests, label, sorted(ids)) for label, ids in sorted(groups.items())]
+
+
+def run_shard(shard: Shard, bin_path: Path, work: Path, pytest_args: List[str], run_excluded: bool, stream: bool) -> ShardResult:
+    started = time.monotonic()
+    base = Path(tempfile.mkdtemp(prefix=f"{shard.suite.name}-", dir=work))
+    report = base / "report.json"
+    problems: List[str] = []
+    try:
+        service = start_service(bin_path, base)
+    except SystemExit as exc:  # reported with the shard's tests, which count as not run
+        return ShardResult(shard, {"tests": {}}, [str(exc)], "", "", time.monotonic() - started)
+    env = service_env(suite_env(shard.suite, service.url, report, run_excluded), service)
+    rc, output, killed = run_pytest(pytest_cmd(shard.tests, ["-q", *pytest_args, *shard.nodeids]), shard.tests, env, stream)
+    if killed:
         problems.append(f"pytest was killed after {SUITE_TIMEOUT_S / 60:.0f} minutes")
     stopped = service.stop()
     if stopped:
-        problems.append(f"{stopped}\nstderr:\n{service.stderr_tail()}")
+        problems.append(stopped)
     try:
         data = json.loads(report.read_text())
     except (OSError, ValueError) as exc:
-        data = {"tests": {}, "not_applicable": {}, "unmatched_exclusions": []}
+        data = {"tests": {}}
         problems.append(f"pytest wrote no report ({exc}); exit {rc}")
-    if data.get("unmatched_exclusions"):
-        problems.append("stale exclusions (match no selected test): " + ", ".join(data["unmatched_exclusions"]))
-    if rc not in (0, 1):  # 1: tests failed (counted below); anything else: pytest itself failed
+    if rc not in (0, 1):  # 1: tests failed (counted); anything else: pytest itself failed
         problems.append(f"pytest exited with {rc}")
+    stderr = service.stderr_tail()
     if os.environ.get("P11VAULT_KEEP_DATA") != "1":
         shutil.rmtree(base, ignore_errors=True)
-    return Result(suite, data, rc, problems, output, time.monotonic() - started)
+    return ShardResult(shard, data, problems, output, stderr, time.monotonic() - started)
 
 
 # --------------------------------------------------------------------------------------------
 # Counting
 # --------------------------------------------------------------------------------------------
 
-
+OUTCOMES = ("passed", "failed", "skipped", "excluded", "not run")
 NOT_APPLICABLE = {
     "key_vault_only": "Key Vault-only parametrisations",
     "offline": "offline unit tests",
     "other_api_version": "non-default API versions (skipped by the suite in live mode)",
+    "playback_only": "playback-only tests",
 }
 
 
-def counts(result: Result) -> Dict[str, int]:
-    c = {k: 0 for k in ("passed", "failed", "skipped", "excluded", "not run")}
-    for entry in result.report.get("tests", {}).values():
-        outcome = entry["outcome"]
-        if outcome.startswith("excluded"):
-            outcome = "excluded"
-        c[outcome] = c.get(outcome, 0) + 1
-    return c
-
-
-def print_summary(results: List[Result]) -> bool:
+def print_summary(suites: List[Suite], collected: Dict[str, Dict], results: List[ShardResult]) -> bool:
     ok = True
     print()
     log("SDK suites: Managed HSM tests live against p11vault")
-    total = {k: 0 for k in ("passed", "failed", "skipped", "excluded", "not run")}
-    for r in results:
-        c = counts(r)
+    total = dict.fromkeys(OUTCOMES, 0)
+    for suite in suites:
+        tests = {k: dict(v) for k, v in collected[suite.name]["tests"].items()}
+        shard_results = [r for r in results if r.shard.suite is suite]
+        for r in shard_results:
+            for nodeid, entry in r.report.get("tests", {}).items():
+                tests[nodeid] = entry
+        c = dict.fromkeys(OUTCOMES, 0)
+        for entry in tests.values():
+            c["excluded" if entry["outcome"].startswith("excluded") else entry["outcome"]] += 1
         for k in total:
-            total[k] += c.get(k, 0)
-        na = r.report.get("not_applicable", {})
+            total[k] += c[k]
+        na = collected[suite.name].get("not_applicable", {})
+        busiest = max((r.seconds for r in shard_results), default=0)
         print(
-            f"{r.suite.package} {r.suite.version}: {c['passed']} passed, {c['failed']} failed, "
+            f"{suite.package} {suite.version}: {c['passed']} passed, {c['failed']} failed, "
             f"{c['skipped']} skipped by the test, {c['excluded']} excluded (exclusions.toml), "
-            f"of {sum(c.values())} Managed HSM tests; not applicable (deselected): "
-            + ", ".join(f"{n} {NOT_APPLICABLE.get(k, k)}" for k, n in sorted(na.items()))
-            + f"; {r.seconds:.0f} s"
+            f"of {len(tests)} Managed HSM tests; not applicable (deselected): "
+            + (", ".join(f"{n} {NOT_APPLICABLE.get(k, k)}" for k, n in sorted(na.items())) or "none")
+            + f"; {len(shard_results)} shards, the longest {busiest:.0f} s"
         )
-        tests = r.report.get("tests", {})
         for nodeid, entry in sorted(tests.items()):
             if entry["outcome"] == "failed":
                 print(f"  FAILED {nodeid}: {entry.get('message', '')}")
@@ -425,21 +484,34 @@ def print_summary(results: List[Result]) -> bool:
                 print(f"  excluded but PASSED (remove it from exclusions.toml?) {nodeid}")
             elif entry["outcome"] == "not run":
                 print(f"  NOT RUN {nodeid}")
-        for problem in r.problems:
+        stale = collected[suite.name].get("unmatched_exclusions", [])
+        if stale:
+            print("  PROBLEM: stale exclusions (match no Managed HSM test): " + ", ".join(stale))
+        problems = [f"{r.shard.label}: {p}" for r in shard_results for p in r.problems]
+        for problem in problems:
             print(f"  PROBLEM: {problem}")
-        if c["failed"] or c["not run"] or r.problems or not tests:
+        if c["failed"] or c["not run"] or stale or problems or not tests:
             ok = False
-    passed, failed, skipped = total["passed"], total["failed"], total["skipped"] + total["excluded"]
+    skipped = total["skipped"] + total["excluded"]
     print("SDK suites " + ("passed" if ok else "FAILED"))
-    print(f"sdk-suites: {passed} passed, {failed} failed, {skipped} skipped")
+    print(f"sdk-suites: {total['passed']} passed, {total['failed']} failed, {skipped} skipped")
     return ok
+
+
+def print_shard(r: ShardResult) -> None:
+    log(f"{r.shard.suite.package}: {r.shard.label} ({r.seconds:.0f} s)")
+    sys.stdout.write(r.output)
+    failed = any(e["outcome"] in ("failed", "excluded-failed") for e in r.report.get("tests", {}).values())
+    if failed or r.problems:
+        print(f"-- p11vault stderr (tail):\n{r.service_stderr}")
+    sys.stdout.flush()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--suite", choices=sorted(SUITES), action="append", help="default: both")
     parser.add_argument("--bin", default=os.environ.get("P11VAULT_BIN") or str(REPO_ROOT / "target/debug/p11vault"))
-    parser.add_argument("--serial", action="store_true", help="one suite after the other (default: side by side)")
+    parser.add_argument("--jobs", type=int, default=8, help="shards run at once (default 8; 1 streams the output)")
     parser.add_argument("--run-excluded", action="store_true", help="run the listed tests too (to check the list)")
     parser.add_argument("pytest_args", nargs="*", help="after --: passed to pytest (e.g. -k rotation)")
     args = parser.parse_args()
@@ -454,36 +526,25 @@ def main() -> int:
     started = time.monotonic()
     try:
         unpacked = {s.name: unpack_tests(s, fetch_sdist(s, work), work) for s in suites}
-        pytest_args = ["-q", *args.pytest_args]
-        side_by_side = len(suites) > 1 and not args.serial
-        results: List[Result] = []
-        if side_by_side:
-            # The suites spend much of their time in the live-mode waits the tests make for
-            # Azure (up to 75 s per backup test); each has its own service, so they overlap.
-            log("running " + " and ".join(s.package for s in suites) + " side by side")
-            done: "queue.Queue[Result | BaseException]" = queue.Queue()
-
-            def worker(s: Suite) -> None:
-                try:
-                    done.put(run_suite(s, unpacked[s.name], bin_path, work, pytest_args, args.run_excluded, False))
-                except BaseException as exc:  # noqa: BLE001 - reported below
-                    done.put(exc)
-
-            for s in suites:
-                threading.Thread(target=worker, args=(s,), daemon=True).start()
-            for _ in suites:
-                item = done.get()
-                if isinstance(item, BaseException):
-                    raise item
-                log(f"{item.suite.package} {item.suite.version} (pytest output)")
-                sys.stdout.write(item.output.read_text())
-                results.append(item)
+        collected = {s.name: collect(s, unpacked[s.name], work, args.pytest_args, args.run_excluded) for s in suites}
+        shards = [sh for s in suites for sh in make_shards(s, unpacked[s.name], collected[s.name], args.run_excluded)]
+        jobs = max(1, args.jobs)
+        log(f"{len(shards)} shards, {jobs} at a time, each on a fresh p11vault")
+        results: List[ShardResult] = []
+        if jobs == 1:
+            for sh in shards:
+                log(f"{sh.suite.package}: {sh.label}")
+                results.append(run_shard(sh, bin_path, work, args.pytest_args, args.run_excluded, True))
         else:
-            for s in suites:
-                log(f"{s.package} {s.version}")
-                results.append(run_suite(s, unpacked[s.name], bin_path, work, pytest_args, args.run_excluded, True))
-        results.sort(key=lambda r: r.suite.name != "keys")
-        ok = print_summary(results)
+            with concurrent.futures.ThreadPoolExecutor(max_workers=jobs) as pool:
+                futures = [
+                    pool.submit(run_shard, sh, bin_path, work, args.pytest_args, args.run_excluded, False)
+                    for sh in shards
+                ]
+                for future in concurrent.futures.as_completed(futures):
+                    results.append(future.result())
+                    print_shard(results[-1])
+        ok = print_summary(suites, collected, results)
         log(f"SDK suites took {time.monotonic() - started:.0f} s")
         return 0 if ok else 1
     finally:
