@@ -10,6 +10,11 @@ pub enum Error {
     /// The request is malformed or names something unsupported (400 BadParameter).
     #[error("{0}")]
     BadParameter(String),
+    /// The request is well formed, but this HSM cannot do what it asks (400 BadParameter with
+    /// an inner code naming what is missing, as Azure Key Vault answers a vault asked for what
+    /// only a Managed HSM offers).
+    #[error("{message}")]
+    NotSupported { message: String, inner: Reason },
     /// The body is larger than the service accepts (413).
     #[error("the request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
@@ -77,6 +82,8 @@ pub enum Reason {
     FullBackupRequired,
     RoleAssignmentExists,
     RoleDefinitionInUse,
+    /// The token can attest nothing about its keys.
+    KeyAttestationNotSupported,
 }
 
 /// What, other than a key, does not exist.
@@ -95,6 +102,7 @@ impl Error {
         let said = |kind, message: &str| (kind, message.to_owned());
         match self {
             Error::BadParameter(m) => said(FailureKind::BadParameter, m),
+            Error::NotSupported { message, .. } => said(FailureKind::BadParameter, message),
             Error::KeyNotFound(m) => said(FailureKind::KeyNotFound, m),
             Error::NotFound { message, .. } => said(FailureKind::NotFound, message),
             Error::Conflict { message, .. } => said(FailureKind::Conflict, message),

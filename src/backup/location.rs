@@ -32,6 +32,9 @@ pub trait BackupLocation: Send + Sync {
         data: &[u8],
     ) -> Result<(), Error>;
     fn read(&self, container: &Container, folder: &str, file: &str) -> Result<Vec<u8>, Error>;
+    /// Whether a backup could write a new folder into the container now, found out without
+    /// leaving anything behind (`POST /prebackup`).
+    fn check_writable(&self, container: &Container) -> Result<(), Error>;
 }
 
 /// The default store: one directory per container under `root`.
@@ -137,6 +140,10 @@ impl BackupLocation for DirLocation {
         Ok(())
     }
 
+    fn check_writable(&self, container: &Container) -> Result<(), Error> {
+        self.probe(container)
+    }
+
     fn read(&self, container: &Container, folder: &str, file: &str) -> Result<Vec<u8>, Error> {
         check_folder(folder)?;
         let path = self.dir(container).join(folder).join(file);
@@ -148,6 +155,49 @@ impl BackupLocation for DirLocation {
                 container.uri
             )),
             _ => Error::Internal(format!("reading {}: {e}", path.display())),
+        })
+    }
+}
+
+impl DirLocation {
+    /// The check of [`BackupLocation::check_writable`]: a directory is made and removed where
+    /// a backup would make its folder — in the container, or, before the first backup made the
+    /// container, in the nearest directory above it that exists. Its name starts with a dot,
+    /// which no folder name may, so it can never be taken for a backup. Only a real write
+    /// answers the question (permissions, ACLs, a read-only mount, quotas all show).
+    fn probe(&self, container: &Container) -> Result<(), Error> {
+        let dir = self.dir(container);
+        let mut at = dir.as_path();
+        while !at.is_dir() {
+            at = at
+                .parent()
+                .ok_or_else(|| Error::Internal(format!("no directory above {}", dir.display())))?;
+        }
+        let probe = at.join(format!(".p11vault-check-{}", uuid::Uuid::new_v4().simple()));
+        let refused = |e: std::io::Error| {
+            tracing::warn!(path = %probe.display(), error = %e, "the backup location cannot be written");
+            let why = match e.kind() {
+                std::io::ErrorKind::PermissionDenied => "the service may not write there".into(),
+                std::io::ErrorKind::ReadOnlyFilesystem => "it is on a read-only file system".into(),
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+                    "its storage is full".into()
+                }
+                kind => format!("writing there failed ({kind})"),
+            };
+            Error::Forbidden {
+                message: format!(
+                    "A backup cannot be written to the container {}: {why}. Ask the operator to fix the backup directory; nothing was changed.",
+                    container.uri
+                ),
+                inner: None,
+            }
+        };
+        std::fs::create_dir(&probe).map_err(refused)?;
+        std::fs::remove_dir(&probe).map_err(|e| {
+            Error::Internal(format!(
+                "could not remove the probe {}: {e}",
+                probe.display()
+            ))
         })
     }
 }
@@ -228,5 +278,31 @@ mod tests {
             loc.read(&c, "nope", "backup.p11b"),
             Err(Error::BadParameter(_))
         ));
+    }
+
+    #[test]
+    fn the_write_check_leaves_nothing_and_sees_where_it_may_not_write() {
+        let tmp = tempfile::tempdir().expect("a temp dir");
+        let root = tmp.path().join("root");
+        let loc = DirLocation::new(root.clone());
+        let c = loc.container("https://h/backups").expect("container");
+        // Neither the root nor the container exists yet: the nearest directory above is tried.
+        loc.check_writable(&c).expect("the temp dir is writable");
+        assert!(!root.exists(), "the check made nothing");
+        std::fs::create_dir_all(root.join("backups")).expect("mkdir");
+        loc.check_writable(&c).expect("the container is writable");
+        let left: Vec<_> = std::fs::read_dir(root.join("backups"))
+            .expect("lists")
+            .collect();
+        assert!(left.is_empty(), "the check left {left:?}");
+        // A directory nobody may make directories in, root included (sysfs).
+        let sys = DirLocation::new(PathBuf::from("/sys/p11vault-no-such-dir"));
+        if std::path::Path::new("/sys").is_dir() {
+            let refused = sys.check_writable(&c);
+            assert!(
+                matches!(refused, Err(Error::Forbidden { .. })),
+                "{refused:?}"
+            );
+        }
     }
 }

@@ -100,6 +100,9 @@ impl Backups {
                 JobKind::SelectiveRestore => {
                     "The service stopped during the restore; the key is back only if it is listed now."
                 }
+                JobKind::PreBackup | JobKind::PreRestore => {
+                    "The service stopped during the check, which changes nothing; start it again."
+                }
             };
             let id = job.id.clone();
             self.blocking(move |s| {
@@ -223,17 +226,9 @@ impl Backups {
         }
         // A backup or key restore accepted before would run after the restore, over the
         // state it put back.
-        let busy = self
-            .blocking(|s| s.unfinished_jobs())
-            .await
-            .map(|j| !j.is_empty());
-        if !matches!(busy, Ok(false)) {
+        if let Err(e) = self.refuse_busy().await {
             self.restoring.store(false, Ordering::SeqCst);
-            busy?;
-            return Err(Error::Conflict {
-                message: "A backup or a key restore is under way; start the full restore once it has finished.".into(),
-                inner: None,
-            });
+            return Err(e);
         }
         let job = match self
             .new_job(
@@ -278,6 +273,19 @@ impl Backups {
             this.finish(&id, outcome, "Full restore").await;
         });
         Ok(job)
+    }
+
+    /// 409 while a backup or key restore job is under way (checks change nothing and do not
+    /// count).
+    async fn refuse_busy(&self) -> Result<(), Error> {
+        let jobs = self.blocking(|s| s.unfinished_jobs()).await?;
+        if jobs.iter().any(|j| !j.kind.is_check()) {
+            return Err(Error::Conflict {
+                message: "A backup or a key restore is under way; start the full restore once it has finished.".into(),
+                inner: None,
+            });
+        }
+        Ok(())
     }
 
     async fn run_restore(
@@ -346,6 +354,85 @@ impl Backups {
                 inner: Some(Reason::FullBackupRequired),
             }),
         }
+    }
+
+    // ----- checks (7.6: pre-backup and pre-restore) ------------------------------------------
+
+    /// Starts the check of whether a full backup into the container would succeed: the
+    /// container can take a new folder, and the token wraps every version of every key under
+    /// the domain and seals the result, as the backup does; the sealed file is thrown away and
+    /// nothing is written. A URI the backup would refuse is refused now (400).
+    pub async fn start_pre_backup(self: &Arc<Self>, storage_uri: &str) -> Result<Job, Error> {
+        let container = self.location.container(storage_uri)?;
+        let job = self
+            .new_job(JobKind::PreBackup, &container, None, None)
+            .await?;
+        let this = Arc::clone(self);
+        let id = job.id.clone();
+        tokio::spawn(async move {
+            let outcome = this.check_backup(&id, &container).await;
+            this.finish(&id, outcome, "Pre-backup check").await;
+        });
+        Ok(job)
+    }
+
+    async fn check_backup(self: &Arc<Self>, id: &str, container: &Container) -> Result<(), Error> {
+        {
+            let (location, container) = (Arc::clone(&self.location), container.clone());
+            blocking_io(move || location.check_writable(&container)).await?;
+        }
+        let progress = self.progress(id, "Pre-backup check is in progress");
+        let (sealed, _) = self
+            .keys
+            .full_backup(self.settings.hsm_name.clone(), progress)
+            .await?;
+        drop(sealed);
+        Ok(())
+    }
+
+    /// Starts the check of whether a full restore from the folder would succeed, in the order
+    /// the restore checks (so the check fails as the restore would): a recent full backup holds
+    /// the current state, the folder holds a backup, it opens under this HSM's security domain
+    /// and authenticates, no full restore, backup or key restore is under way, the token makes
+    /// every key kind it holds, and every version unwraps (into session objects, destroyed at
+    /// once). Nothing is changed. A URI or folder name the restore would refuse is refused
+    /// now (400).
+    pub async fn start_pre_restore(self: &Arc<Self>, source: RestoreSource) -> Result<Job, Error> {
+        let container = self.location.container(&source.container_uri)?;
+        location::check_folder(&source.folder)?;
+        let job = self
+            .new_job(
+                JobKind::PreRestore,
+                &container,
+                Some(source.folder.clone()),
+                None,
+            )
+            .await?;
+        let this = Arc::clone(self);
+        let id = job.id.clone();
+        tokio::spawn(async move {
+            let outcome = this.check_restore(&container, &source.folder).await;
+            this.finish(&id, outcome, "Pre-restore check").await;
+        });
+        Ok(job)
+    }
+
+    async fn check_restore(
+        self: &Arc<Self>,
+        container: &Container,
+        folder: &str,
+    ) -> Result<(), Error> {
+        self.require_recent_backup().await?;
+        let raw = self.read_backup(container, folder).await?;
+        let backup = self.keys.open_full_backup(&raw).await?;
+        if self.restoring() {
+            return Err(Error::Conflict {
+                message: "A full restore is already under way.".into(),
+                inner: None,
+            });
+        }
+        self.refuse_busy().await?;
+        self.keys.check_full_restore(&backup).await
     }
 
     // ----- selective key restore ------------------------------------------------------------
@@ -427,6 +514,8 @@ impl Backups {
             JobKind::Backup => "Full backup is in progress",
             JobKind::Restore => "Full restore is in progress",
             JobKind::SelectiveRestore => "Selective key restore is in progress",
+            JobKind::PreBackup => "Pre-backup check is in progress",
+            JobKind::PreRestore => "Pre-restore check is in progress",
         };
         let job = Job {
             id: uuid::Uuid::new_v4().simple().to_string(),

@@ -13,13 +13,17 @@ use super::{
 use crate::model::{Curve, KeyFamily, KeyKind, KeyOps, PublicKey, VersionId};
 
 impl Hsm {
-    /// Generates a key version in the token and reads back its public part.
+    /// Generates a key version in the token and reads back its public part. An RSA key gets
+    /// `public_exponent`; a token that will not make one with that exponent (other than F4,
+    /// which every token makes) is a client error, and so is one that made the key with
+    /// another exponent (the objects it made are destroyed by the caller's rollback).
     pub fn generate(
         &self,
         session: &Session,
         id: VersionId,
         label: &[u8],
         kind: KeyKind,
+        public_exponent: u32,
         ops: &KeyOps,
     ) -> Result<(KeyHandles, PublicKey)> {
         let extraction = self.settings.extraction;
@@ -36,15 +40,32 @@ impl Hsm {
                 )
             }
             KeyKind::Rsa { bits } => {
+                let exponent = exponent_bytes(public_exponent);
                 let params = vec![
                     Attribute::ModulusBits(u64::from(bits).into()),
-                    Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
+                    Attribute::PublicExponent(exponent.clone()),
                 ];
                 let (pub_t, priv_t) =
                     templates::pair_generate(id, label, KeyFamily::Rsa, params, ops, extraction);
-                let (public, secret) =
-                    session.generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &pub_t, &priv_t)?;
+                let custom = public_exponent != crate::model::DEFAULT_PUBLIC_EXPONENT;
+                let (public, secret) = session
+                    .generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &pub_t, &priv_t)
+                    .map_err(|e| match e {
+                        cryptoki::error::Error::Pkcs11(rv, _)
+                            if custom && refuses_the_template(rv) =>
+                        {
+                            Error::Rejected(
+                                "the HSM's token refuses to make an RSA key with this public exponent",
+                            )
+                        }
+                        other => other.into(),
+                    })?;
                 let key = read_rsa_public(session, public)?;
+                if !matches!(&key, PublicKey::Rsa { e, .. } if *e == exponent) {
+                    return Err(Error::Rejected(
+                        "the HSM's token made the RSA key with another public exponent than the one asked for",
+                    ));
+                }
                 (
                     KeyHandles {
                         secret,
@@ -201,6 +222,34 @@ fn wipe_template(tmpl: &mut [Attribute]) {
             _ => {}
         }
     }
+}
+
+/// An exponent as `CKA_PUBLIC_EXPONENT` takes it: big-endian, without leading zeros.
+fn exponent_bytes(e: u32) -> Vec<u8> {
+    let bytes = e.to_be_bytes();
+    let first = bytes
+        .iter()
+        .position(|b| *b != 0)
+        .unwrap_or(bytes.len() - 1);
+    bytes[first..].to_vec()
+}
+
+/// Return values by which a token refuses a key-pair template (here: its public exponent).
+/// SoftHSM2 answers an exponent its crypto library refuses with `CKR_GENERAL_ERROR`; the call
+/// runs through the probe of ambiguous errors, so a token that went away is still a 503.
+fn refuses_the_template(rv: RvError) -> bool {
+    matches!(
+        rv,
+        RvError::TemplateInconsistent
+            | RvError::TemplateIncomplete
+            | RvError::AttributeValueInvalid
+            | RvError::MechanismParamInvalid
+            | RvError::ArgumentsBad
+            | RvError::DomainParamsInvalid
+            | RvError::GeneralError
+            | RvError::FunctionFailed
+            | RvError::DeviceError
+    )
 }
 
 fn read_rsa_public(session: &Session, handle: ObjectHandle) -> Result<PublicKey> {

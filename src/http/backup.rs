@@ -40,6 +40,10 @@ pub struct StorageIn {
         reason = "accepted as Azure's API has it; the directory store needs no SAS token"
     )]
     token: Option<String>,
+    #[allow(
+        dead_code,
+        reason = "accepted as Azure's API has it; the directory store needs no identity either"
+    )]
     use_managed_identity: Option<bool>,
 }
 
@@ -90,7 +94,7 @@ fn operation(job: Job) -> OperationOut {
     let container_uri = match (job.kind, &job.folder) {
         // The folder URL, as a later restore wants it (the Python SDK's `folder_url`).
         (JobKind::Backup, Some(folder)) => Some(format!("{}/{folder}", job.container)),
-        (JobKind::Backup, None) => Some(job.container.clone()),
+        (JobKind::Backup, None) | (JobKind::PreBackup, _) => Some(job.container.clone()),
         _ => None,
     };
     OperationOut {
@@ -114,8 +118,8 @@ fn operation(job: Job) -> OperationOut {
 /// 202 with the status URL clients poll (`Azure-AsyncOperation`) and how long to wait.
 fn accepted(state: &AppState, job: Job, api_version: Option<&str>) -> Response {
     let kind = match job.kind {
-        JobKind::Backup => "backup",
-        JobKind::Restore | JobKind::SelectiveRestore => "restore",
+        JobKind::Backup | JobKind::PreBackup => "backup",
+        JobKind::Restore | JobKind::SelectiveRestore | JobKind::PreRestore => "restore",
     };
     let mut url = format!("{}/{kind}/{}/pending", state.public_url, job.id);
     if let Some(v) = api_version {
@@ -137,11 +141,8 @@ fn storage_uri(storage: Option<StorageIn>) -> Result<String, Error> {
             "The request lacks 'sasTokenParameters' (the storage container).".into(),
         )
     })?;
-    if storage.use_managed_identity == Some(true) {
-        return Err(Error::BadParameter(
-            "Managed identities do not exist here; name the container in 'storageResourceUri' (the backup location is configured on the service).".into(),
-        ));
-    }
+    // Neither a SAS token nor `useManagedIdentity` is needed: who may write backups is decided
+    // by RBAC and the backup directory's permissions, so both forms are accepted alike.
     storage.storage_resource_uri.ok_or_else(|| {
         Error::BadParameter(
             "The request lacks 'storageResourceUri' (the storage container).".into(),
@@ -186,6 +187,40 @@ pub async fn start_backup(
     Ok(accepted(&state, job, query.get("api-version")?))
 }
 
+/// `POST /prebackup`: the checks of a full backup, as a job whose status says whether the
+/// backup would succeed. A body the backup would refuse is refused the same way (400).
+pub async fn start_pre_backup(
+    State(state): State<AppState>,
+    AzQuery(query): AzQuery,
+    AzJson(body): AzJson<StorageIn>,
+) -> Result<Response, Error> {
+    let uri = storage_uri(Some(body))?;
+    let job = state.backups.start_pre_backup(&uri).await?;
+    Ok(accepted(&state, job, query.get("api-version")?))
+}
+
+/// `PUT /prerestore`: the checks of a full restore, as a job whose status says whether the
+/// restore would succeed (the folder exists and is a backup of this HSM's domain that the token
+/// can unwrap, a recent full backup holds the current state, nothing else runs).
+pub async fn start_pre_restore(
+    State(state): State<AppState>,
+    AzQuery(query): AzQuery,
+    AzJson(body): AzJson<RestoreIn>,
+) -> Result<Response, Error> {
+    let container_uri = storage_uri(body.sas_token_parameters)?;
+    let folder = body.folder_to_restore.ok_or_else(|| {
+        Error::BadParameter("The request lacks 'folderToRestore' (the backup folder).".into())
+    })?;
+    let job = state
+        .backups
+        .start_pre_restore(RestoreSource {
+            container_uri,
+            folder,
+        })
+        .await?;
+    Ok(accepted(&state, job, query.get("api-version")?))
+}
+
 /// A status body; while the job runs, with `Retry-After` so clients poll at our pace.
 fn status_response(job: Job) -> Response {
     let running = job.status == JobStatus::InProgress;
@@ -202,7 +237,10 @@ pub async fn backup_status(
     State(state): State<AppState>,
     AzPath(job): AzPath<String>,
 ) -> Result<Response, Error> {
-    let job = state.backups.job(&job, &[JobKind::Backup]).await?;
+    let job = state
+        .backups
+        .job(&job, &[JobKind::Backup, JobKind::PreBackup])
+        .await?;
     Ok(status_response(job))
 }
 
@@ -255,7 +293,14 @@ pub async fn restore_status(
 ) -> Result<Response, Error> {
     let job = state
         .backups
-        .job(&job, &[JobKind::Restore, JobKind::SelectiveRestore])
+        .job(
+            &job,
+            &[
+                JobKind::Restore,
+                JobKind::SelectiveRestore,
+                JobKind::PreRestore,
+            ],
+        )
         .await?;
     Ok(status_response(job))
 }

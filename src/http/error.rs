@@ -23,6 +23,7 @@ fn reason_code(reason: Reason) -> &'static str {
         Reason::FullBackupRequired => "FullBackupRequired",
         Reason::RoleAssignmentExists => "RoleAssignmentExists",
         Reason::RoleDefinitionInUse => "RoleDefinitionInUse",
+        Reason::KeyAttestationNotSupported => "KeyAttestationNotSupported",
     }
 }
 
@@ -108,6 +109,12 @@ impl IntoResponse for Error {
                 failure_code(FailureKind::BadParameter),
                 m,
                 None,
+            ),
+            Error::NotSupported { message, inner } => error_response(
+                StatusCode::BAD_REQUEST,
+                failure_code(FailureKind::BadParameter),
+                message,
+                Some(reason_code(*inner)),
             ),
             Error::PayloadTooLarge { limit } => error_response(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -214,6 +221,14 @@ mod tests {
     async fn every_variant_maps_to_its_status_and_an_azure_body() {
         let cases = [
             (Error::BadParameter("b".into()), 400, "BadParameter"),
+            (
+                Error::NotSupported {
+                    message: "n".into(),
+                    inner: Reason::KeyAttestationNotSupported,
+                },
+                400,
+                "BadParameter",
+            ),
             (
                 Error::PayloadTooLarge { limit: 10 },
                 413,

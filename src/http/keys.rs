@@ -15,7 +15,7 @@ use crate::keys::import::{JwkIn, material_from_jwk};
 use crate::keys::{KeyPatch, NewKey};
 use crate::model::{
     Attributes, Curve, KeyFamily, KeyKind, KeyName, KeyOps, OCT_SIZES, PublicKey, RSA_SIZES,
-    Retention, Tags, VersionId, VersionRecord, validate_tags,
+    Retention, Tags, VersionId, VersionRecord, check_public_exponent, validate_tags,
 };
 
 /// Page size when the client names none, and the largest it may name.
@@ -237,20 +237,23 @@ fn refuse_release_policy(policy: &Option<serde_json::Value>) -> Result<(), Error
     }
 }
 
-fn key_kind(body: &CreateIn) -> Result<KeyKind, Error> {
+/// The kind of key a create asks for, and its RSA public exponent if it names one.
+fn key_kind(body: &CreateIn) -> Result<(KeyKind, Option<u32>), Error> {
     let kty = body
         .kty
         .as_deref()
         .ok_or_else(|| Error::BadParameter("The request lacks the key type 'kty'.".into()))?;
     let family = KeyFamily::parse_kty(kty)?;
-    if body.public_exponent.is_some_and(|e| e != 65537)
-        || (family != KeyFamily::Rsa && body.public_exponent.is_some())
-    {
-        return Err(Error::BadParameter(
-            "Only RSA keys take 'public_exponent', and the only supported value is 65537.".into(),
-        ));
-    }
-    match family {
+    let exponent = match (family, body.public_exponent) {
+        (_, None) => None,
+        (KeyFamily::Rsa, Some(e)) => Some(check_public_exponent(e)?),
+        (_, Some(_)) => {
+            return Err(Error::BadParameter(
+                "Only RSA keys take 'public_exponent'.".into(),
+            ));
+        }
+    };
+    let kind = match family {
         KeyFamily::Rsa => {
             let bits = body.key_size.unwrap_or(2048);
             if body.crv.is_some() {
@@ -263,7 +266,7 @@ fn key_kind(body: &CreateIn) -> Result<KeyKind, Error> {
                     "The RSA key size {bits} is not supported; use 2048, 3072 or 4096."
                 )));
             }
-            Ok(KeyKind::Rsa { bits })
+            KeyKind::Rsa { bits }
         }
         KeyFamily::Ec => {
             let curve = match body.crv.as_deref() {
@@ -275,7 +278,7 @@ fn key_kind(body: &CreateIn) -> Result<KeyKind, Error> {
                     "An EC key takes 'crv', not 'key_size'.".into(),
                 ));
             }
-            Ok(KeyKind::Ec { curve })
+            KeyKind::Ec { curve }
         }
         KeyFamily::Oct => {
             let bits = body.key_size.unwrap_or(256);
@@ -289,9 +292,10 @@ fn key_kind(body: &CreateIn) -> Result<KeyKind, Error> {
                     "The oct key size {bits} is not supported; use 128, 192 or 256."
                 )));
             }
-            Ok(KeyKind::Oct { bits })
+            KeyKind::Oct { bits }
         }
-    }
+    };
+    Ok((kind, exponent))
 }
 
 fn key_ops(raw: Option<Vec<String>>, family: KeyFamily) -> Result<KeyOps, Error> {
@@ -370,9 +374,10 @@ pub async fn create_key(
     AzJson(body): AzJson<CreateIn>,
 ) -> Result<Json<KeyBundleOut>, Error> {
     let name = KeyName::parse(&name)?;
-    let kind = key_kind(&body)?;
+    let (kind, public_exponent) = key_kind(&body)?;
     let spec = NewKey {
         kind,
+        public_exponent,
         ops: key_ops(body.key_ops, kind.family())?,
         attributes: new_attributes(body.attributes, &body.release_policy)?,
         tags: tags(body.tags)?,
@@ -393,6 +398,7 @@ pub async fn import_key(
     let (material, kind) = material_from_jwk(&jwk)?;
     let spec = NewKey {
         kind,
+        public_exponent: None,
         ops: key_ops(jwk.key_ops.clone(), kind.family())?,
         attributes: new_attributes(body.attributes, &body.release_policy)?,
         tags: tags(body.tags)?,
@@ -424,6 +430,41 @@ pub async fn get_version(
     })?;
     let record = state.keys.get(&name, Some(version)).await?;
     Ok(Json(bundle(&state, &record)))
+}
+
+/// `GET /keys/{name}/{version}/attestation`; the SDKs and az send an empty version for the
+/// latest (`/keys/{name}//attestation`). Authorised like `get`; refused once the key is found
+/// ([`crate::keys::KeyService::attestation`]).
+pub async fn get_attestation(
+    State(state): State<AppState>,
+    AzPath((name, version)): AzPath<(String, String)>,
+) -> Result<Json<KeyBundleOut>, Error> {
+    attestation(state, name, Some(version)).await
+}
+
+pub async fn get_attestation_latest(
+    State(state): State<AppState>,
+    AzPath(name): AzPath<String>,
+) -> Result<Json<KeyBundleOut>, Error> {
+    attestation(state, name, None).await
+}
+
+async fn attestation(
+    state: AppState,
+    name: String,
+    version: Option<String>,
+) -> Result<Json<KeyBundleOut>, Error> {
+    let name = KeyName::parse(&name)?;
+    let version = match version.filter(|v| !v.is_empty()) {
+        None => None,
+        Some(raw) => Some(version_segment(&raw).ok_or_else(|| {
+            Error::KeyNotFound(format!(
+                "A key with (name/id) {name}/{} was not found in this key vault.",
+                crate::model::truncate_for_message(&raw)
+            ))
+        })?),
+    };
+    match state.keys.attestation(&name, version).await? {}
 }
 
 pub async fn list_keys(

@@ -118,6 +118,8 @@ pub fn router(state: AppState) -> Router {
         .route("/keys/{name}/backup", post(backup::backup_key))
         .route("/keys/{name}/restore", put(backup::start_selective_restore))
         .route("/backup", post(backup::start_backup))
+        .route("/prebackup", post(backup::start_pre_backup))
+        .route("/prerestore", put(backup::start_pre_restore))
         .route(BACKUP_STATUS, get(backup::backup_status))
         .route("/restore", put(backup::start_restore))
         .route(RESTORE_STATUS, get(backup::restore_status))
@@ -128,6 +130,14 @@ pub fn router(state: AppState) -> Router {
             get(rotation::get_policy).put(rotation::put_policy),
         )
         .route("/keys/{name}/versions", get(keys::list_versions))
+        .route(
+            "/keys/{name}/{version}/attestation",
+            get(keys::get_attestation),
+        )
+        .route(
+            "/keys/{name}//attestation",
+            get(keys::get_attestation_latest),
+        )
         .route("/keys/{name}/{version}/{operation}", post(crypto::operate))
         .route("/keys/{name}//{operation}", post(crypto::operate_latest))
         .route("/rng", post(crypto::random))
@@ -333,7 +343,13 @@ pub fn requirement(
         ("GET", "/keys") => need(Action::KeysRead),
         (
             "GET",
-            "/keys/{name}" | "/keys/{name}/" | "/keys/{name}/{version}" | "/keys/{name}/versions",
+            "/keys/{name}"
+            | "/keys/{name}/"
+            | "/keys/{name}/{version}"
+            | "/keys/{name}/versions"
+            // Attestation is the key's public part and what the HSM says of it: the get right.
+            | "/keys/{name}/{version}/attestation"
+            | "/keys/{name}//attestation",
         ) => need(Action::KeysRead),
         ("PUT", "/keys/{name}") => need(Action::KeysImport),
         ("PATCH", "/keys/{name}" | "/keys/{name}/" | "/keys/{name}/{version}") => {
@@ -376,7 +392,12 @@ pub fn requirement(
             action: Action::RestoreStart,
             key: None,
         }),
-        ("POST", "/backup") => need(Action::BackupStart),
+        // The checks need what the operation they check needs.
+        ("POST", "/backup" | "/prebackup") => need(Action::BackupStart),
+        ("PUT", "/prerestore") => Ok(Requirement {
+            action: Action::RestoreStart,
+            key: None,
+        }),
         ("GET", BACKUP_STATUS) => need(Action::BackupStatus),
         ("GET", RESTORE_STATUS) => need(Action::RestoreStatus),
         _ => Err(Error::Internal(format!(

@@ -347,10 +347,7 @@ impl KeyService {
             // Every version must unwrap before anything is destroyed: a backup whose material
             // the token refuses would otherwise fail after the point of no return, on every
             // start.
-            for v in backup.state.keys.iter().flat_map(|k| &k.versions) {
-                this.refuse_unsupported(v.kind)?;
-            }
-            this.trial_unwrap(&backup).await?;
+            this.check_full_restore(&backup).await?;
             failpoint::hit("restore.before_journal");
             let journal = RestoreJournal {
                 job: job.clone(),
@@ -378,6 +375,16 @@ impl KeyService {
             }
         })
         .await
+    }
+
+    /// What a full restore checks of a backup's contents before its point of no return (and
+    /// `PUT /prerestore` checks alike): the token makes every kind of key the backup holds,
+    /// and every version unwraps into a session object, destroyed at once. Changes nothing.
+    pub async fn check_full_restore(self: &Arc<Self>, backup: &FullBackup) -> Result<(), Error> {
+        for v in backup.state.keys.iter().flat_map(|k| &k.versions) {
+            self.refuse_unsupported(v.kind)?;
+        }
+        self.trial_unwrap(backup).await
     }
 
     /// Unwraps every version of a backup into session objects and destroys them again.

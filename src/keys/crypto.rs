@@ -421,10 +421,10 @@ impl KeyService {
                 }
             }
             (EncAlg::AesCbc { pad, .. }, _) => {
-                if input.aad.is_some() || input.tag.is_some() {
-                    return Err(Error::BadParameter(
-                        "AES-CBC takes no 'aad' or 'tag'.".into(),
-                    ));
+                // As Managed HSM does: `aad` is ignored on CBC (the SDKs send it with any AES
+                // algorithm), and a `tag` there is refused (CBC authenticates nothing).
+                if input.tag.is_some() {
+                    return Err(Error::BadParameter("AES-CBC takes no 'tag'.".into()));
                 }
                 let iv: [u8; AES_BLOCK] = match (input.iv.as_deref(), direction) {
                     (Some(iv), _) => iv.try_into().map_err(|_| {
@@ -444,16 +444,28 @@ impl KeyService {
                     }
                 };
                 let whole_blocks = input.value.len().is_multiple_of(AES_BLOCK);
-                if (!pad || direction == Direction::Recover) && !whole_blocks {
+                if direction == Direction::Recover && !whole_blocks {
                     return Err(Error::BadParameter(
-                        "The data must be a whole number of 16-byte blocks for this algorithm."
-                            .into(),
+                        "An AES-CBC ciphertext is a whole number of 16-byte blocks.".into(),
                     ));
                 }
-                let value = input.value;
+                let mut value = input.value;
+                if !pad && direction == Direction::Protect && !whole_blocks {
+                    // As Managed HSM does: the unpadded CBC zero-pads a plaintext to whole
+                    // blocks, and decryption returns it with the zeros. A new buffer of the
+                    // final size, so no reallocation leaves a copy of the plaintext behind.
+                    let blocks = value.len().next_multiple_of(AES_BLOCK);
+                    let mut padded = Zeroizing::new(Vec::with_capacity(blocks));
+                    padded.extend_from_slice(&value);
+                    padded.resize(blocks, 0);
+                    value = padded;
+                }
                 let secret = handles.secret;
                 let mode = AesMode::Cbc { iv, pad };
-                let out = if direction == Direction::Protect {
+                let out = if !pad && value.is_empty() {
+                    // Zero blocks in, zero blocks out, whatever a token says of an empty call.
+                    Zeroizing::new(Vec::new())
+                } else if direction == Direction::Protect {
                     Zeroizing::new(
                         self.hsm
                             .call(move |hsm, s| hsm.aes_encrypt(s, secret, mode, &value))

@@ -103,12 +103,15 @@ impl KeyService {
                 let [_, after_token, after_commit] = new_version_points(*origin);
                 let spec = *spec;
                 let (id_, kind_, ops) = (*version, *kind, spec.ops.clone());
+                let exponent = spec
+                    .public_exponent
+                    .unwrap_or(crate::model::DEFAULT_PUBLIC_EXPONENT);
                 let label = live_label(name.as_str(), *version);
                 let made = self
                     .hsm
                     .call(move |hsm, s| match material {
                         None => hsm
-                            .generate(s, id_, &label, kind_, &ops)
+                            .generate(s, id_, &label, kind_, exponent, &ops)
                             .map(|(_, public)| public),
                         Some(material) => {
                             hsm.import(s, id_, &label, &material, &ops)?;

@@ -3,6 +3,7 @@
 //! token, commit the outcome and clear the intent — and runs on its own task, so a client that
 //! disconnects half-way cannot stop it between two steps.
 
+mod attestation;
 pub mod backup;
 pub mod blob;
 mod cache;
@@ -36,6 +37,8 @@ pub use reconcile::ReconcileReport;
 #[derive(Clone, Debug)]
 pub struct NewKey {
     pub kind: KeyKind,
+    /// The public exponent of a generated RSA key; `None` is 65537. Ignored otherwise.
+    pub public_exponent: Option<u32>,
     pub ops: KeyOps,
     pub attributes: Attributes,
     pub tags: Tags,

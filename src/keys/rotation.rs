@@ -65,6 +65,8 @@ impl KeyService {
         };
         let spec = NewKey {
             kind: latest.kind,
+            // The same exponent as the newest version, where a create could name it.
+            public_exponent: latest.public.public_exponent(),
             ops: latest.ops,
             attributes,
             tags: latest.tags,

@@ -6,6 +6,10 @@ pub enum JobKind {
     Backup,
     Restore,
     SelectiveRestore,
+    /// The check of whether a full backup would succeed (`POST /prebackup`); changes nothing.
+    PreBackup,
+    /// The check of whether a full restore would succeed (`PUT /prerestore`); changes nothing.
+    PreRestore,
 }
 
 impl JobKind {
@@ -14,6 +18,8 @@ impl JobKind {
             JobKind::Backup => "backup",
             JobKind::Restore => "restore",
             JobKind::SelectiveRestore => "selective-restore",
+            JobKind::PreBackup => "pre-backup",
+            JobKind::PreRestore => "pre-restore",
         }
     }
 
@@ -22,8 +28,15 @@ impl JobKind {
             "backup" => Some(JobKind::Backup),
             "restore" => Some(JobKind::Restore),
             "selective-restore" => Some(JobKind::SelectiveRestore),
+            "pre-backup" => Some(JobKind::PreBackup),
+            "pre-restore" => Some(JobKind::PreRestore),
             _ => None,
         }
+    }
+
+    /// A check that only reports whether the real operation would succeed.
+    pub fn is_check(self) -> bool {
+        matches!(self, JobKind::PreBackup | JobKind::PreRestore)
     }
 }
 

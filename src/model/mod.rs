@@ -205,6 +205,36 @@ pub enum KeyKind {
 }
 
 pub const RSA_SIZES: [u32; 3] = [2048, 3072, 4096];
+
+/// The public exponent an RSA key gets unless its create names another (F4).
+pub const DEFAULT_PUBLIC_EXPONENT: u32 = 65_537;
+
+/// A `public_exponent` a create may name: odd and at least 3 (RFC 8017 §3.1), and an int32, as
+/// the API types it. Managed HSM documents no narrower set (the Python SDK's live tests make
+/// e = 17 there); whether the token makes keys with it is the token's to say.
+pub fn check_public_exponent(e: u32) -> Result<u32, ParseError> {
+    if e >= 3 && e % 2 == 1 && i32::try_from(e).is_ok() {
+        Ok(e)
+    } else {
+        Err(ParseError(format!(
+            "The public exponent {e} is not valid: it must be an odd number from 3 to {} (65537 unless you need another).",
+            i32::MAX
+        )))
+    }
+}
+
+impl PublicKey {
+    /// An RSA key's public exponent, if it is one a create could name.
+    pub fn public_exponent(&self) -> Option<u32> {
+        match self {
+            PublicKey::Rsa { e, .. } if e.len() <= 4 => {
+                let value = e.iter().fold(0u32, |acc, b| acc << 8 | u32::from(*b));
+                check_public_exponent(value).ok()
+            }
+            _ => None,
+        }
+    }
+}
 pub const OCT_SIZES: [u32; 3] = [128, 192, 256];
 
 /// The three families of `kty`; the `-HSM` forms name the same family.
