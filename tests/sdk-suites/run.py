@@ -195,6 +195,22 @@ class Service:
         except OSError as exc:
             return f"<no stderr: {exc}>"
 
+    def requests_tail(self, limit: int = 25) -> str:
+        """The last requests the service answered, from its audit log (no secrets are in it)."""
+        lines = []
+        try:
+            with open(self.data_dir / "audit.log") as f:
+                records = f.readlines()[-limit:]
+        except OSError as exc:
+            return f"<no audit log: {exc}>"
+        for line in records:
+            try:
+                r = json.loads(line)
+                lines.append(f"{r['time']} {r['method']} {r['path']} -> {r['status']} {r['outcome']}")
+            except (ValueError, KeyError):
+                lines.append(line.rstrip())
+        return "\n".join(lines)
+
     def stop(self) -> Optional[str]:
         """SIGTERM, then the problem if it did not exit 0 in time (None if it did)."""
         if self.proc.poll() is not None:
@@ -431,7 +447,7 @@ def run_shard(shard: Shard, bin_path: Path, work: Path, pytest_args: List[str], 
         problems.append(f"pytest wrote no report ({exc}); exit {rc}")
     if rc not in (0, 1):  # 1: tests failed (counted); anything else: pytest itself failed
         problems.append(f"pytest exited with {rc}")
-    stderr = service.stderr_tail()
+    stderr = f"{service.stderr_tail()}\n-- its last requests (audit log):\n{service.requests_tail()}"
     if os.environ.get("P11VAULT_KEEP_DATA") != "1":
         shutil.rmtree(base, ignore_errors=True)
     return ShardResult(shard, data, problems, output, stderr, time.monotonic() - started)
@@ -480,6 +496,8 @@ def print_summary(suites: List[Suite], collected: Dict[str, Dict], results: List
                 print(f"  FAILED {nodeid}: {entry.get('message', '')}")
             elif entry["outcome"] == "skipped":
                 print(f"  skipped {nodeid}: {entry.get('message', '')}")
+            elif entry["outcome"] == "excluded-failed":
+                print(f"  excluded, and failed (--run-excluded) {nodeid}: {entry.get('message', '')}")
             elif entry["outcome"] == "excluded-passed":
                 print(f"  excluded but PASSED (remove it from exclusions.toml?) {nodeid}")
             elif entry["outcome"] == "not run":
@@ -511,7 +529,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--suite", choices=sorted(SUITES), action="append", help="default: both")
     parser.add_argument("--bin", default=os.environ.get("P11VAULT_BIN") or str(REPO_ROOT / "target/debug/p11vault"))
-    parser.add_argument("--jobs", type=int, default=8, help="shards run at once (default 8; 1 streams the output)")
+    parser.add_argument("--jobs", type=int, default=24, help="shards run at once (default 24: they mostly wait; 1 streams the output)")
     parser.add_argument("--run-excluded", action="store_true", help="run the listed tests too (to check the list)")
     parser.add_argument("pytest_args", nargs="*", help="after --: passed to pytest (e.g. -k rotation)")
     args = parser.parse_args()

@@ -4,6 +4,7 @@ Loaded by tests/sdk-suites/run.py with ``-p p11vault_sdk_plugin``; it is p11vaul
 the harness, beside the ``devtools_testutils`` shim:
 
 * refuses to run unless ``AZURE_TEST_RUN_LIVE`` is set (the shim plays nothing back);
+* refuses connections to anything but loopback addresses (the service is on 127.0.0.1);
 * provides the ``test_proxy`` session fixture the suites' conftests request (no proxy: a no-op);
 * makes ``verify_challenge_resource=False`` the default of every Key Vault client, because
   some tests build clients themselves rather than through ``create_client_from_credential``
@@ -27,9 +28,11 @@ Environment: P11VAULT_SDK_SUITE (``keys`` or ``administration``), P11VAULT_SDK_E
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
+import socket
 import tomllib
 from typing import Any, Dict, List, Optional
 
@@ -87,6 +90,33 @@ def _default_no_challenge_verification(cls: Any) -> None:
     cls.__init__ = __init__
 
 
+def _loopback_only() -> None:
+    """Any connection the suites open goes to the service on 127.0.0.1: one to another address
+    (an attestation service, storage, Entra ID) fails the test instead of leaving the machine."""
+    original_connect, original_connect_ex = socket.socket.connect, socket.socket.connect_ex
+
+    def check(sock: socket.socket, address: Any) -> None:
+        if sock.family in (socket.AF_INET, socket.AF_INET6):
+            host = address[0]
+            try:
+                loopback = ipaddress.ip_address(host).is_loopback
+            except ValueError:
+                loopback = False
+            if not loopback:
+                raise ConnectionRefusedError(f"p11vault SDK suites: no network but loopback ({host!r})")
+
+    def connect(sock: socket.socket, address: Any) -> None:
+        check(sock, address)
+        return original_connect(sock, address)
+
+    def connect_ex(sock: socket.socket, address: Any) -> int:
+        check(sock, address)
+        return original_connect_ex(sock, address)
+
+    socket.socket.connect = connect  # type: ignore[method-assign]
+    socket.socket.connect_ex = connect_ex  # type: ignore[method-assign]
+
+
 def pytest_configure(config: pytest.Config) -> None:
     from devtools_testutils import is_live
 
@@ -96,6 +126,7 @@ def pytest_configure(config: pytest.Config) -> None:
             "(tests/sdk-suites/run.py does)"
         )
     suite = _suite()
+    _loopback_only()
     from azure.keyvault.keys._shared import async_client_base as keys_async
     from azure.keyvault.keys._shared import client_base as keys_sync
 
