@@ -79,7 +79,7 @@ SUITES = {
 
 STARTUP_TIMEOUT_S = 60.0
 SHUTDOWN_TIMEOUT_S = 30.0
-SUITE_TIMEOUT_S = 20 * 60.0  # one shard's pytest
+SHARD_TIMEOUT_S = 20 * 60.0  # one shard's pytest
 LISTEN_RE = re.compile(r"^p11vault listening on (https://127\.0\.0\.1:(\d+))$")
 # Roles of the suites' principal: the initial administrator (Administrator: roles, backups,
 # settings) with the key roles added, as an operator does after activating a Managed HSM.
@@ -269,18 +269,22 @@ def start_service(bin_path: Path, base: Path) -> Service:
                 f"stderr:\n{stderr_path.read_text(errors='replace')[-6000:]}"
             )
         match = LISTEN_RE.match(line)
-    token = (data_dir / "admin.token").read_text().strip()
     service = Service(
-        url=match.group(1), ca=data_dir / "ca.pem", token=token, data_dir=data_dir, proc=proc,
+        url=match.group(1), ca=data_dir / "ca.pem", token="", data_dir=data_dir, proc=proc,
         stderr_path=stderr_path, bin_path=bin_path, env=env, stdout_lines=stdout_lines,
     )  # fmt: skip
-    listed = subprocess.run(
-        [str(bin_path), "principal", "list", "--json", "--data-dir", str(data_dir)],
-        capture_output=True, text=True, check=True, env=env,
-    )  # fmt: skip
-    admin_id = json.loads(listed.stdout.splitlines()[0])["id"]
-    for role in KEY_ROLES:
-        service.cli("role", "assign", "--principal", admin_id, "--role", role)
+    try:
+        service.token = (data_dir / "admin.token").read_text().strip()
+        listed = subprocess.run(
+            [str(bin_path), "principal", "list", "--json", "--data-dir", str(data_dir)],
+            capture_output=True, text=True, check=True, env=env,
+        )  # fmt: skip
+        admin_id = json.loads(listed.stdout.splitlines()[0])["id"]
+        for role in KEY_ROLES:
+            service.cli("role", "assign", "--principal", admin_id, "--role", role)
+    except BaseException as exc:
+        service.stop()
+        raise SystemExit(f"setting up p11vault's principal failed: {exc}") from exc
     return service
 
 
@@ -386,7 +390,7 @@ def run_pytest(cmd: List[str], cwd: Path, env: Dict[str, str], stream: bool) -> 
         killed.set()
         proc.kill()
 
-    timer = threading.Timer(SUITE_TIMEOUT_S, kill)
+    timer = threading.Timer(SHARD_TIMEOUT_S, kill)
     timer.start()
     out: List[str] = []
     for line in proc.stdout:
@@ -433,11 +437,17 @@ def run_shard(shard: Shard, bin_path: Path, work: Path, pytest_args: List[str], 
         service = start_service(bin_path, base)
     except SystemExit as exc:  # reported with the shard's tests, which count as not run
         return ShardResult(shard, {"tests": {}}, [str(exc)], "", "", time.monotonic() - started)
-    env = service_env(suite_env(shard.suite, service.url, report, run_excluded), service)
-    rc, output, killed = run_pytest(pytest_cmd(shard.tests, ["-q", *pytest_args, *shard.nodeids]), shard.tests, env, stream)
-    if killed:
-        problems.append(f"pytest was killed after {SUITE_TIMEOUT_S / 60:.0f} minutes")
-    stopped = service.stop()
+    rc, output = -1, ""
+    try:
+        env = service_env(suite_env(shard.suite, service.url, report, run_excluded), service)
+        cmd = pytest_cmd(shard.tests, ["-q", *pytest_args, *shard.nodeids])
+        rc, output, killed = run_pytest(cmd, shard.tests, env, stream)
+        if killed:
+            problems.append(f"pytest was killed after {SHARD_TIMEOUT_S / 60:.0f} minutes")
+    except (Exception, SystemExit) as exc:  # the shard's tests then count as not run
+        problems.append(f"running the shard failed: {exc}")
+    finally:
+        stopped = service.stop()
     if stopped:
         problems.append(stopped)
     try:
@@ -511,8 +521,9 @@ def print_summary(suites: List[Suite], collected: Dict[str, Dict], results: List
         if c["failed"] or c["not run"] or stale or problems or not tests:
             ok = False
     skipped = total["skipped"] + total["excluded"]
+    failed = total["failed"] + total["not run"]  # a test that never ran did not pass
     print("SDK suites " + ("passed" if ok else "FAILED"))
-    print(f"sdk-suites: {total['passed']} passed, {total['failed']} failed, {skipped} skipped")
+    print(f"sdk-suites: {total['passed']} passed, {failed} failed, {skipped} skipped")
     return ok
 
 
