@@ -3,7 +3,8 @@
 # (real SoftHSM2 tokens, real SQLite files, real HTTPS), the integration tests once more on
 # kryoptic (a second PKCS#11 token, built by scripts/install-kryoptic.sh), the interop suite
 # that drives the service with the official Azure Python SDK, and the suites that drive it with
-# the released JavaScript and Rust clients (scripts/test-sdk.sh), each on both tokens.
+# the released JavaScript and Rust clients (scripts/test-sdk.sh), each on both tokens, and the
+# Azure SDKs' own test suites live against the service (tests/sdk-suites, on SoftHSM2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/install-deps.sh --tests
@@ -55,6 +56,19 @@ for suite in js rust; do
         ./scripts/test-sdk.sh "$suite" softhsm kryoptic || sdk_failed+=("$suite")
     echo "== $suite SDK suites (install and both tokens) took $((SECONDS - start)) s"
 done
+
+# The test suites that ship in the azure-keyvault-keys and azure-keyvault-administration
+# sdists, their Managed HSM tests live against the service (tests/sdk-suites/run.py downloads
+# and checks the pinned sdists; exclusions and their reasons: tests/sdk-suites/exclusions.toml).
+echo "== SDK test suites (azure-keyvault-keys, azure-keyvault-administration) on SoftHSM2"
+start=$SECONDS
+sdk_venv=".venv-sdk-suites"
+if [[ ! -x "$sdk_venv/bin/python" ]]; then
+    python3 -m venv "$sdk_venv"
+fi
+"$sdk_venv/bin/python" -m pip install --quiet --disable-pip-version-check -r tests/sdk-suites/requirements.txt
+"$sdk_venv/bin/python" tests/sdk-suites/run.py --bin "$p11vault_bin" || sdk_failed+=(sdk-suites)
+echo "== SDK test suites took $((SECONDS - start)) s"
 if ((${#sdk_failed[@]})); then
     echo "== SDK suites failed: ${sdk_failed[*]}" >&2
     exit 1
