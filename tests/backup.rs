@@ -602,7 +602,7 @@ fn a_full_restore_needs_a_backup_from_the_last_thirty_minutes() {
 }
 
 #[test]
-fn a_selective_restore_brings_back_a_purged_key_only_under_a_free_name() {
+fn a_selective_restore_brings_back_a_purged_key_only_under_a_free_name_or_over_the_same_key() {
     let (_tmp, dir) = data_dir();
     let svc = Service::start(&dir);
     let v1 = svc.create("picked", r#"{"kty":"EC","crv":"P-256","tags":{"a":"b"}}"#);
@@ -611,12 +611,33 @@ fn a_selective_restore_brings_back_a_purged_key_only_under_a_free_name() {
     let before = state(&svc);
     let folder = full_backup(&svc);
 
+    // The live key exactly as the backup holds it (the SDK's own tests restore it straight
+    // after the backup): the job succeeds and changes nothing.
+    let (url, _) = start_job(
+        &svc,
+        "PUT",
+        &format!("/keys/picked/restore?{ADMIN_API}"),
+        &selective_body(&folder),
+    );
+    assert_eq!(wait_for_job(&svc, &url)["status"], "Succeeded");
+    assert_eq!(
+        state(&svc),
+        before,
+        "a restore of an unchanged key changes nothing"
+    );
+    // Changed since (a tag): the backup would overwrite it, so it is refused.
+    let (status, body) = svc.call(
+        "PATCH",
+        &format!("/keys/picked/{}?{API}", version_of(&v1)),
+        Some(r#"{"tags":{"a":"changed"}}"#),
+    );
+    assert_eq!(status, 200, "{body}");
     let (status, body) = svc.call(
         "PUT",
         &format!("/keys/picked/restore?{ADMIN_API}"),
         Some(&selective_body(&folder).to_string()),
     );
-    assert_eq!(status, 409, "the key exists: {body}");
+    assert_eq!(status, 409, "the key exists and differs: {body}");
     assert_eq!(
         svc.call("DELETE", &format!("/keys/picked?{API}"), None).0,
         200

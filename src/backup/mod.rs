@@ -438,7 +438,8 @@ impl Backups {
     // ----- selective key restore ------------------------------------------------------------
 
     /// Starts the restore of one key, with all its versions, from a full backup. Refused (409)
-    /// unless the name is free.
+    /// unless the name is free, or the live key of that name is exactly the backed-up one
+    /// (then the job succeeds and changes nothing).
     pub async fn start_selective_restore(
         self: &Arc<Self>,
         name: KeyName,
@@ -446,7 +447,6 @@ impl Backups {
     ) -> Result<Job, Error> {
         let container = self.location.container(&source.container_uri)?;
         location::check_folder(&source.folder)?;
-        self.keys.refuse_taken(&name).await?;
         let raw = self.read_backup(&container, &source.folder).await?;
         let backup = self.keys.open_full_backup(&raw).await?;
         let restored = backup.key(&name).ok_or_else(|| {
@@ -455,6 +455,10 @@ impl Backups {
                 source.folder
             ))
         })?;
+        let unchanged = self.keys.holds_exactly(&restored).await?;
+        if !unchanged {
+            self.keys.refuse_taken(&name).await?;
+        }
         let job = self
             .new_job(
                 JobKind::SelectiveRestore,
@@ -466,7 +470,12 @@ impl Backups {
         let this = Arc::clone(self);
         let id = job.id.clone();
         tokio::spawn(async move {
-            let outcome = this.keys.restore_key(restored).await.map(|_| ());
+            let outcome = if unchanged {
+                tracing::info!(key = %restored.key.name, "selective restore: the key is already exactly as the backup has it");
+                Ok(())
+            } else {
+                this.keys.restore_key(restored).await.map(|_| ())
+            };
             this.finish(&id, outcome, "Selective key restore").await;
         });
         Ok(job)

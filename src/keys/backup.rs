@@ -137,6 +137,16 @@ impl KeyService {
         .await
     }
 
+    /// Whether the live key of this name is exactly the backed-up one: every version with its
+    /// attributes, tags and public key, and its rotation policy. Restoring it then changes
+    /// nothing, and a selective restore of it succeeds (the SDK's own tests restore a key
+    /// straight after backing it up).
+    pub async fn holds_exactly(&self, restored: &RestoredKey) -> Result<bool, Error> {
+        let name = restored.key.name.clone();
+        let live = self.blocking_store(move |s| s.key_snapshot(&name)).await?;
+        Ok(live.is_some_and(|k| k.deletion.is_none() && k == restored.key))
+    }
+
     /// 409 if the name is in use, live or soft-deleted (the lifecycle's refusal of a
     /// restore), before any backup is unsealed.
     pub async fn refuse_taken(&self, name: &KeyName) -> Result<(), Error> {

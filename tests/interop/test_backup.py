@@ -436,7 +436,15 @@ def test_selective_restore_of_one_key(service, key_client, unique_name):
     assert key_client.get_key(t_name).properties.tags == {"t": "after"}
     assert key_client.get_key(t_name).id == t.id
 
-    # The name is taken again (live, then soft-deleted).
+    # The live key exactly as the backup holds it: restoring it again succeeds and changes
+    # nothing (the SDK's own selective-restore tests do this).
+    again = client.begin_restore(folder, sas_token="x", key_name=s_name)
+    again.wait()
+    assert again.status().lower() == "succeeded"
+    assert snapshot(key_client, s_name) == versions
+
+    # The name is taken by a key that differs (a tag changed), then by a soft-deleted key.
+    key_client.update_key_properties(s_name, tags={"v": "changed"})
     with pytest.raises(HttpResponseError) as info:
         client.begin_restore(folder, sas_token="x", key_name=s_name)
     assert info.value.status_code == 409
