@@ -62,8 +62,9 @@ def default_bin() -> Path:
 
 
 def prepare_token(data_dir: Path, test_token: str) -> Dict[str, str]:
-    """As conftest.py's ``_prepare_token``: nothing for SoftHSM2 (the service makes its embedded
-    token); for kryoptic a token database beside the data dir (never inside it), TEST-ONLY PIN
+    """Makes a data dir ready for the token under test before its first start (also for the
+    Python interop suite: tests/interop/conftest.py calls it): nothing for SoftHSM2 (the
+    service makes its embedded token); for kryoptic a token database beside the data dir (never inside it), TEST-ONLY PIN
     files and a ``p11vault.toml`` naming the module. Returns what the service's environment
     needs."""
     if test_token == "softhsm":
@@ -72,9 +73,12 @@ def prepare_token(data_dir: Path, test_token: str) -> Dict[str, str]:
     if not module or not Path(module).is_file():
         raise SystemExit("P11VAULT_TEST_TOKEN=kryoptic needs P11VAULT_KRYOPTIC_MODULE=PATH")
     kdir = data_dir.with_suffix(".kryoptic")
-    kdir.mkdir(parents=True)
-    db = kdir / "token.sql"
     conf = kdir / "kryoptic.conf"
+    if conf.exists():
+        # Prepared before (a restart of the same data dir).
+        return {"KRYOPTIC_CONF": str(conf)}
+    kdir.mkdir(parents=True, exist_ok=True)
+    db = kdir / "token.sql"
     conf.write_text(f'[[slots]]\nslot = 1\ndbtype = "sqlite"\ndbargs = "{db}"\n')
     # TEST-ONLY PINs (kryoptic wants at least 8 characters). Never use these anywhere else.
     (kdir / "TEST-ONLY-user.pin").write_text("TEST-ONLY-user-pin-0000\n")

@@ -19,6 +19,7 @@ import queue
 import re
 import shutil
 import signal
+import sys
 import subprocess
 import tempfile
 import threading
@@ -32,6 +33,9 @@ import pytest
 import requests
 from azure.core.credentials import AccessToken
 from azure.keyvault.keys import KeyClient
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import with_p11vault  # noqa: E402  (tests/with_p11vault.py: the token preparation)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_BIN = REPO_ROOT / "target" / "debug" / "p11vault"
@@ -49,7 +53,6 @@ STDERR_TAIL_CHARS = 8000
 TEST_TOKEN = os.environ.get("P11VAULT_TEST_TOKEN", "softhsm")
 if TEST_TOKEN not in ("softhsm", "kryoptic"):
     raise RuntimeError(f"P11VAULT_TEST_TOKEN={TEST_TOKEN!r}: softhsm or kryoptic")
-TOKEN_LABEL = "p11vault"
 # The curves each token generates keys on (the service probes them at its first start; a
 # curve the token lacks is a 400 naming the token). kryoptic 1.5.4 has no secp256k1.
 TOKEN_CURVES = {
@@ -64,36 +67,9 @@ def on_kryoptic() -> bool:
 
 def _prepare_token(data_dir: Path) -> Dict[str, str]:
     """Makes a data dir ready for the token under test before its first start; returns what
-    the service's environment needs. SoftHSM2: nothing (the service makes its embedded token).
-    kryoptic: a token database beside the data dir (never inside it), TEST-ONLY PIN files and a
-    ``p11vault.toml`` that names the module and lets the service initialise the empty slot."""
-    if not on_kryoptic():
-        return {}
-    module = os.environ.get("P11VAULT_KRYOPTIC_MODULE")
-    if not module or not Path(module).is_file():
-        raise RuntimeError("P11VAULT_TEST_TOKEN=kryoptic needs P11VAULT_KRYOPTIC_MODULE=PATH")
-    kdir = data_dir.with_suffix(".kryoptic")
-    conf = kdir / "kryoptic.conf"
-    if not conf.exists():
-        kdir.mkdir(parents=True, exist_ok=True)
-        db = kdir / "token.sql"
-        conf.write_text(f'[[slots]]\nslot = 1\ndbtype = "sqlite"\ndbargs = "{db}"\n')
-        # TEST-ONLY PINs (kryoptic wants at least 8 characters). Never use these anywhere else.
-        (kdir / "TEST-ONLY-user.pin").write_text("TEST-ONLY-user-pin-0000\n")
-        (kdir / "TEST-ONLY-so.pin").write_text("TEST-ONLY-so-pin-00000\n")
-        (data_dir / "p11vault.toml").write_text(
-            "[pkcs11]\n"
-            f'module = "{module}"\n'
-            f'token_label = "{TOKEN_LABEL}"\n'
-            f'pin_file = "{kdir / "TEST-ONLY-user.pin"}"\n'
-            f'so_pin_file = "{kdir / "TEST-ONLY-so.pin"}"\n'
-            "# A soft token: the service initialises an empty slot on the first start.\n"
-            "init_token = true\n\n"
-            "[keys]\n"
-            "# The choice an external token's first start needs (ARCHITECTURE.md).\n"
-            "backups = true\n"
-        )
-    return {"KRYOPTIC_CONF": str(conf)}
+    the service's environment needs (``tests/with_p11vault.py``'s ``prepare_token``, shared
+    with the JavaScript and Rust SDK suites)."""
+    return with_p11vault.prepare_token(data_dir, TEST_TOKEN)
 
 
 # --------------------------------------------------------------------------------------------
