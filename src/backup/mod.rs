@@ -447,18 +447,20 @@ impl Backups {
     ) -> Result<Job, Error> {
         let container = self.location.container(&source.container_uri)?;
         location::check_folder(&source.folder)?;
-        let raw = self.read_backup(&container, &source.folder).await?;
-        let backup = self.keys.open_full_backup(&raw).await?;
-        let restored = backup.key(&name).ok_or_else(|| {
-            Error::BadParameter(format!(
-                "The backup {} holds no key named {name}.",
-                source.folder
-            ))
-        })?;
-        let unchanged = self.keys.holds_exactly(&restored).await?;
-        if !unchanged {
-            self.keys.refuse_taken(&name).await?;
-        }
+        // A taken name is a 409 before anything else, unless the backup holds exactly that
+        // key (then there is nothing to do, and the job succeeds).
+        let taken = self.keys.refuse_taken(&name).await.err();
+        let found = self.backed_up_key(&container, &source.folder, &name).await;
+        let (restored, unchanged) = match (taken, found) {
+            (None, found) => (found?, false),
+            (Some(conflict), Ok(restored)) => {
+                if !self.keys.holds_exactly(&restored).await? {
+                    return Err(conflict);
+                }
+                (restored, true)
+            }
+            (Some(conflict), Err(_)) => return Err(conflict),
+        };
         let job = self
             .new_job(
                 JobKind::SelectiveRestore,
@@ -479,6 +481,20 @@ impl Backups {
             this.finish(&id, outcome, "Selective key restore").await;
         });
         Ok(job)
+    }
+
+    /// Key `name` as the full backup in `folder` holds it; 400 if it holds none.
+    async fn backed_up_key(
+        &self,
+        container: &Container,
+        folder: &str,
+        name: &KeyName,
+    ) -> Result<crate::keys::blob::RestoredKey, Error> {
+        let raw = self.read_backup(container, folder).await?;
+        let backup = self.keys.open_full_backup(&raw).await?;
+        backup.key(name).ok_or_else(|| {
+            Error::BadParameter(format!("The backup {folder} holds no key named {name}."))
+        })
     }
 
     // ----- status ---------------------------------------------------------------------------
