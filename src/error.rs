@@ -148,7 +148,12 @@ impl From<hsm::Error> for Error {
                 &message[1..]
             ));
         }
-        if err.is_token_gone() || err.is_token_busy() {
+        if err.is_token_busy() {
+            // On a vendor HSM this may be a full object store or partition, which lasts until
+            // someone acts: the operator must see it, not only the clients' retries.
+            tracing::error!(error = %err, "the token is out of resources (memory, or busy): answering 503");
+            Error::Unavailable(err.to_string())
+        } else if err.is_token_gone() {
             Error::Unavailable(err.to_string())
         } else if err.is_stale_object() {
             Error::KeyChanged(err.to_string())

@@ -97,6 +97,11 @@ pub fn open(cfg: &Config, hosts: &[String]) -> Result<Ready, ProvisionError> {
         None if initialized => return Err(store::Error::Corrupt("security_domain".into()).into()),
         None => None,
     };
+    // The operator's choice comes before the token is touched at all (no C_InitToken, no
+    // probe, no login).
+    if !initialized {
+        refuse_unchosen_backups(cfg)?;
+    }
 
     let (module_path, user_pin, so_pin) = pins(cfg)?;
     let module = Module::load(&module_path)?;
@@ -269,14 +274,15 @@ fn first_start_domain(
             d
         }
     };
-    if !survey.has_domain(domain) {
-        if recorded.is_some() {
-            tracing::info!(%domain, "finishing the security domain an interrupted first start recorded");
-        }
-        module.create_security_domain(slot, domain, profile, need_so()?, user_pin)?;
-        failpoint::hit("provision.after_domain_objects");
-        tracing::info!(%domain, "created the security domain");
+    // Made anew even when an interrupted first start left it complete: nothing was sealed
+    // under it (the data dir served nothing), and it may have been made under another model
+    // (by an older release).
+    if recorded.is_some() {
+        tracing::info!(%domain, complete = survey.has_domain(domain), "making again the security domain an interrupted first start recorded");
     }
+    module.create_security_domain(slot, domain, profile, need_so()?, user_pin)?;
+    failpoint::hit("provision.after_domain_objects");
+    tracing::info!(%domain, "created the security domain");
     confirm_alone(cfg, module, slot, domain, so_pin, user_pin)
 }
 
@@ -301,13 +307,15 @@ fn token_profile(
         })
         .transpose()?;
     let (profile, new) = match recorded {
-        Some(p) => (p, false),
+        Some(p) if initialized => (p, false),
         None if initialized => {
             let p = TokenProfile::legacy(module.probe_curves(slot, user_pin)?);
             tracing::info!(profile = %p.describe(), "this data dir was initialised before token profiles were recorded; recording the model it was made with");
             (p, true)
         }
-        None => {
+        // A first start, or one an earlier run did not finish (whatever it recorded, perhaps
+        // with an older release, served nothing): probe and choose again.
+        _ => {
             let so = so_pin.ok_or_else(|| {
                 ProvisionError::Refused(
                     "the first start probes the token and creates the security domain, which needs the SO PIN: set pkcs11.so_pin_file for the first start".into(),
@@ -322,7 +330,7 @@ fn token_profile(
         }
     };
     if new {
-        store.init_meta(
+        store.set_meta(
             meta::TOKEN_PROFILE,
             &serde_json::to_string(&profile)
                 .map_err(|e| ProvisionError::Refused(format!("the token profile: {e}")))?,
@@ -354,16 +362,8 @@ fn key_extraction(
     }
     match profile.domain {
         DomainModel::Private => {
-            let external = matches!(cfg.token, TokenSource::External { .. });
-            if first_start && external && !cfg.backups_chosen {
-                return Err(ProvisionError::Refused(format!(
-                    "choose how keys on the token '{}' may leave it before the first start: \
-                     keys.backups = true makes them extractable wrapped under the security domain, so key \
-                     backups work, and so a holder of the user PIN can extract every key; keys.backups = false \
-                     makes them never extractable, and key backups impossible (see ARCHITECTURE.md, \
-                     \"Protection models\"). Nothing was written to the token.",
-                    cfg.token_label
-                )));
+            if first_start {
+                refuse_unchosen_backups(cfg)?;
             }
             tracing::info!(
                 token = %cfg.token_label,
@@ -377,6 +377,23 @@ fn key_extraction(
             Ok(Extraction::WrappedByTrustedOnly)
         }
     }
+}
+
+/// A first start on an external token with backups on needs `keys.backups` set: with it, a
+/// holder of the user PIN can extract every key (ARCHITECTURE.md, "Protection models").
+fn refuse_unchosen_backups(cfg: &Config) -> Result<(), ProvisionError> {
+    let external = matches!(cfg.token, TokenSource::External { .. });
+    if external && cfg.backups && !cfg.backups_chosen {
+        return Err(ProvisionError::Refused(format!(
+            "choose how keys on the token '{}' may leave it before the first start: \
+             keys.backups = true makes them extractable wrapped under the security domain, so key \
+             backups work, and so a holder of the user PIN can extract every key; keys.backups = false \
+             makes them never extractable, and key backups impossible (see ARCHITECTURE.md, \
+             \"Protection models\"). Nothing was written to the token.",
+            cfg.token_label
+        )));
+    }
+    Ok(())
 }
 
 /// Whether the token can give the protection the trusted domain model relies on, and if it

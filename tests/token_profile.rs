@@ -112,6 +112,11 @@ fn how_keys_may_leave_an_external_token_is_chosen_explicitly() {
         "{}",
         failed.stderr
     );
+    assert!(
+        !failed.stderr.contains("initialising an empty slot"),
+        "refused before the token was touched: {}",
+        failed.stderr
+    );
     assert!(meta(&dir, "security_domain").is_none(), "no domain made");
 
     // With backups off nothing can leave the token: the choice made, the start goes on, and
@@ -337,4 +342,53 @@ fn a_data_dir_of_the_older_trusted_model_keeps_it_and_works() {
     assert_eq!(sign(&svc).0, 200);
     svc.stop();
     assert_eq!(profile(&dir), recorded);
+}
+
+#[test]
+fn a_first_start_left_unfinished_is_probed_and_its_domain_made_again() {
+    // A first start that an older release left half-done (its profile recorded without a
+    // domain model, its domain made the trusted way) served nothing: the next start chooses
+    // again, under the model a new data dir gets, and makes the domain anew with its id.
+    let (_tmp, dir) = data_dir();
+    if common::on_kryoptic() {
+        let config = dir.join("p11vault.toml");
+        let text = std::fs::read_to_string(&config).expect("config");
+        std::fs::write(
+            &config,
+            text.replace(
+                "backups = true",
+                "backups = true\naccept_user_trusted_keys = true",
+            ),
+        )
+        .expect("config");
+    }
+    let failed = Service::start_with(
+        &dir,
+        &[
+            ("P11VAULT_TEST_TRUSTED_DOMAIN", "1"),
+            ("P11VAULT_TEST_FAILPOINTS", "provision.after_domain_objects"),
+        ],
+    );
+    assert!(failed.is_err(), "the failpoint stops the first start");
+    assert_eq!(profile(&dir)["domain"], "trusted");
+    let domain = meta(&dir, "security_domain").expect("the domain id was recorded");
+    assert!(meta(&dir, "initialized").is_none());
+
+    let svc = Service::start(&dir);
+    assert_eq!(profile(&dir)["domain"], "private", "chosen again");
+    assert_eq!(
+        meta(&dir, "security_domain").as_deref(),
+        Some(domain.as_str()),
+        "the same domain id"
+    );
+    assert!(
+        svc.log()
+            .contains("making again the security domain an interrupted first start recorded"),
+        "{}",
+        svc.log()
+    );
+    svc.create("after", r#"{"kty":"EC","crv":"P-256"}"#);
+    let (status, body) = svc.call("POST", &format!("/keys/after/backup?{API}"), None);
+    assert_eq!(status, 200, "{body}");
+    svc.stop();
 }

@@ -459,7 +459,10 @@ impl Backups {
                 }
                 (restored, true)
             }
-            (Some(conflict), Err(_)) => return Err(conflict),
+            // Not in the backup, or no backup of ours: the name being taken comes first. A
+            // failure of the service (the token, the storage) is not hidden behind a 409.
+            (Some(conflict), Err(Error::BadParameter(_))) => return Err(conflict),
+            (Some(_), Err(e)) => return Err(e),
         };
         let job = self
             .new_job(

@@ -102,11 +102,18 @@ pub enum AesMode<'a> {
 pub struct OaepSupport(AtomicU8);
 
 impl OaepSupport {
+    /// Emulated only where the probe found SHA-256 missing and the token lists raw RSA (the
+    /// emulation needs it); unknown where the probe learnt nothing.
     pub fn from_profile(profile: &super::TokenProfile) -> Self {
-        Self(AtomicU8::new(match &profile.rsa {
-            None => UNKNOWN,
-            Some(rsa) if rsa.oaep_is_native(OaepHash::Sha256) => NATIVE,
-            Some(_) => EMULATED,
+        let raw_rsa = profile.mechanisms.iter().any(|m| m == "CKM_RSA_X_509");
+        let native = profile
+            .rsa
+            .as_ref()
+            .and_then(|rsa| rsa.oaep_is_native(OaepHash::Sha256));
+        Self(AtomicU8::new(match native {
+            Some(true) => NATIVE,
+            Some(false) if raw_rsa => EMULATED,
+            _ => UNKNOWN,
         }))
     }
 }

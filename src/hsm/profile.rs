@@ -149,13 +149,18 @@ pub struct RsaProfile {
     pub min_bits: u64,
     pub max_bits: u64,
     /// The OAEP hashes the token does itself (a round trip on a session key pair worked);
-    /// for any other, the service pads and the token does raw RSA.
-    pub oaep_native: Vec<String>,
+    /// for any other, the service pads and the token does raw RSA. `None`: the probe could
+    /// not make its key pair, so nothing was learnt (support is then learnt from use).
+    pub oaep_native: Option<Vec<String>>,
 }
 
 impl RsaProfile {
-    pub fn oaep_is_native(&self, h: OaepHash) -> bool {
-        self.oaep_native.iter().any(|n| n == oaep_name(h))
+    /// Whether the probe found the token doing OAEP with `h` itself; `None` if it learnt
+    /// nothing.
+    pub fn oaep_is_native(&self, h: OaepHash) -> Option<bool> {
+        self.oaep_native
+            .as_ref()
+            .map(|native| native.iter().any(|n| n == oaep_name(h)))
     }
 }
 
@@ -211,11 +216,14 @@ impl TokenProfile {
         self.curves.contains(&curve)
     }
 
-    /// Whether the token makes RSA keys of `bits` (unknown for older profiles: yes).
+    /// Whether the token makes RSA keys of `bits` (unknown for older profiles, or a range no
+    /// real token reports, such as a maximum below 1,024 bits: yes).
     pub fn supports_rsa_bits(&self, bits: u64) -> bool {
-        self.rsa
-            .as_ref()
-            .is_none_or(|r| (r.min_bits..=r.max_bits).contains(&bits))
+        self.rsa.as_ref().is_none_or(|r| {
+            r.max_bits < r.min_bits
+                || r.max_bits < 1024
+                || (r.min_bits..=r.max_bits).contains(&bits)
+        })
     }
 
     /// One line for the log.
@@ -428,8 +436,8 @@ fn can_generate_trusted(session: &Session) -> bool {
 }
 
 /// The OAEP hashes the token does itself: a round trip of each on a session RSA key pair of
-/// `bits`.
-fn probe_oaep(session: &Session, bits: u64) -> Vec<String> {
+/// `bits`; `None` if the token would not make the pair.
+fn probe_oaep(session: &Session, bits: u64) -> Option<Vec<String>> {
     let public = [
         Attribute::Token(false),
         Attribute::ModulusBits(bits.into()),
@@ -444,7 +452,7 @@ fn probe_oaep(session: &Session, bits: u64) -> Vec<String> {
     ];
     let Ok((p, s)) = session.generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &public, &private)
     else {
-        return Vec::new();
+        return None;
     };
     let message = b"p11vault OAEP probe";
     let native = [OaepHash::Sha1, OaepHash::Sha256]
@@ -460,7 +468,7 @@ fn probe_oaep(session: &Session, bits: u64) -> Vec<String> {
         .collect();
     let _ = session.destroy_object(p);
     let _ = session.destroy_object(s);
-    native
+    Some(native)
 }
 
 fn probe_curves(session: &Session) -> Vec<Curve> {
@@ -513,7 +521,7 @@ mod tests {
             rsa: Some(RsaProfile {
                 min_bits: 1024,
                 max_bits: 4096,
-                oaep_native: vec!["SHA-1".into()],
+                oaep_native: Some(vec!["SHA-1".into()]),
             }),
             mechanisms: vec!["CKM_AES_GCM".into()],
         };
@@ -544,11 +552,26 @@ mod tests {
         p.rsa = Some(RsaProfile {
             min_bits: 2048,
             max_bits: 3072,
-            oaep_native: vec!["SHA-256".into()],
+            oaep_native: Some(vec!["SHA-256".into()]),
         });
         assert!(p.supports_rsa_bits(2048) && p.supports_rsa_bits(3072));
         assert!(!p.supports_rsa_bits(4096) && !p.supports_rsa_bits(1024));
         let rsa = p.rsa.as_ref().expect("rsa");
-        assert!(rsa.oaep_is_native(OaepHash::Sha256) && !rsa.oaep_is_native(OaepHash::Sha1));
+        assert_eq!(rsa.oaep_is_native(OaepHash::Sha256), Some(true));
+        assert_eq!(rsa.oaep_is_native(OaepHash::Sha1), Some(false));
+        // A range no token reports (sizes in bytes, or none) refuses nothing.
+        p.rsa = Some(RsaProfile {
+            min_bits: 0,
+            max_bits: 512,
+            oaep_native: None,
+        });
+        assert!(p.supports_rsa_bits(2048));
+        assert_eq!(
+            p.rsa
+                .as_ref()
+                .expect("rsa")
+                .oaep_is_native(OaepHash::Sha256),
+            None
+        );
     }
 }

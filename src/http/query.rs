@@ -140,35 +140,43 @@ pub fn normalize_path(mut req: Request) -> Request {
     req
 }
 
-/// The path with its encoded unreserved characters decoded, or `None` if it has none.
+/// The path with its encoded unreserved characters decoded, or `None` if it has none. A `%`
+/// that starts no escape is written `%25`, so that what follows it can never be decoded a
+/// second time by the router (`%%32%44` must not become `-`).
 fn decode_unreserved(path: &str) -> Option<String> {
     if !path.contains('%') {
         return None;
     }
     let bytes = path.as_bytes();
-    let mut out = String::with_capacity(path.len());
+    let mut out = Vec::with_capacity(path.len());
     let mut changed = false;
     let mut i = 0;
     while i < bytes.len() {
-        let decoded = (bytes[i] == b'%')
-            .then(|| bytes.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|h| Some(hex(h[0])? << 4 | hex(h[1])?))
-            .filter(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'));
-        match decoded {
-            Some(b) => {
-                out.push(b as char);
+        if bytes[i] != b'%' {
+            out.push(bytes[i]);
+            i += 1;
+            continue;
+        }
+        let escaped = bytes
+            .get(i + 1..i + 3)
+            .and_then(|h| Some(hex(h[0])? << 4 | hex(h[1])?));
+        match escaped {
+            Some(b) if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') => {
+                out.push(b);
                 changed = true;
-                i += 3;
             }
+            Some(_) => out.extend_from_slice(&bytes[i..i + 3]),
             None => {
-                // The path of a parsed URI is ASCII, so every byte is one character.
-                out.push(bytes[i] as char);
+                out.extend_from_slice(b"%25");
+                changed = true;
                 i += 1;
+                continue;
             }
         }
+        i += 3;
     }
-    changed.then_some(out)
+    // Only ASCII was replaced by ASCII, so the rest of the path is as valid UTF-8 as before.
+    changed.then(|| String::from_utf8(out).ok()).flatten()
 }
 
 #[cfg(test)]
@@ -177,6 +185,30 @@ mod tests {
 
     fn parse(raw: &str) -> QueryParams {
         QueryParams::parse(Some(raw)).expect("parses")
+    }
+
+    #[test]
+    fn a_path_is_decoded_once_even_around_a_lone_percent() {
+        assert_eq!(
+            decode_unreserved("/keys/my%2Dkey").as_deref(),
+            Some("/keys/my-key")
+        );
+        assert_eq!(
+            decode_unreserved("/keys/a%2Fb"),
+            None,
+            "reserved stays escaped"
+        );
+        assert_eq!(
+            decode_unreserved("/keys/my%%32%44key").as_deref(),
+            Some("/keys/my%252Dkey"),
+            "the lone % is escaped, so the router cannot make a - of it"
+        );
+        assert_eq!(decode_unreserved("/keys/%C3%A9t%C3%A9"), None);
+        assert_eq!(
+            decode_unreserved("/keys/été%2D1").as_deref(),
+            Some("/keys/été-1"),
+            "raw UTF-8 survives"
+        );
     }
 
     #[test]
@@ -263,7 +295,11 @@ mod tests {
             None,
             "an encoded '%' is not decoded here"
         );
-        assert_eq!(decode_unreserved("/keys/a%zz%2"), None);
+        assert_eq!(
+            decode_unreserved("/keys/a%zz%2").as_deref(),
+            Some("/keys/a%25zz%252"),
+            "lone '%'s are escaped: the router's decoding gives back a%zz%2"
+        );
         assert_eq!(decode_unreserved("/keys/plain"), None);
     }
 
