@@ -175,7 +175,7 @@ pub fn open(cfg: &Config, hosts: &[String]) -> Result<Ready, ProvisionError> {
         so_pin.as_ref(),
         &user_pin,
     )?;
-    let extraction = key_extraction(cfg, &store, &profile, own.is_none())?;
+    let extraction = key_extraction(cfg, &store, &profile)?;
     let domain = match own {
         Some(own) => own,
         None => first_start_domain(
@@ -344,15 +344,13 @@ fn token_profile(
 
 /// How keys made from now on may leave the token, from `keys.backups` and the data dir's
 /// domain model (ARCHITECTURE.md, "Protection models"). Refuses, before any object is made, a
-/// model the operator did not choose: on an external token, a first start with backups on
-/// needs `keys.backups` set (a holder of the user PIN can then extract keys); a data dir of
-/// the trusted model on a token where any user may create trusted keys needs
-/// `keys.accept_user_trusted_keys`.
+/// data dir of the trusted model on a token where any user may create trusted keys unless
+/// `keys.accept_user_trusted_keys` was given (the choice of `keys.backups` itself is checked
+/// before the token is touched: [`refuse_unchosen_backups`]).
 fn key_extraction(
     cfg: &Config,
     store: &Store,
     profile: &TokenProfile,
-    first_start: bool,
 ) -> Result<Extraction, ProvisionError> {
     if !cfg.backups {
         tracing::info!(
@@ -362,9 +360,6 @@ fn key_extraction(
     }
     match profile.domain {
         DomainModel::Private => {
-            if first_start {
-                refuse_unchosen_backups(cfg)?;
-            }
             tracing::info!(
                 token = %cfg.token_label,
                 "key backups on (keys.backups): keys are extractable wrapped under the security domain, \

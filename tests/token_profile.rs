@@ -17,6 +17,39 @@ fn profile(dir: &std::path::Path) -> Value {
     serde_json::from_str(&meta(dir, "token_profile").expect("a recorded profile")).expect("JSON")
 }
 
+/// Replaces `from` (which must be there) with `to` in the data dir's `p11vault.toml`; returns
+/// the text as it was.
+fn rewrite_config(dir: &std::path::Path, from: &str, to: &str) -> String {
+    let path = dir.join("p11vault.toml");
+    let text = std::fs::read_to_string(&path).expect("config");
+    assert!(text.contains(from), "{from:?} in {text}");
+    std::fs::write(&path, text.replace(from, to)).expect("config");
+    text
+}
+
+/// The start of a data dir that must be refused.
+fn refused(dir: &std::path::Path, env: &[(&str, &str)], what: &str) -> common::FailedStart {
+    match Service::start_with(dir, env) {
+        Ok(_) => panic!("started: {what}"),
+        Err(f) => f,
+    }
+}
+
+/// A data dir configured for an external token that does not exist yet, with `init_token`
+/// and `keys.backups = true`: kryoptic as the harness makes it, or an external SoftHSM2
+/// module over a token directory of its own. Returns the environment its starts need.
+fn external_token(dir: &std::path::Path) -> Vec<(String, String)> {
+    if common::on_kryoptic() {
+        Vec::new()
+    } else {
+        external_softhsm(dir)
+    }
+}
+
+fn env_refs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
 /// What every start logs about key backups under the private domain model.
 const EXTRACTION_NOTE: &str = "a holder of the user PIN can extract them";
 
@@ -63,12 +96,7 @@ fn the_first_start_records_the_tokens_profile_and_later_starts_keep_it() {
     // A later start reads the record, even with the choice gone from the config: it was made
     // at the first start, and every start says what it means.
     if common::on_kryoptic() {
-        let text = std::fs::read_to_string(dir.join("p11vault.toml")).expect("config");
-        std::fs::write(
-            dir.join("p11vault.toml"),
-            text.replace("backups = true", ""),
-        )
-        .expect("config");
+        rewrite_config(&dir, "backups = true", "");
     }
     let svc = Service::start(&dir);
     let key = svc.create("after-restart", r#"{"kty":"oct","key_size":256}"#);
@@ -85,23 +113,10 @@ fn how_keys_may_leave_an_external_token_is_chosen_explicitly() {
     // (The embedded SoftHSM2 default, a development token under the data dir, takes the
     // default, backups on, and says what it means: the test above.)
     let (_tmp, dir) = data_dir();
-    let env = if common::on_kryoptic() {
-        Vec::new()
-    } else {
-        external_softhsm(&dir)
-    };
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let text = std::fs::read_to_string(dir.join("p11vault.toml")).expect("config");
-    assert!(text.contains("backups = true"), "{text}");
-    std::fs::write(
-        dir.join("p11vault.toml"),
-        text.replace("backups = true", ""),
-    )
-    .expect("config");
-    let failed = match Service::start_with(&dir, &env) {
-        Ok(_) => panic!("started with a protection model nobody chose"),
-        Err(f) => f,
-    };
+    let env = external_token(&dir);
+    let env = env_refs(&env);
+    let text = rewrite_config(&dir, "backups = true", "");
+    let failed = refused(&dir, &env, "a protection model nobody chose");
     assert!(
         failed
             .stderr
@@ -172,23 +187,10 @@ fn external_softhsm(dir: &std::path::Path) -> Vec<(String, String)> {
 #[test]
 fn an_external_token_is_initialised_only_when_asked() {
     let (_tmp, dir) = data_dir();
-    let env = if common::on_kryoptic() {
-        Vec::new()
-    } else {
-        external_softhsm(&dir)
-    };
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let text = std::fs::read_to_string(dir.join("p11vault.toml")).expect("config");
-    assert!(text.contains("init_token = true"), "{text}");
-    std::fs::write(
-        dir.join("p11vault.toml"),
-        text.replace("init_token = true", ""),
-    )
-    .expect("config");
-    let failed = match Service::start_with(&dir, &env) {
-        Ok(_) => panic!("started without a token"),
-        Err(f) => f,
-    };
+    let env = external_token(&dir);
+    let env = env_refs(&env);
+    let text = rewrite_config(&dir, "init_token = true", "");
+    let failed = refused(&dir, &env, "no token, and none asked for");
     assert!(
         failed
             .stderr
@@ -259,10 +261,7 @@ fn a_data_dir_of_the_older_trusted_model_keeps_it_and_works() {
     let env = [("P11VAULT_TEST_TRUSTED_DOMAIN", "1")];
     if common::on_kryoptic() {
         // Any user may make trusted keys there: that model needed its own acceptance.
-        let failed = match Service::start_with(&dir, &env) {
-            Ok(_) => panic!("started a trusted-model data dir nobody accepted"),
-            Err(f) => f,
-        };
+        let failed = refused(&dir, &env, "a trusted-model data dir nobody accepted");
         assert!(
             failed
                 .stderr
@@ -274,16 +273,12 @@ fn a_data_dir_of_the_older_trusted_model_keeps_it_and_works() {
             failed.stderr
         );
         assert!(meta(&dir, "security_domain").is_none(), "no domain made");
-        let config = dir.join("p11vault.toml");
-        let text = std::fs::read_to_string(&config).expect("config");
-        std::fs::write(
-            &config,
-            text.replace(
-                "backups = true",
-                "backups = true\naccept_user_trusted_keys = true",
-            ),
-        )
-        .expect("config");
+        rewrite_config(
+            &dir,
+            "backups = true",
+            "backups = true
+accept_user_trusted_keys = true",
+        );
     }
     let svc = Service::start_with(&dir, &env).expect("a trusted-model data dir starts");
     assert_eq!(profile(&dir)["domain"], "trusted");
@@ -351,16 +346,12 @@ fn a_first_start_left_unfinished_is_probed_and_its_domain_made_again() {
     // again, under the model a new data dir gets, and makes the domain anew with its id.
     let (_tmp, dir) = data_dir();
     if common::on_kryoptic() {
-        let config = dir.join("p11vault.toml");
-        let text = std::fs::read_to_string(&config).expect("config");
-        std::fs::write(
-            &config,
-            text.replace(
-                "backups = true",
-                "backups = true\naccept_user_trusted_keys = true",
-            ),
-        )
-        .expect("config");
+        rewrite_config(
+            &dir,
+            "backups = true",
+            "backups = true
+accept_user_trusted_keys = true",
+        );
     }
     let failed = Service::start_with(
         &dir,

@@ -13,17 +13,20 @@ use zeroize::Zeroizing;
 use super::{Error, Hsm, KeyHandles, Result, encode_ec_point, is_rv, templates};
 use crate::model::{KeyKind, KeyOps, PublicKey, VersionId};
 
-/// The security domain's two halves, found by label when the domain is set.
+/// The security domain's objects, found by label when the domain is set (at start-up and
+/// after a reconnect, never on a request).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DomainHandles {
     pub id: VersionId,
-    /// Public, trusted, wrap only.
+    /// Wrap only. Private under the private domain model; under the older trusted model a
+    /// `CKA_TRUSTED` key, public on SoftHSM2.
     pub wrap: ObjectHandle,
     /// Private, unwrap only.
     pub unwrap: ObjectHandle,
-    /// Private, HMAC-SHA-256 sign and verify only: authenticates backups. The wrap half is a
-    /// public object (a token may let anyone use it without logging in), so "the content key
-    /// unwraps" alone would not show that this HSM made a backup.
+    /// Private, HMAC-SHA-256 sign and verify only: authenticates backups. Whoever may use the
+    /// wrap half (a holder of the user PIN; under the trusted model on SoftHSM2, anyone) could
+    /// otherwise make a blob whose content key unwraps, so that alone would not show that this
+    /// HSM made a backup.
     pub mac: ObjectHandle,
 }
 

@@ -399,26 +399,31 @@ mod tests {
         assert!(err.to_string().contains("content type"), "{err}");
     }
 
+    /// One AES-256 version as a payload carries it.
+    fn oct_version() -> VersionPayload {
+        VersionPayload {
+            id: VersionId::random().to_string(),
+            kind: KeyKind::Oct { bits: 256 },
+            key_ops: KeyOps::all_for(crate::model::KeyFamily::Oct),
+            enabled: true,
+            nbf: None,
+            exp: None,
+            created: 1,
+            updated: 1,
+            tags: Tags::new(),
+            public: PublicKey::Oct,
+            origin: "generated".into(),
+            material: STANDARD.encode([0u8; 40]),
+        }
+    }
+
     #[test]
     fn a_payload_is_checked_like_client_input() {
         let good = KeyPayload {
             name: "k1".into(),
             created: 1,
             deletion: None,
-            versions: vec![VersionPayload {
-                id: VersionId::random().to_string(),
-                kind: KeyKind::Oct { bits: 256 },
-                key_ops: KeyOps::all_for(crate::model::KeyFamily::Oct),
-                enabled: true,
-                nbf: None,
-                exp: None,
-                created: 1,
-                updated: 1,
-                tags: Tags::new(),
-                public: PublicKey::Oct,
-                origin: "generated".into(),
-                material: STANDARD.encode([0u8; 40]),
-            }],
+            versions: vec![oct_version()],
             rotation_policy: None,
         };
         assert!(good.clone().check().is_ok());
@@ -441,20 +446,7 @@ mod tests {
 
     #[test]
     fn a_rotation_policy_travels_in_the_payload_and_only_when_there_is_one() {
-        let version = VersionPayload {
-            id: VersionId::random().to_string(),
-            kind: KeyKind::Oct { bits: 256 },
-            key_ops: KeyOps::all_for(crate::model::KeyFamily::Oct),
-            enabled: true,
-            nbf: None,
-            exp: None,
-            created: 1,
-            updated: 1,
-            tags: Tags::new(),
-            public: PublicKey::Oct,
-            origin: "generated".into(),
-            material: STANDARD.encode([0u8; 40]),
-        };
+        let version = oct_version();
         let without = KeyPayload {
             name: "k1".into(),
             created: 1,
