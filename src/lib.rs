@@ -6,7 +6,9 @@
 //! [`audit`] records every request in a hash chain; [`backup`] runs full backups and restores
 //! as jobs over a pluggable backup location; [`http`] speaks the Azure Key Vault / Managed HSM
 //! data-plane API over HTTPS; [`pem`] turns a PEM private key into the JWK that
-//! `p11vault key import` sends. Dependencies point one way:
+//! `p11vault key import` sends; [`secdomain`] holds the Managed HSM security domain's formats
+//! and cryptography (the SD file, the restore blob, the transfer key), pure and token-free.
+//! Dependencies point one way:
 //! `http → {backup, keys, access, audit} → {store, hsm, auth} → model`, and `backup → keys`.
 
 pub mod access;
@@ -27,6 +29,7 @@ pub mod keys;
 pub mod model;
 pub mod pem;
 pub mod provision;
+pub mod secdomain;
 pub mod serve;
 pub mod store;
 pub mod tls;

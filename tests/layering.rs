@@ -50,6 +50,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("config", &["model", "auth", "hsm"]),
     ("client", &["tls", "model", "error"]),
     ("pem", &["model"]),
+    ("secdomain", &["model"]),
     (
         "admin",
         &[
