@@ -1,6 +1,8 @@
 //! The admin CLI's subcommands (all but `serve`): their arguments as clap types, and the
 //! handlers that run them, on the data dir or through the service's HTTPS API.
 
+pub mod security_domain;
+
 use std::io::Write;
 
 use clap::{Args, Subcommand};

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use p11vault::cli::security_domain::SecurityDomainCommand;
 use p11vault::cli::{
     self, AuditCommand, BackupCommand, KeyCommand, PrincipalCommand, RestoreCommand, RoleCommand,
     SettingsCommand,
@@ -49,6 +50,10 @@ enum Command {
     /// Full restores and selective key restores, through the service's HTTPS API.
     #[command(subcommand)]
     Restore(RestoreCommand),
+    /// The Managed HSM security domain, with az's flags: activation (download), recovery
+    /// (init-recovery, restore-blob, upload) and new wrapping keys (reshare).
+    #[command(subcommand)]
+    SecurityDomain(SecurityDomainCommand),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +74,7 @@ fn main() -> ExitCode {
         Command::Key(KeyCommand::Import(args)) => cli::key_import(&args),
         Command::Backup(cmd) => cli::backup(cmd),
         Command::Restore(cmd) => cli::restore(cmd),
+        Command::SecurityDomain(cmd) => cli::security_domain::run(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -201,10 +201,11 @@ pub fn password_from_file(mut contents: Zeroizing<Vec<u8>>) -> Zeroizing<Vec<u8>
     contents
 }
 
-/// Parses the first private key block of `pem`. OpenSSL asks for the password through a
-/// callback that copies it straight into OpenSSL's buffer; without a password the callback
-/// refuses, so OpenSSL never prompts on the terminal.
-fn read_private_key(pem: &[u8], password: Option<&[u8]>) -> Result<PKey<Private>, PemError> {
+/// Parses the first private key block of `pem` (also the wrapping keys of `p11vault
+/// security-domain`). OpenSSL asks for the password through a callback that copies it
+/// straight into OpenSSL's buffer; without a password the callback refuses, so OpenSSL never
+/// prompts on the terminal.
+pub fn read_private_key(pem: &[u8], password: Option<&[u8]>) -> Result<PKey<Private>, PemError> {
     let start = private_key_block(pem)?;
     let asked = std::cell::Cell::new(false);
     let too_long = std::cell::Cell::new(None);
