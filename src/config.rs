@@ -94,6 +94,17 @@ struct FileConfig {
     auth: FileAuth,
     #[serde(default)]
     backup: FileBackup,
+    #[serde(default)]
+    security_domain: FileSecurityDomain,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSecurityDomain {
+    /// `true`: a fresh data dir activates itself, writing its security domain and the three
+    /// generated wrapping keys under `{data_dir}/security-domain/`. Default `true` only for the
+    /// embedded SoftHSM2 token; a vendor HSM never auto-activates.
+    auto_activate: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -194,6 +205,9 @@ pub struct Config {
     /// `keys.accept_user_trusted_keys`: consulted at the first start only.
     pub accept_user_trusted_keys: bool,
     pub retention_days: u32,
+    /// `security_domain.auto_activate`: a fresh data dir activates itself (see
+    /// `FileSecurityDomain`); consulted when a data dir is not activated yet.
+    pub auto_activate: bool,
     pub max_body_bytes: usize,
     pub challenge_authority: Option<String>,
     pub challenge_resource: String,
@@ -308,6 +322,10 @@ impl Config {
         let accept_user_trusted_keys = file.keys.accept_user_trusted_keys.unwrap_or(false);
         let backups = file.keys.backups.unwrap_or(true);
         let backups_chosen = file.keys.backups.is_some() || accept_user_trusted_keys;
+        let auto_activate = file
+            .security_domain
+            .auto_activate
+            .unwrap_or(matches!(token, TokenSource::Embedded { .. }));
 
         let max_body_bytes = file.http.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY);
         if !(4096..=64 * 1024 * 1024).contains(&max_body_bytes) {
@@ -365,6 +383,7 @@ impl Config {
             sessions,
             backups,
             backups_chosen,
+            auto_activate,
             accept_user_trusted_keys,
             retention_days,
             max_body_bytes,

@@ -85,6 +85,10 @@ pub enum Reason {
     RoleDefinitionInUse,
     /// The token can attest nothing about its keys.
     KeyAttestationNotSupported,
+    /// The HSM has no security domain yet: it serves only the security domain's endpoints.
+    HsmNotActivated,
+    /// The HSM has its security domain; a download or an upload would replace it.
+    HsmAlreadyActivated,
 }
 
 /// What, other than a key, does not exist.
@@ -93,6 +97,8 @@ pub enum Missing {
     Job,
     RoleDefinition,
     RoleAssignment,
+    /// No security-domain download or upload whose status could be given.
+    SecurityDomainOperation,
 }
 
 impl Error {

@@ -15,10 +15,13 @@ use crate::config::{Config, TokenSource};
 use crate::failpoint;
 use crate::fsutil::{create_private_dir, write_atomic};
 use crate::hsm::templates::Extraction;
-use crate::hsm::{self, DomainModel, HsmSettings, Module, Pin, TokenProfile, Trust};
+use crate::hsm::{self, DomainModel, DomainValues, HsmSettings, Module, Pin, TokenProfile, Trust};
+use crate::keys::domain::{Activation, meta as domain_meta};
 use crate::model::{Retention, VersionId};
+use crate::secdomain::{self, DomainContents};
 use crate::store::{self, Store};
 use crate::tls::{self, TlsPaths};
+use zeroize::Zeroizing;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {
@@ -76,7 +79,7 @@ pub struct Ready {
 /// Names of the settings kept in the database.
 mod meta {
     pub const INITIALIZED: &str = "initialized";
-    pub const DOMAIN: &str = "security_domain";
+    pub const DOMAIN: &str = crate::keys::domain::meta::DOMAIN;
     pub const RETENTION_DAYS: &str = "retention_days";
     pub const PURGE_PROTECTION: &str = "purge_protection";
     /// JSON: what the first start learnt of the token (`hsm::TokenProfile`).
@@ -89,12 +92,17 @@ pub fn open(cfg: &Config, hosts: &[String]) -> Result<Ready, ProvisionError> {
     create_private_dir(&cfg.data_dir).map_err(io("cannot create the data dir", &cfg.data_dir))?;
     let store = Arc::new(Store::open(&cfg.data_dir.join("p11vault.db"))?);
     let initialized = store.meta(meta::INITIALIZED)?.is_some();
+    let activation = Activation::from_meta(store.meta(domain_meta::ACTIVATION)?.as_deref())
+        .ok_or_else(|| store::Error::Corrupt("activation".into()))?;
     let recorded = match store.meta(meta::DOMAIN)? {
         Some(d) => Some(
             VersionId::parse_hex(&d)
                 .ok_or_else(|| store::Error::Corrupt("security_domain".into()))?,
         ),
-        None if initialized => return Err(store::Error::Corrupt("security_domain".into()).into()),
+        // A data dir that is not activated has no domain yet.
+        None if initialized && activation != Activation::NotActivated => {
+            return Err(store::Error::Corrupt("security_domain".into()).into());
+        }
         None => None,
     };
     // The operator's choice comes before the token is touched at all (no C_InitToken, no
@@ -161,7 +169,12 @@ pub fn open(cfg: &Config, hosts: &[String]) -> Result<Ready, ProvisionError> {
     let own = recorded.filter(|_| initialized);
     match own {
         Some(own) => check_own_domain(cfg, &survey, own)?,
+        // Not activated: only the objects of its own half-made domain or transfer key.
+        None if initialized => check_only_own_pending(cfg, &store, &survey)?,
         None => check_nothing_foreign(cfg, &survey, recorded, false)?,
+    }
+    if !initialized && recorded.is_none() && cfg.auto_activate {
+        refuse_vendor_auto_activation(cfg, &module, slot)?;
     }
     if let Some(so) = &so_pin {
         module.ensure_user_pin(slot, so, &user_pin)?;
@@ -177,8 +190,10 @@ pub fn open(cfg: &Config, hosts: &[String]) -> Result<Ready, ProvisionError> {
     )?;
     let extraction = key_extraction(cfg, &store, &profile)?;
     let domain = match own {
-        Some(own) => own,
-        None => first_start_domain(
+        Some(own) => Some(own),
+        None if initialized => None,
+        // Automatic activation, or the first start it began that a crash interrupted.
+        None if cfg.auto_activate || recorded.is_some() => Some(first_start_domain(
             cfg,
             &store,
             &module,
@@ -188,7 +203,16 @@ pub fn open(cfg: &Config, hosts: &[String]) -> Result<Ready, ProvisionError> {
             &profile,
             so_pin.as_ref(),
             &user_pin,
-        )?,
+        )?),
+        None => {
+            store.set_metas(&[(domain_meta::ACTIVATION, Some(domain_meta::NOT_ACTIVATED))])?;
+            tracing::warn!(
+                "this HSM is NOT ACTIVATED (security_domain.auto_activate = false): it serves only the security \
+                 domain's endpoints until its security domain is downloaded (az keyvault security-domain download) \
+                 or another HSM's is uploaded (recovery)"
+            );
+            None
+        }
     };
 
     let hsm = module.open(
@@ -201,7 +225,9 @@ pub fn open(cfg: &Config, hosts: &[String]) -> Result<Ready, ProvisionError> {
         },
         profile,
     )?;
-    hsm.set_domain(domain)?;
+    if let Some(domain) = domain {
+        hsm.set_domain(domain)?;
+    }
 
     let days: u32 = store
         .init_meta(meta::RETENTION_DAYS, &cfg.retention_days.to_string())?
@@ -280,10 +306,150 @@ fn first_start_domain(
     if recorded.is_some() {
         tracing::info!(%domain, complete = survey.has_domain(domain), "making again the security domain an interrupted first start recorded");
     }
-    module.create_security_domain(slot, domain, profile, need_so()?, user_pin)?;
+    let contents = DomainContents {
+        id: domain,
+        wrap: secret_bytes(module, slot)?,
+        mac: secret_bytes(module, slot)?,
+    };
+    module.create_security_domain(
+        slot,
+        domain,
+        profile,
+        need_so()?,
+        user_pin,
+        &DomainValues {
+            wrap: &contents.wrap[..],
+            mac: &contents.mac[..],
+        },
+    )?;
     failpoint::hit("provision.after_domain_objects");
     tracing::info!(%domain, "created the security domain");
-    confirm_alone(cfg, module, slot, domain, so_pin, user_pin)
+    let domain = confirm_alone(cfg, module, slot, domain, so_pin, user_pin)?;
+    let dir = write_auto_activation(&cfg.data_dir, &contents)?;
+    store.set_metas(&[
+        (domain_meta::ACTIVATION, Some(domain_meta::ACTIVE)),
+        (domain_meta::SOURCE, Some("auto")),
+    ])?;
+    tracing::warn!(
+        %domain,
+        files = %dir.display(),
+        "AUTOMATICALLY ACTIVATED (security_domain.auto_activate): the security domain and ALL THREE of its \
+         wrapping keys (quorum 2) are in this directory, so anyone who can read it can read every backup of this \
+         HSM. For development only: move the keys to their holders, or set auto_activate = false and download \
+         the domain to your administrators' keys"
+    );
+    Ok(domain)
+}
+
+/// The files of an automatic activation, under `{data_dir}/security-domain/`: the
+/// security-domain file (`security-domain.json`, quorum 2) and the three wrapping keys it is
+/// split for, as az expects them (`wrapping-key-N.pem` with its certificate
+/// `wrapping-key-N.cer` beside it). Written again by a first start that a crash interrupted.
+pub const AUTO_ACTIVATION_DIR: &str = "security-domain";
+
+fn write_auto_activation(
+    data_dir: &Path,
+    contents: &DomainContents,
+) -> Result<PathBuf, ProvisionError> {
+    let dir = data_dir.join(AUTO_ACTIVATION_DIR);
+    create_private_dir(&dir).map_err(io("cannot create the security domain's directory", &dir))?;
+    let failed = |e: secdomain::Error| {
+        ProvisionError::Refused(format!("could not make the security domain's files: {e}"))
+    };
+    let mut certs = Vec::new();
+    for n in 1..=3 {
+        let (key, cert) = secdomain::generate_wrapping_key(&format!("p11vault wrapping key {n}"))
+            .map_err(failed)?;
+        let pem = Zeroizing::new(key.private_key_to_pem_pkcs8().map_err(|e| {
+            ProvisionError::Refused(format!("could not write a wrapping key: {e}"))
+        })?);
+        let cert_pem = cert.to_pem().map_err(|e| {
+            ProvisionError::Refused(format!("could not write a wrapping certificate: {e}"))
+        })?;
+        let key_path = dir.join(format!("wrapping-key-{n}.pem"));
+        write_atomic(&key_path, &pem, 0o600).map_err(io("cannot write", &key_path))?;
+        let cert_path = dir.join(format!("wrapping-key-{n}.cer"));
+        write_atomic(&cert_path, &cert_pem, 0o600).map_err(io("cannot write", &cert_path))?;
+        certs.push(secdomain::wrapping_cert_from_x509(&cert).map_err(failed)?);
+    }
+    let file = secdomain::build_sd_file(&contents.to_items(), &certs, 2).map_err(failed)?;
+    let path = dir.join("security-domain.json");
+    write_atomic(&path, file.as_bytes(), 0o600).map_err(io("cannot write", &path))?;
+    Ok(dir)
+}
+
+fn secret_bytes(module: &Module, slot: hsm::Slot) -> Result<Zeroizing<[u8; 32]>, ProvisionError> {
+    let random = module.random(slot, 32)?;
+    let mut out = Zeroizing::new([0u8; 32]);
+    out.copy_from_slice(&random);
+    Ok(out)
+}
+
+/// A vendor HSM never activates itself: `security_domain.auto_activate = true` on an external
+/// token is honoured only for the software tokens this service is developed and tested with
+/// (SoftHSM2, kryoptic), whose domain would be no better kept than the files anyway.
+fn refuse_vendor_auto_activation(
+    cfg: &Config,
+    module: &Module,
+    slot: hsm::Slot,
+) -> Result<(), ProvisionError> {
+    if matches!(cfg.token, TokenSource::Embedded { .. }) {
+        return Ok(());
+    }
+    let manufacturer = module.token_manufacturer(slot)?;
+    if SOFTWARE_TOKENS.iter().any(|m| manufacturer.starts_with(m)) {
+        tracing::warn!(%manufacturer, "security_domain.auto_activate = true on a software token: activating automatically");
+        return Ok(());
+    }
+    Err(ProvisionError::Refused(format!(
+        "security_domain.auto_activate = true, but the token '{}' is a vendor HSM (made by '{manufacturer}'): \
+         a vendor HSM never activates itself, since that would write its security domain and every key that \
+         opens it to the data dir. Set auto_activate = false and download the domain to your administrators' \
+         keys (az keyvault security-domain download). Nothing was written to the token.",
+        cfg.token_label
+    )))
+}
+
+/// `CKA_MANUFACTURER_ID` prefixes of the software tokens automatic activation accepts.
+const SOFTWARE_TOKENS: &[&str] = &["SoftHSM", "Kryoptic"];
+
+/// A data dir that is initialised but not activated may find on its token only the objects of
+/// the domain or transfer key it recorded as being made (a crash's leftovers, taken away once
+/// the service runs) and those of the transfer key it issued.
+fn check_only_own_pending(
+    cfg: &Config,
+    store: &Store,
+    survey: &hsm::Survey,
+) -> Result<(), ProvisionError> {
+    let mut own = Vec::new();
+    for key in [domain_meta::CANDIDATE, domain_meta::TRANSFER_CANDIDATE] {
+        if let Some(hex) = store.meta(key)? {
+            own.push(VersionId::parse_hex(&hex).ok_or_else(|| store::Error::Corrupt(key.into()))?);
+        }
+    }
+    if let Some(json) = store.meta(domain_meta::TRANSFER)? {
+        let id = serde_json::from_str::<serde_json::Value>(&json)
+            .ok()
+            .and_then(|v| {
+                v.get("id")
+                    .and_then(|i| i.as_str())
+                    .and_then(VersionId::parse_hex)
+            })
+            .ok_or_else(|| store::Error::Corrupt(domain_meta::TRANSFER.into()))?;
+        own.push(id);
+    }
+    let foreign = survey.not_of_domains(&own);
+    if foreign.is_empty() {
+        return Ok(());
+    }
+    Err(ProvisionError::Refused(format!(
+        "the token '{}' holds {} p11vault objects that the data dir {} (not activated yet) did not make ({}): \
+         another p11vault instance uses it: refusing to start over it; nothing on the token was changed.",
+        cfg.token_label,
+        foreign.len(),
+        cfg.data_dir.display(),
+        hsm::Survey::describe(&foreign)
+    )))
 }
 
 /// The token's profile: the one this data dir recorded, or (first start) what a probe of the

@@ -15,6 +15,7 @@ use crate::backup::{BackupSettings, Backups};
 use crate::clock::{Clock, FileOffsetClock, SystemClock};
 use crate::config::Config;
 use crate::keys::KeyService;
+use crate::keys::domain::SecurityDomain;
 use crate::{AppState, provision, tls};
 
 /// How often the service purges keys whose retention ended and settles abandoned intents.
@@ -80,6 +81,15 @@ pub fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
                 work_dir: cfg.data_dir.join("restore"),
             },
         );
+        let host = public_url
+            .split("://")
+            .nth(1)
+            .and_then(|rest| rest.split([':', '/']).next())
+            .unwrap_or("localhost")
+            .to_owned();
+        let domain = SecurityDomain::new(Arc::clone(keys.store()), Arc::clone(keys.hsm()), host)?;
+        // Half-made domains and transfer keys a crash left are taken away before anything is served.
+        domain.recover().await?;
         // A full restore a crash interrupted is finished before anything else looks at keys.
         backups.recover().await?;
         let report = keys.reconcile().await?;
@@ -97,6 +107,7 @@ pub fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
             keys,
             access,
             backups,
+            domain,
             audit: audit.clone(),
             audit_path: Arc::new(audit_path),
             public_url: public_url.as_str().into(),

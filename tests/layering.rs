@@ -24,7 +24,15 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ),
     (
         "keys",
-        &["model", "error", "clock", "failpoint", "store", "hsm"],
+        &[
+            "model",
+            "error",
+            "clock",
+            "failpoint",
+            "store",
+            "hsm",
+            "secdomain",
+        ],
     ),
     (
         "backup",
@@ -70,6 +78,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "auth",
             "tls",
             "config",
+            "keys",
+            "secdomain",
         ],
     ),
 ];

@@ -217,7 +217,7 @@ fn configure_external(dir: &Path, label: &str, pins: &Pins) {
     std::fs::create_dir_all(dir).expect("data dir");
     let toml = format!(
         "[pkcs11]\nmodule = {:?}\ntoken_label = {label:?}\npin_file = {:?}\nso_pin_file = {:?}\n\
-         [keys]\nbackups = true\n",
+         [keys]\nbackups = true\n[security_domain]\nauto_activate = true\n",
         module(),
         pins.user,
         pins.so

@@ -381,6 +381,30 @@ fn operations() -> Vec<Operation> {
                 None,
             )
         }),
+        // The security domain, on an HSM that is active: allowed, a download or a transfer
+        // key is a 409 (the domain is in force) and nothing changes.
+        ("download security domain", |fx, t, _| {
+            let body = json!({"certificates": [], "required": 2});
+            send(fx, t, "POST", "/securitydomain/download", Some(body))
+        }),
+        ("download status", |fx, t, _| {
+            send(fx, t, "GET", "/securitydomain/download/pending", None)
+        }),
+        ("get transfer key", |fx, t, _| {
+            send(fx, t, "GET", "/securitydomain/upload", None)
+        }),
+        ("upload security domain", |fx, t, _| {
+            send(
+                fx,
+                t,
+                "POST",
+                "/securitydomain/upload",
+                Some(json!({"value": "{}"})),
+            )
+        }),
+        ("upload status", |fx, t, _| {
+            send(fx, t, "GET", "/securitydomain/upload/pending", None)
+        }),
     ]
 }
 
@@ -454,6 +478,23 @@ fn the_role_matrix_matches_the_golden_file() {
     for &(_, short) in ROLES {
         let expected = if short == "Admin" { "200" } else { "deny" };
         assert_eq!(at("change a setting", "active", short), expected, "{short}");
+    }
+    // The security domain is the Administrator's alone.
+    for op in [
+        "download security domain",
+        "download status",
+        "get transfer key",
+        "upload security domain",
+        "upload status",
+    ] {
+        for &(_, short) in ROLES {
+            let got = at(op, "active", short);
+            if short == "Admin" {
+                assert_ne!(got, "deny", "{op}");
+            } else {
+                assert_eq!(got, "deny", "{op} by {short}");
+            }
+        }
     }
     for index in 0..ops.len() {
         for state in ["active", "disabled", "deleted"] {

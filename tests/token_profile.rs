@@ -175,7 +175,7 @@ fn external_softhsm(dir: &std::path::Path) -> Vec<(String, String)> {
         dir.join("p11vault.toml"),
         format!(
             "[pkcs11]\nmodule = {module:?}\ntoken_label = \"p11vault\"\npin_file = {:?}\nso_pin_file = {:?}\n\
-             init_token = true\n\n[keys]\nbackups = true\n",
+             init_token = true\n\n[keys]\nbackups = true\n\n[security_domain]\nauto_activate = true\n",
             base.join("TEST-ONLY-user.pin").display().to_string(),
             base.join("TEST-ONLY-so.pin").display().to_string(),
         ),

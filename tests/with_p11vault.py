@@ -93,7 +93,10 @@ def prepare_token(data_dir: Path, test_token: str) -> Dict[str, str]:
         "init_token = true\n\n"
         "[keys]\n"
         "# The choice an external token's first start needs (ARCHITECTURE.md).\n"
-        "backups = true\n"
+        "backups = true\n\n"
+        "[security_domain]\n"
+        "# A software token: activated automatically, as the embedded default is.\n"
+        "auto_activate = true\n"
     )
     return {"KRYOPTIC_CONF": str(conf)}
 

@@ -3,6 +3,7 @@
 //! entry point [`Hsm::call`] runs it on a blocking thread with a pooled session (DESIGN §7).
 
 pub mod backup;
+pub mod domain;
 pub mod oaep;
 mod objects;
 pub mod ops;
@@ -228,8 +229,9 @@ impl Module {
     }
 
     /// Creates security domain `domain` (DESIGN §8, ARCHITECTURE.md "Protection models"): a
-    /// wrap-only half and a private unwrap-only half made by the user, both holding one random
-    /// AES-256 value that exists in this process only for the length of this call. Under
+    /// wrap-only half and a private unwrap-only half made by the user, both holding the domain's
+    /// AES-256 value, and its private MAC key, from `values` (which the caller made and also
+    /// puts into the security-domain file of an automatic activation). Under
     /// [`DomainModel::Private`] the wrap half is private and made by the user too; under
     /// [`DomainModel::Trusted`] it is a `CKA_TRUSTED` key made as the profile says (SoftHSM2: by
     /// the SO, public). The caller has recorded `domain` in the data dir first; objects of that
@@ -243,11 +245,12 @@ impl Module {
         profile: &TokenProfile,
         so_pin: &Pin,
         user_pin: &Pin,
+        values: &DomainValues<'_>,
     ) -> Result<()> {
         self.destroy_security_domain(slot, domain, so_pin, user_pin)?;
         let trusted = profile.domain == DomainModel::Trusted && profile.trust != Trust::Nobody;
-        let make_wrap_half = |session: &Session, value: &[u8], private: bool| -> Result<()> {
-            let base = templates::domain_wrap_half(domain, value, private);
+        let make_wrap_half = |session: &Session, private: bool| -> Result<()> {
+            let base = templates::domain_wrap_half(domain, values.wrap, private);
             if trusted {
                 profile::create_trusted(session, &base, true, profile.trusted_via)?;
             } else {
@@ -262,33 +265,41 @@ impl Module {
             Ok(())
         };
         let by_so = trusted && profile.wrap_half.by_so();
-        let value = if by_so {
+        if by_so {
             let so = self.ctx.open_rw_session(slot)?;
             so.login(UserType::So, Some(&so_pin.auth()))?;
-            let value = Zeroizing::new(so.generate_random_vec(32)?);
-            make_wrap_half(&so, &value, profile.wrap_half.private())?;
+            make_wrap_half(&so, profile.wrap_half.private())?;
             so.logout()?;
             drop(so);
             crate::failpoint::hit("provision.after_wrap_half");
-            Some(value)
-        } else {
-            None
-        };
+        }
 
         let user = self.ctx.open_rw_session(slot)?;
         login_user(&user, user_pin)?;
-        let value = match value {
-            Some(value) => value,
-            None => {
-                let value = Zeroizing::new(user.generate_random_vec(32)?);
-                make_wrap_half(&user, &value, true)?;
-                crate::failpoint::hit("provision.after_wrap_half");
-                value
-            }
-        };
-        user.create_object(&templates::domain_unwrap_half(domain, &value))?;
+        if !by_so {
+            make_wrap_half(&user, true)?;
+            crate::failpoint::hit("provision.after_wrap_half");
+        }
+        user.create_object(&templates::domain_unwrap_half(domain, values.wrap))?;
+        user.create_object(&templates::domain_mac_import(domain, values.mac))?;
         user.logout()?;
         Ok(())
+    }
+
+    /// Random bytes from the token's generator (no login needed), in a zeroizing buffer.
+    pub fn random(&self, slot: Slot, n: u32) -> Result<Zeroizing<Vec<u8>>> {
+        let session = self.ctx.open_ro_session(slot)?;
+        Ok(Zeroizing::new(session.generate_random_vec(n)?))
+    }
+
+    /// The token's `manufacturerID`, trimmed.
+    pub fn token_manufacturer(&self, slot: Slot) -> Result<String> {
+        Ok(self
+            .ctx
+            .get_token_info(slot)?
+            .manufacturer_id()
+            .trim()
+            .to_owned())
     }
 
     /// Destroys every object of security domain `domain` (its label and its `CKA_ID` both
@@ -461,6 +472,13 @@ fn destroy_domain_objects(session: &Session, domain: VersionId) -> Result<()> {
     Ok(())
 }
 
+/// The secret values of a security domain, held by the caller in zeroizing buffers: the AES
+/// key of both halves and the backup MAC key (32 bytes each).
+pub struct DomainValues<'a> {
+    pub wrap: &'a [u8],
+    pub mac: &'a [u8],
+}
+
 /// A p11vault object found by [`Module::survey`].
 #[derive(Clone, Debug)]
 pub struct TokenObject {
@@ -508,6 +526,14 @@ impl Survey {
         self.objects
             .iter()
             .filter(|o| own.is_none() || o.domain() != own)
+            .collect()
+    }
+
+    /// The objects that belong to none of the domain (or transfer key) ids `own`.
+    pub fn not_of_domains(&self, own: &[VersionId]) -> Vec<&TokenObject> {
+        self.objects
+            .iter()
+            .filter(|o| o.domain().is_none_or(|d| !own.contains(&d)))
             .collect()
     }
 

@@ -288,6 +288,61 @@ pub fn domain_mac(domain: VersionId, label: Vec<u8>) -> Vec<Attribute> {
     ]
 }
 
+/// The security domain's MAC key made from a value the domain carries (a domain made by
+/// download or upload, whose values leave or enter in the security-domain file): the
+/// attributes of [`domain_mac`], with the value instead of its length.
+pub fn domain_mac_import(domain: VersionId, value: &[u8]) -> Vec<Attribute> {
+    let mut attrs = domain_mac(domain, domain_label(domain, "mac"));
+    attrs.retain(|a| !matches!(a, Attribute::ValueLen(_)));
+    attrs.push(Attribute::Value(value.to_vec()));
+    attrs
+}
+
+/// The role in the label of a transfer key's two objects (`p11vault-sd/{id}/transfer-…`):
+/// the id is the transfer key's own, not a domain's.
+pub const TRANSFER_PRIVATE: &str = "transfer-private";
+pub const TRANSFER_PUBLIC: &str = "transfer-public";
+
+/// The transfer key of a recovery (RSA, 4096 bits): the private half decrypts (the restore
+/// blob's content key, RSA-OAEP-256) and signs (its own certificate, once), never leaves the
+/// token; the public half only exists so the token can give its modulus back. Both are
+/// private objects, invisible without a login, and neither can be modified or copied.
+pub fn transfer_pair(id: VersionId, bits: u64) -> (Vec<Attribute>, Vec<Attribute>) {
+    let common = |role: &str| {
+        vec![
+            Attribute::KeyType(KeyType::RSA),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Modifiable(false),
+            Attribute::Copyable(false),
+            Attribute::Destroyable(true),
+            Attribute::Derive(false),
+            Attribute::Id(id.as_bytes().to_vec()),
+            Attribute::Label(domain_label(id, role)),
+        ]
+    };
+    let mut public = common(TRANSFER_PUBLIC);
+    public.extend([
+        Attribute::Class(ObjectClass::PUBLIC_KEY),
+        Attribute::ModulusBits(bits.into()),
+        Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
+        Attribute::Encrypt(false),
+        Attribute::Verify(false),
+        Attribute::Wrap(false),
+    ]);
+    let mut private = common(TRANSFER_PRIVATE);
+    private.extend([
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Decrypt(true),
+        Attribute::Sign(true),
+        Attribute::SignRecover(false),
+        Attribute::Unwrap(false),
+    ]);
+    (public, private)
+}
+
 fn domain_half_common(domain: VersionId, role: &str, value: &[u8]) -> Vec<Attribute> {
     vec![
         Attribute::Class(ObjectClass::SECRET_KEY),

@@ -24,6 +24,8 @@ fn reason_code(reason: Reason) -> &'static str {
         Reason::RoleAssignmentExists => "RoleAssignmentExists",
         Reason::RoleDefinitionInUse => "RoleDefinitionInUse",
         Reason::KeyAttestationNotSupported => "KeyAttestationNotSupported",
+        Reason::HsmNotActivated => "HSMNotActivated",
+        Reason::HsmAlreadyActivated => "HSMAlreadyActivated",
     }
 }
 
@@ -33,6 +35,7 @@ fn missing_code(what: Missing) -> &'static str {
         Missing::Job => "JobNotFound",
         Missing::RoleDefinition => "RoleDefinitionNotFound",
         Missing::RoleAssignment => "RoleAssignmentNotFound",
+        Missing::SecurityDomainOperation => "OperationNotFound",
     }
 }
 

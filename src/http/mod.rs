@@ -11,6 +11,7 @@ mod keys;
 pub mod query;
 mod rbac;
 mod rotation;
+mod security_domain;
 mod settings;
 pub mod version;
 
@@ -36,6 +37,7 @@ use crate::auth::{AccessSnapshot, Principal};
 use crate::backup::Backups;
 use crate::error::Error;
 use crate::keys::KeyService;
+use crate::keys::domain::SecurityDomain;
 use crate::model::{KeyOp, truncate_for_message};
 use error::error_response;
 use extract::BodyLimit;
@@ -50,6 +52,8 @@ pub struct AppState {
     pub keys: Arc<KeyService>,
     pub access: Arc<AccessControl>,
     pub backups: Arc<Backups>,
+    /// Activation and the security domain's endpoints.
+    pub domain: Arc<SecurityDomain>,
     pub audit: AuditLog,
     /// The audit log file, for `GET /p11vault/audit`.
     pub audit_path: Arc<PathBuf>,
@@ -156,9 +160,26 @@ pub fn router(state: AppState) -> Router {
             "/settings/{name}",
             get(settings::get_one).patch(settings::update),
         )
-        .route("/p11vault/audit", get(audit::read));
+        .route("/p11vault/audit", get(audit::read))
+        .route("/securitydomain/download", post(security_domain::download))
+        .route(
+            security_domain::DOWNLOAD_STATUS,
+            get(security_domain::download_status),
+        )
+        .route(
+            "/securitydomain/upload",
+            get(security_domain::transfer_key).post(security_domain::upload),
+        )
+        .route(
+            security_domain::UPLOAD_STATUS,
+            get(security_domain::upload_status),
+        );
     let router = rbac("/keys/{scope_key}", rbac("/keys", rbac("", router)));
     let router = router
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_activation,
+        ))
         .route_layer(middleware::from_fn(authorize))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -400,10 +421,41 @@ pub fn requirement(
         }),
         ("GET", BACKUP_STATUS) => need(Action::BackupStatus),
         ("GET", RESTORE_STATUS) => need(Action::RestoreStatus),
+        ("POST", "/securitydomain/download") => need(Action::SecurityDomainDownload),
+        ("GET", security_domain::DOWNLOAD_STATUS) => need(Action::SecurityDomainDownloadRead),
+        ("GET", "/securitydomain/upload") => need(Action::SecurityDomainTransferKeyRead),
+        ("POST", "/securitydomain/upload") => need(Action::SecurityDomainUpload),
+        ("GET", security_domain::UPLOAD_STATUS) => need(Action::SecurityDomainUploadRead),
         _ => Err(Error::Internal(format!(
             "no data action is defined for {method} {route}"
         ))),
     }
+}
+
+/// Until the HSM is activated it serves only what activating it needs: the security domain's
+/// endpoints, role definitions and assignments, and the service's own routes (`/p11vault/…`);
+/// everything else is a 409 that says how to activate it. Runs after [`authorize`], so a caller
+/// without the right learns nothing of the HSM's state.
+async fn require_activation(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if state.domain.is_active() {
+        return next.run(req).await;
+    }
+    let route = matched_route(&req).unwrap_or_default();
+    let open = route.starts_with("/securitydomain/")
+        || route.starts_with("/p11vault/")
+        || route.contains("/providers/Microsoft.Authorization/");
+    if open {
+        return next.run(req).await;
+    }
+    drain(req).await;
+    Error::Conflict {
+        message: "This HSM is not activated: download its security domain (POST /securitydomain/download, \
+                  az keyvault security-domain download) or, to recover another HSM's, upload it \
+                  (az keyvault security-domain init-recovery, restore-blob, upload) first."
+            .into(),
+        inner: Some(crate::error::Reason::HsmNotActivated),
+    }
+    .into_response()
 }
 
 /// Checks the route's data action against the caller's role assignments. No assignment means
@@ -615,7 +667,15 @@ async fn require_api_version(req: Request, next: Next) -> Response {
     };
     // Status URLs are polled as handed out, with the version of the request that started the
     // job or none; a client that dropped the query still gets its job's status.
-    if matches!(matched_route(&req), Some(BACKUP_STATUS | RESTORE_STATUS)) {
+    if matches!(
+        matched_route(&req),
+        Some(
+            BACKUP_STATUS
+                | RESTORE_STATUS
+                | security_domain::DOWNLOAD_STATUS
+                | security_domain::UPLOAD_STATUS
+        )
+    ) {
         return pass(req, query, next).await;
     }
     let refusal = match query.get("api-version") {

@@ -8,6 +8,7 @@ pub mod backup;
 pub mod blob;
 mod cache;
 pub mod crypto;
+pub mod domain;
 mod executor;
 pub mod import;
 pub mod lifecycle;

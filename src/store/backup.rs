@@ -243,6 +243,7 @@ impl Store {
                     params![a.name, a.scope, a.principal_id, a.role_definition, a.created],
                 )?;
             }
+            keep_first_administrator(tx, now)?;
             if state.purge_protection {
                 meta_set(tx, "purge_protection", "true")?;
             }
@@ -450,4 +451,37 @@ fn job_row(r: &rusqlite::Row) -> rusqlite::Result<Result<Job>> {
         done: done.max(0) as u64,
         total: total.max(0) as u64,
     }))
+}
+
+/// A full restore never locks out the HSM's own first administrator (the principal its first
+/// start made): when the backup gives that principal no role — a backup of another HSM, whose
+/// principals this HSM does not have, as in a disaster recovery — it keeps the Administrator
+/// role at `/` it was made with, and can assign the rest.
+fn keep_first_administrator(tx: &Transaction, now: i64) -> Result<()> {
+    let first: Option<String> = tx
+        .query_row(
+            "SELECT id FROM principals WHERE name = 'administrator' ORDER BY created, id LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let Some(id) = first else { return Ok(()) };
+    let named: bool = tx.query_row(
+        "SELECT EXISTS(SELECT 1 FROM role_assignments WHERE principal_id = ?1)",
+        [&id],
+        |r| r.get(0),
+    )?;
+    if !named {
+        tx.execute(
+            "INSERT INTO role_assignments(name, scope, principal_id, role_definition, created)
+             VALUES (?1, '/', ?2, ?3, ?4)",
+            params![
+                uuid::Uuid::new_v4().to_string(),
+                id,
+                crate::auth::roles::ADMINISTRATOR,
+                now
+            ],
+        )?;
+    }
+    Ok(())
 }

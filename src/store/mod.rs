@@ -268,6 +268,22 @@ impl Store {
         self.write(|tx| meta_set(tx, key, value))
     }
 
+    /// Sets (`Some`) and removes (`None`) several settings in one transaction: the steps of
+    /// the security domain's state change together or not at all.
+    pub fn set_metas(&self, changes: &[(&str, Option<&str>)]) -> Result<()> {
+        self.write(|tx| {
+            for (key, value) in changes {
+                match value {
+                    Some(v) => meta_set(tx, key, v)?,
+                    None => {
+                        tx.execute("DELETE FROM meta WHERE k = ?1", [key])?;
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
     /// Sets a setting of the form `{seq}:…` only if `seq` is larger than the one it holds, and
     /// without moving the write generation: bookkeeping no cached key row depends on (the
     /// audit chain head). Returns whether it was set.

@@ -525,7 +525,10 @@ pub fn token_config_labelled(data_dir: &Path, label: &str) -> String {
                  [keys]\n\
                  # An external token's first start needs the choice made (ARCHITECTURE.md,\n\
                  # \"Protection models\"): keys extractable under the security domain.\n\
-                 backups = true\n",
+                 backups = true\n\n\
+                 [security_domain]\n\
+                 # A software token: activated automatically, as the embedded default is.\n\
+                 auto_activate = true\n",
                 module.display().to_string(),
                 files.user_pin.display().to_string(),
                 files.so_pin.display().to_string(),
