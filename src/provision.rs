@@ -397,7 +397,7 @@ fn refuse_vendor_auto_activation(
         return Ok(());
     }
     let manufacturer = module.token_manufacturer(slot)?;
-    if SOFTWARE_TOKENS.iter().any(|m| manufacturer.starts_with(m)) {
+    if is_software_token(&manufacturer) {
         tracing::warn!(%manufacturer, "security_domain.auto_activate = true on a software token: activating automatically");
         return Ok(());
     }
@@ -412,6 +412,10 @@ fn refuse_vendor_auto_activation(
 
 /// `CKA_MANUFACTURER_ID` prefixes of the software tokens automatic activation accepts.
 const SOFTWARE_TOKENS: &[&str] = &["SoftHSM", "Kryoptic"];
+
+fn is_software_token(manufacturer: &str) -> bool {
+    SOFTWARE_TOKENS.iter().any(|m| manufacturer.starts_with(m))
+}
 
 /// A data dir that is initialised but not activated may find on its token only the objects of
 /// the domain or transfer key it recorded as being made (a crash's leftovers, taken away once
@@ -768,4 +772,26 @@ fn ensure_administrator(store: &Store, data_dir: &Path) -> Result<bool, Provisio
     };
     store.insert_principal(&row, &[assignment], now)?;
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_software_tokens_activate_themselves() {
+        // As SoftHSM2 2.6 and kryoptic 1.5 report themselves (CKA_MANUFACTURER_ID, trimmed).
+        assert!(is_software_token("SoftHSM project"));
+        assert!(is_software_token("Kryoptic Project"));
+        // As vendor HSMs report themselves.
+        for vendor in [
+            "Safenet, Inc.",
+            "nCipher Corp. Ltd",
+            "Utimaco IS GmbH",
+            "Yubico (www.yubico.com)",
+            "Marvell",
+        ] {
+            assert!(!is_software_token(vendor), "{vendor}");
+        }
+    }
 }

@@ -795,3 +795,100 @@ fn mix_shares(a: &str, b: &str) -> String {
     b["SharedKeys"]["enc_shares"][0] = a["SharedKeys"]["enc_shares"][0].clone();
     b.to_string()
 }
+
+#[test]
+fn the_embedded_default_activates_itself_and_its_files_recover_another_hsm() {
+    // The default data dir (SoftHSM2 embedded; kryoptic as the harness configures it, with
+    // auto_activate = true) is active at once and writes its domain and all three keys.
+    let (_tmp, dir) = data_dir();
+    let a = Service::start(&dir);
+    a.create("k", r#"{"kty":"EC","crv":"P-256"}"#);
+    let (_, blob) = a.call("POST", &format!("/keys/k/backup?{API}"), None);
+    let blob = blob["value"].as_str().expect("blob").to_owned();
+    assert!(
+        a.log().contains("AUTOMATICALLY ACTIVATED"),
+        "the log says so loudly"
+    );
+    let files = dir.join("security-domain");
+    let sd_file = std::fs::read_to_string(files.join("security-domain.json")).expect("the file");
+    let keys: Vec<WrappingKey> = (1..=3)
+        .map(|n| {
+            let pem = std::fs::read(files.join(format!("wrapping-key-{n}.pem"))).expect("key");
+            let cer = std::fs::read(files.join(format!("wrapping-key-{n}.cer"))).expect("cert");
+            (
+                PKey::private_key_from_pem(&pem).expect("PEM key"),
+                X509::from_pem(&cer).expect("PEM cert"),
+            )
+        })
+        .collect();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for entry in std::fs::read_dir(&files).expect("dir").flatten() {
+            let mode = entry.metadata().expect("meta").permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", entry.path().display());
+        }
+    }
+    let file: Value = serde_json::from_str(&sd_file).expect("JSON");
+    assert_eq!(file["SharedKeys"]["required"], 2);
+    // Restarts keep the same domain and files.
+    a.stop();
+    let a = Service::start(&dir);
+    assert_eq!(
+        std::fs::read_to_string(files.join("security-domain.json")).expect("file"),
+        sd_file
+    );
+    a.stop();
+
+    let (_tmp_b, dir_b) = not_activated_dir();
+    let b = Service::start(&dir_b);
+    let exchange = transfer_certificate(&b);
+    recover(
+        &b,
+        &restore_blob(&sd_file, &exchange, &[&keys[1], &keys[2]]),
+    );
+    let (status, restored) = b.call(
+        "POST",
+        &format!("/keys/restore?{API}"),
+        Some(&json!({ "value": blob }).to_string()),
+    );
+    assert_eq!(status, 200, "{restored}");
+    b.stop();
+}
+
+#[test]
+fn a_data_dir_an_older_release_activated_keeps_working_and_refuses_a_download() {
+    let (_tmp, dir) = data_dir();
+    let a = Service::start(&dir);
+    a.create("old", r#"{"kty":"EC","crv":"P-256"}"#);
+    a.stop();
+    // What a data dir initialised by an earlier release has: no activation state recorded.
+    {
+        let db = rusqlite::Connection::open(dir.join("p11vault.db")).expect("db");
+        db.execute(
+            "DELETE FROM meta WHERE k IN ('activation', 'security_domain_source')",
+            [],
+        )
+        .expect("delete");
+    }
+    let a = Service::start(&dir);
+    let (status, _) = a.call("GET", &format!("/keys/old?{API}"), None);
+    assert_eq!(status, 200);
+    let keys = wrapping_keys(3);
+    let certs: Vec<&X509> = keys.iter().map(|(_, c)| c).collect();
+    let (status, _, answer) = call_with_link(
+        &a,
+        &a.token,
+        "POST",
+        &format!("/securitydomain/download?{SD_API}"),
+        Some(&download_body(&certs, 2)),
+    );
+    assert_eq!(status, 409, "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("inside the token"),
+        "{answer}"
+    );
+    a.stop();
+}
