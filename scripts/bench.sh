@@ -28,3 +28,4 @@ esac
 echo "machine: $(nproc) CPUs, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr); token: $token" >&2
 cargo bench --locked --bench service
 cargo bench --locked --bench backup
+cargo bench --locked --bench security_domain

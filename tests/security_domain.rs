@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -22,21 +22,6 @@ const SD_API: &str = "api-version=7.5";
 const CONTAINER: &str = "https://backupaccount.blob.core.windows.net/backups";
 
 type WrappingKey = (PKey<Private>, X509);
-
-/// A data dir whose first start leaves the HSM not activated.
-fn not_activated_dir() -> (tempfile::TempDir, PathBuf) {
-    let (tmp, dir) = data_dir();
-    std::fs::create_dir_all(&dir).expect("data dir");
-    let config = dir.join("p11vault.toml");
-    let text = std::fs::read_to_string(&config).unwrap_or_default();
-    let text = if text.contains("auto_activate = true") {
-        text.replace("auto_activate = true", "auto_activate = false")
-    } else {
-        format!("{text}\n[security_domain]\nauto_activate = false\n")
-    };
-    std::fs::write(&config, text).expect("p11vault.toml");
-    (tmp, dir)
-}
 
 fn wrapping_keys(n: usize) -> Vec<WrappingKey> {
     (1..=n)
@@ -122,23 +107,6 @@ fn download(svc: &Service, keys: &[WrappingKey], required: u64) -> String {
     assert_eq!(status, 200, "{status_body}");
     assert_eq!(status_body["status"], "Success", "{status_body}");
     file
-}
-
-/// The transfer key's certificate, as az's init-recovery writes it (PEM).
-fn transfer_certificate(svc: &Service) -> Vec<u8> {
-    let (status, body) = svc.call("GET", &format!("/securitydomain/upload?{SD_API}"), None);
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(body["key_format"], "jwk");
-    let jwk: Value =
-        serde_json::from_str(body["transfer_key"].as_str().expect("a JSON string")).expect("JWK");
-    assert_eq!(jwk["kty"], "RSA");
-    let der = STANDARD
-        .decode(jwk["x5c"][0].as_str().expect("x5c"))
-        .expect("b64");
-    X509::from_der(&der)
-        .expect("a certificate")
-        .to_pem()
-        .expect("PEM")
 }
 
 fn restore_blob(sd_file: &str, exchange: &[u8], keys: &[&WrappingKey]) -> String {
@@ -239,7 +207,7 @@ fn sha256_b64(data: &[u8]) -> String {
 
 #[test]
 fn a_new_hsm_serves_only_its_security_domain_until_a_download_is_confirmed() {
-    let (_tmp, dir) = not_activated_dir();
+    let (_tmp, dir) = common::not_activated_data_dir();
     let svc = Service::start(&dir);
     assert_not_activated(&svc);
     // What activating needs is served: role assignments, the health endpoint.
@@ -394,7 +362,7 @@ fn a_new_hsm_serves_only_its_security_domain_until_a_download_is_confirmed() {
 
 #[test]
 fn a_download_whose_answer_was_lost_is_made_again_and_the_first_is_given_up() {
-    let (_tmp, dir) = not_activated_dir();
+    let (_tmp, dir) = common::not_activated_data_dir();
     let svc = Service::start(&dir);
     let keys = wrapping_keys(3);
     let certs: Vec<&X509> = keys.iter().map(|(_, c)| c).collect();
@@ -430,9 +398,9 @@ fn a_download_whose_answer_was_lost_is_made_again_and_the_first_is_given_up() {
     // Only the confirmed file recovers a domain whose backups open; the lost one recovers a
     // domain that reads none of them.
     for (file, opens) in [(&kept, true), (&lost, false)] {
-        let (_tmp, other) = not_activated_dir();
+        let (_tmp, other) = common::not_activated_data_dir();
         let b = Service::start(&other);
-        let exchange = transfer_certificate(&b);
+        let exchange = common::transfer_certificate_pem(&b);
         recover(&b, &restore_blob(file, &exchange, &[&keys[0], &keys[1]]));
         let (status, restored) = b.call(
             "POST",
@@ -457,7 +425,7 @@ fn a_download_whose_answer_was_lost_is_made_again_and_the_first_is_given_up() {
 #[test]
 fn disaster_recovery_onto_a_new_token_with_two_of_three_keys_brings_back_everything() {
     let keys = wrapping_keys(3);
-    let (_tmp_a, dir_a) = not_activated_dir();
+    let (_tmp_a, dir_a) = common::not_activated_data_dir();
     let a = Service::start(&dir_a);
     let sd_file = download(&a, &keys, 2);
 
@@ -531,12 +499,12 @@ fn disaster_recovery_onto_a_new_token_with_two_of_three_keys_brings_back_everyth
     }
 
     // B, a brand-new HSM on a brand-new token, recovers the domain with keys 1 and 3.
-    let (_tmp_b, dir_b) = not_activated_dir();
+    let (_tmp_b, dir_b) = common::not_activated_data_dir();
     let b = Service::start(&dir_b);
     assert_not_activated(&b);
-    let exchange = transfer_certificate(&b);
+    let exchange = common::transfer_certificate_pem(&b);
     assert_eq!(
-        transfer_certificate(&b),
+        common::transfer_certificate_pem(&b),
         exchange,
         "the same transfer key until an upload"
     );
@@ -667,16 +635,16 @@ fn disaster_recovery_onto_a_new_token_with_two_of_three_keys_brings_back_everyth
 #[test]
 fn hsms_of_one_domain_read_each_others_backups_and_bad_uploads_change_nothing() {
     let keys = wrapping_keys(3);
-    let (_tmp_a, dir_a) = not_activated_dir();
+    let (_tmp_a, dir_a) = common::not_activated_data_dir();
     let a = Service::start(&dir_a);
     let sd_file = download(&a, &keys, 2);
     // Another HSM whose domain the same administrators hold.
-    let (_tmp_o, dir_o) = not_activated_dir();
+    let (_tmp_o, dir_o) = common::not_activated_data_dir();
     let other = Service::start(&dir_o);
     let other_file = download(&other, &keys, 2);
     other.stop();
 
-    let (_tmp_b, dir_b) = not_activated_dir();
+    let (_tmp_b, dir_b) = common::not_activated_data_dir();
     let b = Service::start(&dir_b);
     // No transfer key issued yet.
     let (status, _, answer) = upload(
@@ -688,7 +656,7 @@ fn hsms_of_one_domain_read_each_others_backups_and_bad_uploads_change_nothing() 
         ),
     );
     assert_eq!(status, 409, "{answer}");
-    let exchange = transfer_certificate(&b);
+    let exchange = common::transfer_certificate_pem(&b);
 
     // Offline refusals: too few keys, shares of two domains mixed.
     let one: Vec<WrappingKey> = vec![(keys[0].0.clone(), keys[0].1.clone())];
@@ -731,7 +699,7 @@ fn hsms_of_one_domain_read_each_others_backups_and_bad_uploads_change_nothing() 
     );
     assert_eq!(status, 403, "{answer}");
     assert_eq!(
-        transfer_certificate(&b),
+        common::transfer_certificate_pem(&b),
         exchange,
         "the refusals kept the transfer key"
     );
@@ -839,9 +807,9 @@ fn the_embedded_default_activates_itself_and_its_files_recover_another_hsm() {
     );
     a.stop();
 
-    let (_tmp_b, dir_b) = not_activated_dir();
+    let (_tmp_b, dir_b) = common::not_activated_data_dir();
     let b = Service::start(&dir_b);
-    let exchange = transfer_certificate(&b);
+    let exchange = common::transfer_certificate_pem(&b);
     recover(
         &b,
         &restore_blob(&sd_file, &exchange, &[&keys[1], &keys[2]]),

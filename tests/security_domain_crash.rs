@@ -7,31 +7,16 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use common::{API, Service, data_dir};
+use common::{API, Service};
 use cryptoki::object::{Attribute, AttributeType};
 use openssl::x509::X509;
 use serde_json::{Value, json};
 
 const SD_API: &str = "api-version=7.5";
-
-fn not_activated_dir() -> (tempfile::TempDir, PathBuf) {
-    let (tmp, dir) = data_dir();
-    std::fs::create_dir_all(&dir).expect("data dir");
-    let config = dir.join("p11vault.toml");
-    let text = std::fs::read_to_string(&config).unwrap_or_default();
-    let text = if text.contains("auto_activate = true") {
-        text.replace("auto_activate = true", "auto_activate = false")
-    } else {
-        format!("{text}\n[security_domain]\nauto_activate = false\n")
-    };
-    std::fs::write(&config, text).expect("p11vault.toml");
-    (tmp, dir)
-}
 
 fn download_body(certs: &[X509]) -> String {
     let list: Vec<Value> = certs
@@ -39,17 +24,6 @@ fn download_body(certs: &[X509]) -> String {
         .map(|c| json!({"kty": "RSA", "x5c": [STANDARD.encode(c.to_der().expect("der"))]}))
         .collect();
     json!({"certificates": list, "required": 2}).to_string()
-}
-
-fn transfer_pem(svc: &Service) -> Vec<u8> {
-    let (status, body) = svc.call("GET", &format!("/securitydomain/upload?{SD_API}"), None);
-    assert_eq!(status, 200, "{body}");
-    let jwk: Value =
-        serde_json::from_str(body["transfer_key"].as_str().expect("string")).expect("jwk");
-    let der = STANDARD
-        .decode(jwk["x5c"][0].as_str().expect("x5c"))
-        .expect("b64");
-    X509::from_der(&der).expect("cert").to_pem().expect("pem")
 }
 
 fn upload_body(blob: &str) -> String {
@@ -66,7 +40,11 @@ fn settled(svc: &Service, exchange: &[u8], key_blob: &str) -> bool {
                 body["error"]["innererror"]["code"], "HSMNotActivated",
                 "{body}"
             );
-            assert_eq!(transfer_pem(svc), exchange, "the transfer key survived");
+            assert_eq!(
+                common::transfer_certificate_pem(svc),
+                exchange,
+                "the transfer key survived"
+            );
             false
         }
         200 => {
@@ -91,7 +69,7 @@ fn a_crash_at_any_point_of_an_upload_leaves_the_old_state_or_the_recovered_domai
         .map(|i| p11vault::secdomain::generate_wrapping_key(&format!("admin {i}")).expect("key"))
         .collect();
     let certs: Vec<X509> = keys.iter().map(|(_, c)| c.clone()).collect();
-    let (_tmp_a, dir_a) = not_activated_dir();
+    let (_tmp_a, dir_a) = common::not_activated_data_dir();
     let a = Service::start(&dir_a);
     let (status, answer) = a.call(
         "POST",
@@ -116,9 +94,9 @@ fn a_crash_at_any_point_of_an_upload_leaves_the_old_state_or_the_recovered_domai
     let two = [keys[0].clone(), keys[1].clone()];
 
     // At every step boundary of an upload.
-    let (_tmp_b, dir_b) = not_activated_dir();
+    let (_tmp_b, dir_b) = common::not_activated_data_dir();
     let b = Service::start(&dir_b);
-    let exchange = transfer_pem(&b);
+    let exchange = common::transfer_certificate_pem(&b);
     let restore =
         p11vault::secdomain::restore_blob_offline(&sd_file, &exchange, &two).expect("blob");
     b.stop();
@@ -156,9 +134,9 @@ fn a_crash_at_any_point_of_an_upload_leaves_the_old_state_or_the_recovered_domai
     b.stop();
 
     // At random instants, inside the token calls too, on another new HSM.
-    let (_tmp_c, dir_c) = not_activated_dir();
+    let (_tmp_c, dir_c) = common::not_activated_data_dir();
     let c = Service::start(&dir_c);
-    let exchange_c = transfer_pem(&c);
+    let exchange_c = common::transfer_certificate_pem(&c);
     let restore_c =
         p11vault::secdomain::restore_blob_offline(&sd_file, &exchange_c, &two).expect("blob");
     let started = Instant::now();
@@ -166,9 +144,9 @@ fn a_crash_at_any_point_of_an_upload_leaves_the_old_state_or_the_recovered_domai
     assert_eq!(status, 409);
     c.stop();
     // How long an upload takes here, measured on a throwaway HSM.
-    let (_tmp_m, dir_m) = not_activated_dir();
+    let (_tmp_m, dir_m) = common::not_activated_data_dir();
     let m = Service::start(&dir_m);
-    let exchange_m = transfer_pem(&m);
+    let exchange_m = common::transfer_certificate_pem(&m);
     let restore_m =
         p11vault::secdomain::restore_blob_offline(&sd_file, &exchange_m, &two).expect("blob");
     let t0 = Instant::now();

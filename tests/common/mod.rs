@@ -691,3 +691,38 @@ pub fn open_token_as_user(dir: &Path) -> (cryptoki::context::Pkcs11, cryptoki::s
         .expect("user login");
     (ctx, session)
 }
+
+/// A fresh data dir whose first start leaves the HSM not activated
+/// (`security_domain.auto_activate = false`), on the selected token.
+pub fn not_activated_data_dir() -> (tempfile::TempDir, PathBuf) {
+    let (tmp, dir) = data_dir();
+    std::fs::create_dir_all(&dir).expect("data dir");
+    let config = dir.join("p11vault.toml");
+    let text = std::fs::read_to_string(&config).unwrap_or_default();
+    let text = if text.contains("auto_activate = true") {
+        text.replace("auto_activate = true", "auto_activate = false")
+    } else {
+        format!("{text}\n[security_domain]\nauto_activate = false\n")
+    };
+    std::fs::write(&config, text).expect("p11vault.toml");
+    (tmp, dir)
+}
+
+/// The transfer key of a not-activated service (`GET /securitydomain/upload`), as az's
+/// init-recovery writes it: the certificate of its JWK's `x5c[0]`, in PEM.
+pub fn transfer_certificate_pem(svc: &Service) -> Vec<u8> {
+    use base64::Engine as _;
+    let (status, body) = svc.call("GET", "/securitydomain/upload?api-version=7.5", None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["key_format"], "jwk");
+    let jwk: Value =
+        serde_json::from_str(body["transfer_key"].as_str().expect("a JSON string")).expect("JWK");
+    assert_eq!(jwk["kty"], "RSA");
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(jwk["x5c"][0].as_str().expect("x5c"))
+        .expect("b64");
+    openssl::x509::X509::from_der(&der)
+        .expect("a certificate")
+        .to_pem()
+        .expect("PEM")
+}
