@@ -8,12 +8,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use common::{API, Service, data_dir};
+use common::{API, Service, not_activated_dir};
 use openssl::pkey::{PKey, Private};
 use openssl::x509::X509;
 use serde_json::{Value, json};
@@ -22,21 +22,6 @@ const SD_API: &str = "api-version=7.5";
 const CONTAINER: &str = "https://backupaccount.blob.core.windows.net/backups";
 
 type WrappingKey = (PKey<Private>, X509);
-
-/// A data dir whose first start leaves the HSM not activated.
-fn not_activated_dir() -> (tempfile::TempDir, PathBuf) {
-    let (tmp, dir) = data_dir();
-    std::fs::create_dir_all(&dir).expect("data dir");
-    let config = dir.join("p11vault.toml");
-    let text = std::fs::read_to_string(&config).unwrap_or_default();
-    let text = if text.contains("auto_activate = true") {
-        text.replace("auto_activate = true", "auto_activate = false")
-    } else {
-        format!("{text}\n[security_domain]\nauto_activate = false\n")
-    };
-    std::fs::write(&config, text).expect("p11vault.toml");
-    (tmp, dir)
-}
 
 fn wrapping_keys(n: usize) -> Vec<WrappingKey> {
     (1..=n)

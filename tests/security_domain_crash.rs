@@ -7,31 +7,16 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use common::{API, Service, data_dir};
+use common::{API, Service, not_activated_dir};
 use cryptoki::object::{Attribute, AttributeType};
 use openssl::x509::X509;
 use serde_json::{Value, json};
 
 const SD_API: &str = "api-version=7.5";
-
-fn not_activated_dir() -> (tempfile::TempDir, PathBuf) {
-    let (tmp, dir) = data_dir();
-    std::fs::create_dir_all(&dir).expect("data dir");
-    let config = dir.join("p11vault.toml");
-    let text = std::fs::read_to_string(&config).unwrap_or_default();
-    let text = if text.contains("auto_activate = true") {
-        text.replace("auto_activate = true", "auto_activate = false")
-    } else {
-        format!("{text}\n[security_domain]\nauto_activate = false\n")
-    };
-    std::fs::write(&config, text).expect("p11vault.toml");
-    (tmp, dir)
-}
 
 fn download_body(certs: &[X509]) -> String {
     let list: Vec<Value> = certs

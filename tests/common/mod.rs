@@ -615,6 +615,23 @@ pub fn data_dir() -> (tempfile::TempDir, PathBuf) {
     (tmp, dir)
 }
 
+/// A fresh data dir (as [`data_dir`]) whose `p11vault.toml` says `[security_domain]
+/// auto_activate = false`: its first start leaves the HSM not activated, waiting for a
+/// security-domain download or upload.
+pub fn not_activated_dir() -> (tempfile::TempDir, PathBuf) {
+    let (tmp, dir) = data_dir();
+    std::fs::create_dir_all(&dir).expect("data dir");
+    let config = dir.join("p11vault.toml");
+    let text = std::fs::read_to_string(&config).unwrap_or_default();
+    let text = if text.contains("auto_activate = true") {
+        text.replace("auto_activate = true", "auto_activate = false")
+    } else {
+        format!("{text}\n[security_domain]\nauto_activate = false\n")
+    };
+    std::fs::write(&config, text).expect("p11vault.toml");
+    (tmp, dir)
+}
+
 /// Every file the selected token keeps a data dir's token in: SoftHSM2's object files, or
 /// kryoptic's SQLite database (with its journal, if any).
 pub fn token_files(dir: &Path) -> Vec<PathBuf> {
