@@ -377,3 +377,36 @@ def test_refused_downloads_change_nothing_and_api_version_7_5_works(
     recover(client_y, y, json.dumps(sd), keys[1:], tmp_path, "y")
     restored = make_key_client(y).restore_key_backup(backup)
     assert crypto_client(y, restored).verify(SignatureAlgorithm.rs256, digest, signature).is_valid
+
+
+def test_without_activation_polling_the_first_status_read_confirms_the_download(
+    start_not_activated, tmp_path: Path
+) -> None:
+    """``skip_activation_polling=True`` (az's ``--no-wait``): the file comes at once, the HSM
+    waits for the confirmation that p11vault takes from the first status read (az's later
+    ``security-domain wait``); an upload is complete when its 202 comes."""
+    keys = make_wrapping_keys(tmp_path, "k", 3)
+    a = start_not_activated()
+    client_a = sd_client(a)
+    poller = client_a.begin_download(certificate_info(keys, 3), skip_activation_polling=True)
+    result = poller.result()
+    sd = json.loads(result.value)
+    assert sd["SharedKeys"]["required"] == 3
+    assert_not_activated(a)
+    status = client_a.get_download_status()
+    assert (status.status, status.status_details) == ("Success", "The resource is active.")
+    digest, signature, backup = sign_and_back_up(a, "made-on-a")
+
+    b = start_not_activated()
+    client_b = sd_client(b)
+    exchange = tmp_path / "b-exchange.pem"
+    write_exchange_key(transfer_key_jwk(client_b), exchange)
+    sd_file = tmp_path / "sd.json"
+    sd_file.write_text(result.value)
+    blob = cli_restore_blob(a, sd_file, exchange, keys, tmp_path / "blob.json")
+    assert client_b.begin_upload(SecurityDomain(value=blob), skip_activation_polling=True).result() is None
+    restored = make_key_client(b).restore_key_backup(backup)
+    assert crypto_client(b, restored).verify(SignatureAlgorithm.rs256, digest, signature).is_valid
+    status = client_b.get_upload_status()
+    assert (status.status, status.status_details) == ("Success", "The resource is active.")
+
