@@ -415,9 +415,11 @@ impl SecurityDomain {
             Ok(())
         })
         .await;
+        // The status is for clients: a fault inside says nothing about the inside (the 500
+        // said nothing either; the detail is in the log).
         let failure = match &outcome {
             Ok(()) => None,
-            Err(e) => Some(e.to_string()),
+            Err(e) => Some(e.failure().1),
         };
         *self
             .last_upload_failure

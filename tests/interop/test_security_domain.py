@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import datetime
 import hashlib
+import contextlib
 import json
 import subprocess
 from pathlib import Path
@@ -37,7 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from cryptography.x509.oid import NameOID
 
-from conftest import Service, StaticTokenCredential, make_key_client
+from conftest import Service, StaticTokenCredential, make_key_client, on_kryoptic
 from cryptohelp import b64u, int_bytes
 
 WrappingKey = Tuple[Path, x509.Certificate]
@@ -260,6 +261,32 @@ def recover(
     assert (status.status, status.status_details) == ("Success", "The resource is active.")
 
 
+@contextlib.contextmanager
+def token_frozen(service: Service):
+    """The service's token files made immutable (``chattr +i``, which binds root too) while the
+    block runs: the token then fails every call that writes an object."""
+    if on_kryoptic():
+        kdir = service.data_dir.with_suffix(".kryoptic")
+        paths = [kdir, *sorted(kdir.glob("token.sql*"))]
+    else:
+        paths = sorted((service.data_dir / "softhsm" / "tokens").iterdir())
+    assert paths, "the token's files are found"
+    frozen = []
+    try:
+        for path in paths:
+            done = subprocess.run(["chattr", "+i", str(path)], capture_output=True, text=True)
+            if done.returncode != 0:
+                pytest.fail(
+                    f"this test needs root and a file system with chattr: chattr +i {path}: "
+                    f"{done.stderr}"
+                )
+            frozen.append(path)
+        yield
+    finally:
+        for path in frozen:
+            subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
 # --------------------------------------------------------------------------------------------
 # Tests
 # --------------------------------------------------------------------------------------------
@@ -410,3 +437,47 @@ def test_without_activation_polling_the_first_status_read_confirms_the_download(
     status = client_b.get_upload_status()
     assert (status.status, status.status_details) == ("Success", "The resource is active.")
 
+
+def test_an_upload_the_token_fails_reports_nothing_internal_and_can_be_made_again(
+    start_not_activated, tmp_path: Path
+) -> None:
+    """The token fails the upload's import: a 500 that says nothing internal, and the status
+    the SDK reads afterwards says no more (the detail is in the service's log); the HSM is
+    still waiting for its domain, and the same blob recovers it once the token works."""
+    keys = make_wrapping_keys(tmp_path, "k", 3)
+    a = start_not_activated()
+    sd = download(sd_client(a), keys, 2)
+    _, _, backup = sign_and_back_up(a, "made-on-a")
+    b = start_not_activated()
+    client_b = sd_client(b)
+    exchange = tmp_path / "b-exchange.pem"
+    write_exchange_key(transfer_key_jwk(client_b), exchange)
+    sd_file = tmp_path / "sd.json"
+    sd_file.write_text(json.dumps(sd))
+    blob = cli_restore_blob(a, sd_file, exchange, keys[:2], tmp_path / "blob.json")
+    # SoftHSM2 fails the object's creation (a fault: 500); kryoptic's SQLite store cannot be
+    # written (the token unavailable: 503).
+    if on_kryoptic():
+        code, status_code, said, details = (
+            "ServiceUnavailable",
+            503,
+            "The HSM is temporarily unavailable.",
+            "The HSM was unavailable; start the operation again.",
+        )
+    else:
+        code, status_code, said, details = (
+            "InternalError",
+            500,
+            "The service met an internal error.",
+            "The service met an internal error; see its log.",
+        )
+    with token_frozen(b):
+        failed = assert_refused(
+            lambda: client_b.begin_upload(SecurityDomain(value=blob)), status_code, said, code=code
+        )
+        assert "PKCS" not in str(failed) and "CKR_" not in str(failed)
+        status = client_b.get_upload_status()
+        assert (status.status, status.status_details) == ("Failed", details), status
+    assert_not_activated(b)
+    assert client_b.begin_upload(SecurityDomain(value=blob)).result() is None
+    assert make_key_client(b).restore_key_backup(backup).name == "made-on-a"
