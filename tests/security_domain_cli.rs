@@ -98,32 +98,33 @@ fn s(path: &Path) -> &str {
     path.to_str().expect("a UTF-8 path")
 }
 
-/// `NAME.pem` (an RSA-2048 private key) beside `NAME.cer` (its self-signed certificate, PEM),
-/// made with the `openssl` command.
-fn openssl_key(dir: &Path, name: &str) -> PathBuf {
+/// `NAME.pem` (an RSA-2048 private key, encrypted if a password is given) beside `NAME.cer`
+/// (its self-signed certificate, PEM), made with the `openssl` command.
+fn openssl_key(dir: &Path, name: &str, password: Option<&str>) -> PathBuf {
     let key = dir.join(format!("{name}.pem"));
-    let status = Command::new("openssl")
-        .args([
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
-        ])
+    let mut cmd = Command::new("openssl");
+    cmd.args(["req", "-x509", "-newkey", "rsa:2048", "-days", "30"])
         .args(["-subj", &format!("/CN=sd administrator {name}")])
         .arg("-keyout")
         .arg(&key)
         .arg("-out")
-        .arg(key.with_extension("cer"))
-        .output()
-        .expect("openssl runs");
+        .arg(key.with_extension("cer"));
+    match password {
+        Some(p) => cmd.args(["-passout", &format!("pass:{p}")]),
+        None => cmd.arg("-noenc"),
+    };
+    let out = cmd.output().expect("openssl runs");
     assert!(
-        status.status.success(),
+        out.status.success(),
         "openssl req: {}",
-        String::from_utf8_lossy(&status.stderr)
+        String::from_utf8_lossy(&out.stderr)
     );
     key
 }
 
 fn openssl_keys(dir: &Path, prefix: &str, n: usize) -> Vec<PathBuf> {
     (1..=n)
-        .map(|i| openssl_key(dir, &format!("{prefix}{i}")))
+        .map(|i| openssl_key(dir, &format!("{prefix}{i}"), None))
         .collect()
 }
 
@@ -286,7 +287,12 @@ fn assert_verifies(svc: &Service, name: &str, version: &str, digest: &str, signa
 fn download_activates_and_restore_blob_or_one_step_upload_recovers_new_hsms() {
     let work = tempfile::tempdir().expect("tmp");
     let w = work.path();
-    let keys = openssl_keys(w, "k", 3);
+    // The second administrator keeps an encrypted key.
+    let keys = vec![
+        openssl_key(w, "k1", None),
+        openssl_key(w, "k2", Some("pw2")),
+        openssl_key(w, "k3", None),
+    ];
     let (_tmp_a, dir_a) = not_activated_dir();
     let a = Service::start(&dir_a);
     assert_not_activated(&a);
@@ -326,13 +332,13 @@ fn download_activates_and_restore_blob_or_one_step_upload_recovers_new_hsms() {
         .refused("an existing exchange key file", "already exists");
     assert_eq!(std::fs::read(&exchange_b).expect("read"), before);
     let blob_b = w.join("B-blob.json");
-    restore_blob(&sd_file, &exchange_b, &[&keys[1]], &blob_b).refused(
+    restore_blob(&sd_file, &exchange_b, &[&keys[0]], &blob_b).refused(
         "one key of a quorum of two",
         "The security domain needs 2 of its wrapping keys; 1 given.",
     );
     assert!(!blob_b.exists(), "a refused restore-blob writes no file");
-    let other = openssl_key(w, "stranger");
-    restore_blob(&sd_file, &exchange_b, &[&keys[1], &other], &blob_b)
+    let other = openssl_key(w, "stranger", None);
+    restore_blob(&sd_file, &exchange_b, &[&keys[0], &other], &blob_b)
         .refused("a key of no share", "matches no share");
     restore_blob(&sd_file, &exchange_b, &[&keys[0], &keys[2]], &blob_b).ok("restore-blob");
     restore_blob(&sd_file, &exchange_b, &[&keys[0], &keys[2]], &blob_b)
@@ -365,18 +371,24 @@ fn download_activates_and_restore_blob_or_one_step_upload_recovers_new_hsms() {
     sd_online(&c, "upload", &["--sd-file", s(&sd_file), "--restore-blob"])
         .refused("an SD file as a blob", "not a restore blob");
     assert_not_activated(&c);
+    let one_step = [
+        "--sd-file",
+        s(&sd_file),
+        "--sd-exchange-key",
+        s(&exchange_c),
+        "--sd-wrapping-keys",
+        s(&keys[1]),
+        s(&keys[2]),
+    ];
+    sd_online(&c, "upload", &one_step).refused(
+        "an encrypted key without its password",
+        "k2.pem is encrypted; give its password with --passwords",
+    );
+    assert_not_activated(&c);
     let run = sd_online(
         &c,
         "upload",
-        &[
-            "--sd-file",
-            s(&sd_file),
-            "--sd-exchange-key",
-            s(&exchange_c),
-            "--sd-wrapping-keys",
-            s(&keys[1]),
-            s(&keys[2]),
-        ],
+        &[&one_step[..], &["--passwords", "pw2", ""]].concat(),
     )
     .ok("one-step upload");
     assert_uploaded(&run);
