@@ -49,12 +49,14 @@ WrappingKey = Tuple[Path, x509.Certificate]
 # --------------------------------------------------------------------------------------------
 
 
-def sd_client(service: Service, api_version: Optional[str] = None) -> SecurityDomainClient:
+def sd_client(
+    service: Service, api_version: Optional[str] = None, token: Optional[str] = None
+) -> SecurityDomainClient:
     kwargs = {} if api_version is None else {"api_version": api_version}
     # The service sends no Retry-After: without a polling interval the SDK waits 30 s a poll.
     return SecurityDomainClient(
         service.url,
-        StaticTokenCredential(service.token),
+        StaticTokenCredential(token or service.token),
         verify_challenge_resource=False,
         connection_verify=service.ca,
         retry_total=0,
@@ -382,6 +384,14 @@ def test_refused_downloads_change_nothing_and_api_version_7_5_works(
             lambda: client.begin_download(certificate_info(keys, 4)),
             400,
             "The quorum ('required') is 4, but only 3 certificates were given",
+        )
+        # Only a Managed HSM Administrator downloads the domain.
+        _, officer = x.new_principal(f"officer-{api_version}", "Managed HSM Crypto Officer")
+        assert_refused(
+            lambda: sd_client(x, api_version, officer).begin_download(certificate_info(keys, 2)),
+            403,
+            "securitydomain/download/action",
+            code="AccessDenied",
         )
         assert_not_activated(x)
         with pytest.raises(ResourceNotFoundError):
