@@ -297,13 +297,19 @@ fn download_activates_and_restore_blob_or_one_step_upload_recovers_new_hsms() {
     let a = Service::start(&dir_a);
     assert_not_activated(&a);
 
-    // Refused before anything is sent: too few certificates, a quorum over their number, an
-    // output file that exists (kept as it was).
+    // Refused: too few certificates and a quorum over their number before anything is sent, a
+    // certificate given twice by the service, an output file that exists (kept as it was).
     let sd_file = w.join("SD.json");
     let certs: Vec<PathBuf> = keys.iter().map(|k| cert_of(k)).collect();
     run_download(&a, &certs[..2], 2, &sd_file)
         .refused("two certificates", "3 to 10 certificates; 2");
     run_download(&a, &certs, 4, &sd_file).refused("quorum 4 of 3", "only 3 certificates");
+    // az leaves duplicates to the service, and so does the CLI: the service's 400 is shown.
+    let twice = [certs[0].clone(), certs[1].clone(), certs[0].clone()];
+    run_download(&a, &twice, 2, &sd_file).refused(
+        "a certificate twice",
+        "the service answered 400: BadParameter: certificates[0] and certificates[2] are the same certificate",
+    );
     assert!(!sd_file.exists(), "a refused download writes no file");
     std::fs::write(&sd_file, "keep me").expect("write");
     run_download(&a, &certs, 2, &sd_file).refused(
