@@ -491,3 +491,39 @@ def test_an_upload_the_token_fails_reports_nothing_internal_and_can_be_made_agai
     assert_not_activated(b)
     assert client_b.begin_upload(SecurityDomain(value=blob)).result() is None
     assert make_key_client(b).restore_key_backup(backup).name == "made-on-a"
+
+
+def test_a_download_given_up_for_an_upload_is_not_reported_done(
+    start_not_activated, tmp_path: Path
+) -> None:
+    """One administrator downloads a new HSM's domain without polling (az's ``--no-wait``);
+    before anyone polls, another recovers the HSM with an upload of another domain. The
+    download's file is then worthless, and its status must not say it succeeded."""
+    keys = make_wrapping_keys(tmp_path, "k", 3)
+    a = start_not_activated()
+    sd = download(sd_client(a), keys, 2)
+    _, _, backup = sign_and_back_up(a, "made-on-a")
+
+    b = start_not_activated()
+    client_b = sd_client(b)
+    exchange = tmp_path / "b-exchange.pem"
+    write_exchange_key(transfer_key_jwk(client_b), exchange)
+    others = make_wrapping_keys(tmp_path, "o", 3)
+    lost = client_b.begin_download(certificate_info(others, 2), skip_activation_polling=True)
+    lost_file = lost.result().value
+    sd_file = tmp_path / "sd.json"
+    sd_file.write_text(json.dumps(sd))
+    blob = cli_restore_blob(a, sd_file, exchange, keys[:2], tmp_path / "blob.json")
+    assert client_b.begin_upload(SecurityDomain(value=blob)).result() is None
+    assert make_key_client(b).restore_key_backup(backup).name == "made-on-a"
+
+    status = client_b.get_download_status()
+    assert status.status == "Failed", status
+    assert "activated by an upload" in status.status_details, status
+    # The lost file really holds no domain of B's: it recovers an HSM that reads none of B's
+    # (A's) backups.
+    c = start_not_activated()
+    recover(sd_client(c), c, lost_file, others[:2], tmp_path, "c")
+    with pytest.raises(HttpResponseError) as refused:
+        make_key_client(c).restore_key_backup(backup)
+    assert refused.value.status_code == 400, refused.value
