@@ -436,20 +436,22 @@ fn reshare_moves_the_domain_to_new_keys_and_a_new_quorum() {
     a.stop();
 
     let new_file = w.join("NEW.json");
-    let reshare = |keys: &[&PathBuf], out: &Path| {
+    let new_certs: Vec<PathBuf> = new.iter().map(|k| cert_of(k)).collect();
+    let reshare_to = |keys: &[&PathBuf], quorum: &str, out: &Path| {
         let mut args = vec!["reshare", "--sd-file", s(&sd_file), "--sd-wrapping-keys"];
         args.extend(keys.iter().map(|k| s(k)));
         args.push("--new-wrapping-keys");
-        let certs: Vec<PathBuf> = new.iter().map(|k| cert_of(k)).collect();
-        let certs: Vec<String> = certs.iter().map(|c| s(c).to_owned()).collect();
-        args.extend(certs.iter().map(String::as_str));
-        args.extend(["--sd-quorum", "3", "--security-domain-file", s(out)]);
+        args.extend(new_certs.iter().map(|c| s(c)));
+        args.extend(["--sd-quorum", quorum, "--security-domain-file", s(out)]);
         sd(&args)
     };
+    let reshare = |keys: &[&PathBuf], out: &Path| reshare_to(keys, "3", out);
     reshare(&[&old[0]], &new_file).refused(
         "one old key of a quorum of two",
         "The security domain needs 2 of its wrapping keys; 1 given.",
     );
+    reshare_to(&[&old[0], &old[1]], "4", &new_file)
+        .refused("a new quorum over the new keys", "only 3 certificates");
     assert!(!new_file.exists());
     let run = reshare(&[&old[0], &old[1]], &new_file).ok("reshare");
     assert!(
@@ -462,7 +464,6 @@ fn reshare_moves_the_domain_to_new_keys_and_a_new_quorum() {
     reshare(&[&old[1], &old[2]], &new_file).refused("an existing output file", "already exists");
     assert_eq!(std::fs::read_to_string(&new_file).expect("NEW.json"), text);
     let file: Value = serde_json::from_str(&text).expect("JSON");
-    let new_certs: Vec<PathBuf> = new.iter().map(|k| cert_of(k)).collect();
     check_file(&file, &new_certs, 3);
 
     // A fourth HSM: the new file opens with the three new keys, not with two of them (below
