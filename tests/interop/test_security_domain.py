@@ -8,15 +8,17 @@ SDK's ``get_transfer_key`` and ``begin_upload``, the restore blob made offline i
 expects) from two of the three private keys; a key backup and a signature of the first HSM are
 then good on the second. Refusals come back through the SDK as the service's errors and change
 nothing. The SDK's default api-version is used throughout, and 7.5 (what az 2.91 sends) for a
-download and a recovery of their own.
+download and a recovery of their own. Also: ``skip_activation_polling`` (az's ``--no-wait``),
+an upload the token fails (its status says nothing internal, and the upload can be made
+again), and a download given up for another administrator's upload (not reported done).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import hashlib
-import contextlib
 import json
 import subprocess
 from pathlib import Path
