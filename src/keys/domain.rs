@@ -302,6 +302,17 @@ impl SecurityDomain {
     pub async fn download_status(self: &Arc<Self>) -> Result<OperationStatus> {
         let _changing = self.changes.lock().await;
         match self.activation() {
+            // Recovered by an upload: whatever download an earlier poll would have confirmed
+            // was given up, and its file holds no domain this HSM has.
+            Activation::Active if self.store.meta(meta::SOURCE)?.as_deref() == Some("upload") => {
+                Ok(OperationStatus {
+                    status: "Failed",
+                    details: "This HSM was activated by an upload (a recovery), not by a download: \
+                              a security domain file downloaded from it before then holds no domain \
+                              it has; the uploaded domain's own file and keys recover it."
+                        .into(),
+                })
+            }
             Activation::Active => Ok(success()),
             Activation::NotActivated => Err(Error::NotFound {
                 what: Missing::SecurityDomainOperation,
@@ -415,9 +426,11 @@ impl SecurityDomain {
             Ok(())
         })
         .await;
+        // The status is for clients: a fault inside says nothing about the inside (the 500
+        // said nothing either; the detail is in the log).
         let failure = match &outcome {
             Ok(()) => None,
-            Err(e) => Some(e.to_string()),
+            Err(e) => Some(e.failure().1),
         };
         *self
             .last_upload_failure

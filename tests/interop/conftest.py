@@ -301,6 +301,68 @@ def service() -> Service:
         assert not extra, f"p11vault printed more than one stdout line: {svc.stdout_lines!r}"
 
 
+def _stop_service(svc: Service) -> Optional[str]:
+    """SIGTERM, then waits; returns what went wrong (None if it exited 0 and printed one line)."""
+    died_early = svc.proc.poll() is not None
+    if not died_early:
+        svc.proc.send_signal(signal.SIGTERM)
+    try:
+        rc = svc.proc.wait(SHUTDOWN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        svc.proc.kill()
+        svc.proc.wait()
+        return f"p11vault did not exit within {SHUTDOWN_TIMEOUT_S:.0f}s of SIGTERM"
+    if died_early:
+        return f"p11vault died during the test (exit {rc})"
+    if rc != 0:
+        return f"p11vault exited with {rc} after SIGTERM (expected 0)"
+    if svc.stdout_lines[1:]:
+        return f"p11vault printed more than one stdout line: {svc.stdout_lines!r}"
+    return None
+
+
+def _not_activated_data_dir(base: Path) -> Path:
+    """A data dir prepared for the token under test whose ``p11vault.toml`` says
+    ``[security_domain] auto_activate = false``: its first start leaves the HSM not activated,
+    waiting for a security-domain download or upload."""
+    data_dir = base / "data"
+    data_dir.mkdir()
+    _prepare_token(data_dir)
+    config = data_dir / "p11vault.toml"
+    text = config.read_text() if config.exists() else ""
+    if "auto_activate = true" in text:
+        text = text.replace("auto_activate = true", "auto_activate = false")
+    else:
+        text += "\n[security_domain]\nauto_activate = false\n"
+    config.write_text(text)
+    return data_dir
+
+
+@pytest.fixture
+def start_not_activated() -> Callable[[], Service]:
+    """Starts fresh p11vault processes that are not activated (``auto_activate = false``), each
+    on its own data dir and token; all are stopped at the end of the test, which fails unless
+    each exits 0 on SIGTERM."""
+    bin_path = Path(os.environ.get("P11VAULT_BIN") or DEFAULT_BIN)
+    started: List["tuple[Path, Service]"] = []
+
+    def start() -> Service:
+        base = Path(tempfile.mkdtemp(prefix="p11vault-sd-"))
+        svc = _start_service(bin_path, _not_activated_data_dir(base))
+        started.append((base, svc))
+        return svc
+
+    yield start
+    problems = []
+    for base, svc in started:
+        problem = _stop_service(svc)
+        if problem:
+            problems.append(f"{svc.url}: {problem}\nstderr:\n{svc.stderr_tail(4000)}")
+        if not os.environ.get("P11VAULT_KEEP_DATA"):
+            shutil.rmtree(base, ignore_errors=True)
+    assert not problems, "\n".join(problems)
+
+
 @pytest.fixture(autouse=True)
 def _service_still_alive(service: Service):
     """Fail the test (with the service's stderr) if p11vault died while it ran."""
