@@ -330,6 +330,45 @@ fn a_new_hsm_serves_only_its_security_domain_until_a_download_is_confirmed() {
     );
     assert_eq!(done["status_details"], "The resource is active.");
 
+    // Each security-domain request is in the audit log with its data action and outcome.
+    let log = std::fs::read_to_string(dir.join("audit.log")).expect("audit log");
+    let records: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a record"))
+        .collect();
+    let with = |action: &str, status: u64| {
+        records
+            .iter()
+            .filter(|r| r["action"] == action && r["status"] == status)
+            .count()
+    };
+    assert_eq!(
+        with(
+            "Microsoft.KeyVault/managedHsm/securitydomain/download/action",
+            202
+        ),
+        1
+    );
+    assert!(
+        with(
+            "Microsoft.KeyVault/managedHsm/securitydomain/download/action",
+            400
+        ) >= 11
+    );
+    assert_eq!(
+        with(
+            "Microsoft.KeyVault/managedHsm/securitydomain/download/action",
+            403
+        ),
+        1
+    );
+    assert!(
+        with(
+            "Microsoft.KeyVault/managedHsm/securitydomain/download/read",
+            200
+        ) >= 1
+    );
+
     // Active: keys work, and the domain is neither downloaded nor replaced again.
     svc.create("after", r#"{"kty":"EC","crv":"P-256"}"#);
     let (status, _, answer) = call_with_link(
