@@ -125,6 +125,11 @@ impl AccessControl {
         }
     }
 
+    /// The service clock's time, in seconds since the epoch.
+    pub fn now(&self) -> i64 {
+        self.clock.now()
+    }
+
     /// Fetches the OpenID Connect issuer's keys again (blocking).
     pub fn refresh_jwks(&self) {
         if let Some(oidc) = &self.oidc {

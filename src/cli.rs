@@ -553,3 +553,150 @@ fn follow_job(client: &Client, status_url: &str, no_wait: bool) -> CliResult {
     println!("{}", crate::backup::client::outcome(&status)?);
     Ok(())
 }
+
+/// `p11vault az-setup`: prepares an Azure CLI config dir for this service.
+#[derive(Args)]
+pub struct AzSetupArgs {
+    /// The data dir (its ca.pem is the CA az is told to trust).
+    #[arg(long, env = "P11VAULT_DATA_DIR", default_value = crate::config::DEFAULT_DATA_DIR)]
+    data_dir: std::path::PathBuf,
+    /// A file holding the p11vault bearer token of the principal az signs in as.
+    #[arg(long)]
+    token_file: std::path::PathBuf,
+    /// The az config dir to prepare (AZURE_CONFIG_DIR); made if missing.
+    #[arg(long)]
+    config_dir: std::path::PathBuf,
+    /// The HSM name of `az keyvault … --hsm-name NAME`: az then calls
+    /// `https://NAME.{host}[:port]`, which must resolve to the service.
+    #[arg(long)]
+    hsm_name: Option<String>,
+    /// The service's URL.
+    #[arg(long, env = "P11VAULT_URL", default_value = "https://127.0.0.1:8443")]
+    url: String,
+    /// The CA certificate to trust (default: the data dir's ca.pem).
+    #[arg(long)]
+    ca_file: Option<std::path::PathBuf>,
+}
+
+/// The az cloud `az-setup` registers and selects.
+pub const AZ_CLOUD: &str = "p11vault";
+
+/// Asks the service for the principal's identity header (which proves the token without
+/// holding it), writes the cloud into the az config dir, and prints the `export` lines.
+/// It writes az's two INI files itself rather than running `az cloud register`: that needs no
+/// az on the machine and takes milliseconds, where az takes seconds to start.
+pub fn az_setup(args: &AzSetupArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let ca = args
+        .ca_file
+        .clone()
+        .unwrap_or_else(|| args.data_dir.join("ca.pem"));
+    let ca = std::path::absolute(&ca)?;
+    let client = Client::new(&args.url, &ca, &args.token_file)?;
+    let answer = client
+        .request("POST", "/p11vault/identity/header")
+        .send_string("");
+    let issued: serde_json::Value = client.answer(answer)?.into_json()?;
+    let (Some(header), Some(endpoint)) = (
+        issued["identityHeader"].as_str(),
+        issued["identityEndpoint"].as_str(),
+    ) else {
+        return Err("the service's answer holds no identity header".into());
+    };
+    let base = client.url().to_owned();
+    let authority = base
+        .split_once("://")
+        .map(|(_, rest)| rest)
+        .unwrap_or(&base)
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    let host = authority
+        .rsplit_once(':')
+        .filter(|(h, p)| !h.ends_with(']') || p.is_empty() || h.starts_with('['))
+        .map_or(authority.as_str(), |(h, _)| h)
+        .to_owned();
+    let dir = std::path::absolute(&args.config_dir)?;
+    crate::fsutil::create_private_dir(&dir)?;
+    let cloud = [
+        ("profile", "latest".to_owned()),
+        ("endpoint_resource_manager", format!("{base}/")),
+        ("endpoint_management", format!("{base}/")),
+        ("endpoint_active_directory", base.clone()),
+        ("endpoint_active_directory_resource_id", format!("{base}/")),
+        // az refuses `--id` forms without a vault suffix; this service is an HSM, so the
+        // vault suffix is a name that never resolves.
+        ("suffix_keyvault_dns", ".vault.p11vault.invalid".to_owned()),
+        ("suffix_mhsm_dns", format!(".{authority}")),
+    ];
+    set_ini_section(&dir.join("clouds.config"), AZ_CLOUD, &cloud)?;
+    set_ini_section(
+        &dir.join("config"),
+        "cloud",
+        &[("name", AZ_CLOUD.to_owned())],
+    )?;
+    set_ini_section(
+        &dir.join("config"),
+        "core",
+        &[
+            ("collect_telemetry", "no".to_owned()),
+            ("survey_message", "no".to_owned()),
+        ],
+    )?;
+    let mut exports = vec![
+        ("AZURE_CONFIG_DIR", dir.display().to_string()),
+        ("REQUESTS_CA_BUNDLE", ca.display().to_string()),
+        ("IDENTITY_ENDPOINT", endpoint.to_owned()),
+        ("IDENTITY_HEADER", header.to_owned()),
+        ("AZURE_CORE_COLLECT_TELEMETRY", "no".to_owned()),
+        ("NO_PROXY", format!("{host},localhost,127.0.0.1")),
+    ];
+    if let Some(name) = &args.hsm_name {
+        exports.push(("P11VAULT_HSM_NAME", name.clone()));
+        exports.push(("P11VAULT_HSM_URL", format!("https://{name}.{authority}")));
+    }
+    let mut out = std::io::stdout().lock();
+    for (name, value) in exports {
+        writeln!(out, "export {name}={}", shell_quote(&value))?;
+    }
+    Ok(())
+}
+
+/// POSIX single quotes: safe for any value.
+fn shell_quote(value: &str) -> String {
+    format!("'{}'", value.replace('\'', r"'\''"))
+}
+
+/// Replaces (or adds) one section of an INI file, keeping every other section as it is.
+fn set_ini_section(
+    path: &std::path::Path,
+    section: &str,
+    pairs: &[(&str, String)],
+) -> Result<(), Box<dyn std::error::Error>> {
+    let old = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e.into()),
+    };
+    let mut kept = String::new();
+    let mut skipping = false;
+    for line in old.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with('[') && trimmed.ends_with(']') {
+            skipping = trimmed[1..trimmed.len() - 1].trim() == section;
+        }
+        if !skipping {
+            kept.push_str(line);
+            kept.push('\n');
+        }
+    }
+    if !kept.is_empty() && !kept.ends_with("\n\n") {
+        kept.push('\n');
+    }
+    kept.push_str(&format!("[{section}]\n"));
+    for (key, value) in pairs {
+        kept.push_str(&format!("{key} = {value}\n"));
+    }
+    crate::fsutil::write_atomic(path, kept.as_bytes(), 0o600)?;
+    Ok(())
+}

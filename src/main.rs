@@ -54,6 +54,9 @@ enum Command {
     /// (init-recovery, restore-blob, upload) and new wrapping keys (reshare).
     #[command(subcommand)]
     SecurityDomain(SecurityDomainCommand),
+    /// Prepares an Azure CLI config dir for this service and prints the `export` lines that
+    /// make `az login --identity --allow-no-subscriptions` sign in as a principal.
+    AzSetup(cli::AzSetupArgs),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
         Command::Backup(cmd) => cli::backup(cmd),
         Command::Restore(cmd) => cli::restore(cmd),
         Command::SecurityDomain(cmd) => cli::security_domain::run(cmd),
+        Command::AzSetup(args) => cli::az_setup(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

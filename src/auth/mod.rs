@@ -3,6 +3,7 @@
 //! snapshot lives in memory so that checking a request costs no database round trip. No HTTP
 //! types, no storage here.
 
+pub mod identity;
 pub mod oidc;
 pub mod roles;
 
@@ -92,6 +93,9 @@ pub struct Principal {
 pub struct AccessSnapshot {
     by_hash: HashMap<TokenHash, Principal>,
     by_id: HashMap<String, Principal>,
+    /// The hash of each enabled principal's current token, by lower-case id: what its identity
+    /// header is bound to (`identity`).
+    hash_by_id: HashMap<String, TokenHash>,
     roles: HashMap<String, RoleDefinition>,
     assignments: Vec<RoleAssignment>,
 }
@@ -114,6 +118,9 @@ impl AccessSnapshot {
             };
             if let Some(hash) = TokenHash::from_bytes(&row.token_hash) {
                 snapshot.by_hash.insert(hash, principal.clone());
+                snapshot
+                    .hash_by_id
+                    .insert(row.id.to_ascii_lowercase(), hash);
             }
             snapshot
                 .by_id
@@ -135,6 +142,13 @@ impl AccessSnapshot {
             .and_then(|(stored, principal)| {
                 bool::from(stored.0.ct_eq(&presented.0)).then(|| principal.clone())
             })
+    }
+
+    /// An enabled principal by id with the hash of its current bearer token (what an identity
+    /// header is checked against). Principals without a p11vault token have none.
+    pub fn principal_with_token(&self, id: &str) -> Option<(Principal, TokenHash)> {
+        let id = id.to_ascii_lowercase();
+        Some((self.by_id.get(&id)?.clone(), *self.hash_by_id.get(&id)?))
     }
 
     /// An enabled principal by id (how OpenID Connect tokens are mapped).

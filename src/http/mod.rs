@@ -7,6 +7,7 @@ mod crypto;
 mod deleted;
 pub mod error;
 mod extract;
+mod identity;
 mod keys;
 pub mod query;
 mod rbac;
@@ -195,7 +196,10 @@ pub fn router(state: AppState) -> Router {
         // Added after the layers, so none of them runs for it: no credential, no api-version,
         // no audit record (a load balancer probes it every few seconds), and answered during
         // an audit outage, which it reports.
-        .route(HEALTH, get(health));
+        .route(HEALTH, get(health))
+        // The managed-identity sign-in and ARM's answer to `az login`, beside the data plane:
+        // recorded, but authenticated by their own handlers (`identity`).
+        .merge(identity::router(state.clone()));
     // Percent-encoded unreserved characters of the path are decoded before routing
     // ([`query::normalize_path`]), so an encoded route or key name is the same request.
     let routed = router.with_state(state);
@@ -518,7 +522,18 @@ async fn authenticate(State(state): State<AppState>, mut req: Request, next: Nex
                 req.extensions_mut().insert(Caller { principal, access });
                 return next.run(req).await;
             }
-            Ok(None) => Error::Unauthorized("The bearer token is not valid.".into()),
+            Ok(None) => match identity::authenticate_issued(&state, token).await {
+                Ok(Some((principal, access))) => {
+                    AuditSlot::note(&req, |n| n.principal = Some(principal.clone()));
+                    req.extensions_mut().insert(Caller { principal, access });
+                    return next.run(req).await;
+                }
+                Ok(None) => Error::Unauthorized("The bearer token is not valid.".into()),
+                Err(e) => {
+                    drain(req).await;
+                    return e.into_response();
+                }
+            },
             Err(e) => {
                 drain(req).await;
                 return e.into_response();

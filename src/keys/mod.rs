@@ -10,6 +10,7 @@ mod cache;
 pub mod crypto;
 pub mod domain;
 mod executor;
+mod identity;
 pub mod import;
 pub mod lifecycle;
 mod reconcile;
