@@ -80,6 +80,8 @@ pub struct Ready {
 mod meta {
     pub const INITIALIZED: &str = "initialized";
     pub const DOMAIN: &str = crate::keys::domain::meta::DOMAIN;
+    /// The id of the sign-in's HMAC key (`hsm::identity`), recorded before it is made.
+    pub const IDENTITY_KEY: &str = "identity_key";
     pub const RETENTION_DAYS: &str = "retention_days";
     pub const PURGE_PROTECTION: &str = "purge_protection";
     /// JSON: what the first start learnt of the token (`hsm::TokenProfile`).
@@ -103,6 +105,12 @@ pub fn open(cfg: &Config, hosts: &[String]) -> Result<Ready, ProvisionError> {
         None if initialized && activation != Activation::NotActivated => {
             return Err(store::Error::Corrupt("security_domain".into()).into());
         }
+        None => None,
+    };
+    let identity = match store.meta(meta::IDENTITY_KEY)? {
+        Some(d) => Some(
+            VersionId::parse_hex(&d).ok_or_else(|| store::Error::Corrupt("identity_key".into()))?,
+        ),
         None => None,
     };
     // The operator's choice comes before the token is touched at all (no C_InitToken, no
@@ -170,8 +178,8 @@ pub fn open(cfg: &Config, hosts: &[String]) -> Result<Ready, ProvisionError> {
     match own {
         Some(own) => check_own_domain(cfg, &survey, own)?,
         // Not activated: only the objects of its own half-made domain or transfer key.
-        None if initialized => check_only_own_pending(cfg, &store, &survey)?,
-        None => check_nothing_foreign(cfg, &survey, recorded, false)?,
+        None if initialized => check_only_own_pending(cfg, &store, &survey, identity)?,
+        None => check_nothing_foreign(cfg, &survey, recorded, identity, false)?,
     }
     if !initialized && recorded.is_none() && cfg.auto_activate {
         refuse_vendor_auto_activation(cfg, &module, slot)?;
@@ -199,7 +207,7 @@ pub fn open(cfg: &Config, hosts: &[String]) -> Result<Ready, ProvisionError> {
             &module,
             slot,
             &survey,
-            recorded,
+            (recorded, identity),
             &profile,
             so_pin.as_ref(),
             &user_pin,
@@ -228,6 +236,19 @@ pub fn open(cfg: &Config, hosts: &[String]) -> Result<Ready, ProvisionError> {
     if let Some(domain) = domain {
         hsm.set_domain(domain)?;
     }
+    // The sign-in's key, independent of the security domain (an HSM that is not activated
+    // has none, and az must sign in to download it): its id is committed before the key is
+    // made, so a later start knows it as this data dir's own (invariant 9).
+    let identity = match identity {
+        Some(id) => id,
+        None => {
+            let id = VersionId::random();
+            store.set_meta(meta::IDENTITY_KEY, &id.to_string())?;
+            failpoint::hit("provision.after_identity_record");
+            id
+        }
+    };
+    hsm.set_identity_key(identity)?;
 
     let days: u32 = store
         .init_meta(meta::RETENTION_DAYS, &cfg.retention_days.to_string())?
@@ -278,7 +299,7 @@ fn first_start_domain(
     module: &Module,
     slot: hsm::Slot,
     survey: &hsm::Survey,
-    recorded: Option<VersionId>,
+    (recorded, identity): (Option<VersionId>, Option<VersionId>),
     profile: &TokenProfile,
     so_pin: Option<&Pin>,
     user_pin: &Pin,
@@ -324,7 +345,7 @@ fn first_start_domain(
     )?;
     failpoint::hit("provision.after_domain_objects");
     tracing::info!(%domain, "created the security domain");
-    let domain = confirm_alone(cfg, module, slot, domain, so_pin, user_pin)?;
+    let domain = confirm_alone(cfg, module, slot, domain, identity, so_pin, user_pin)?;
     let dir = write_auto_activation(&cfg.data_dir, &contents)?;
     store.set_metas(&[
         (domain_meta::ACTIVATION, Some(domain_meta::ACTIVE)),
@@ -424,6 +445,7 @@ fn check_only_own_pending(
     cfg: &Config,
     store: &Store,
     survey: &hsm::Survey,
+    identity: Option<VersionId>,
 ) -> Result<(), ProvisionError> {
     let mut own = Vec::new();
     for key in [domain_meta::CANDIDATE, domain_meta::TRANSFER_CANDIDATE] {
@@ -442,7 +464,7 @@ fn check_only_own_pending(
             .ok_or_else(|| store::Error::Corrupt(domain_meta::TRANSFER.into()))?;
         own.push(id);
     }
-    let foreign = survey.not_of_domains(&own);
+    let foreign = survey.not_of_domains(&own, identity);
     if foreign.is_empty() {
         return Ok(());
     }
@@ -612,11 +634,12 @@ fn confirm_alone(
     module: &Module,
     slot: hsm::Slot,
     domain: VersionId,
+    identity: Option<VersionId>,
     so_pin: Option<&Pin>,
     user_pin: &Pin,
 ) -> Result<VersionId, ProvisionError> {
     let after = module.survey(slot, user_pin)?;
-    if let Err(refusal) = check_nothing_foreign(cfg, &after, Some(domain), true) {
+    if let Err(refusal) = check_nothing_foreign(cfg, &after, Some(domain), identity, true) {
         // Nothing was served under this domain (the data dir is not initialised), so taking
         // it back loses nothing; without the SO PIN it stays, recorded, for the operator.
         if let Some(so) = so_pin
@@ -630,15 +653,17 @@ fn confirm_alone(
 }
 
 /// Refuses, before any write, a data dir that is not initialised when the token holds p11vault
-/// objects other than those of the domain this data dir recorded: key objects, or another
-/// domain's objects, belong to another instance (or to a database kept elsewhere).
+/// objects other than those of the domain and the sign-in key this data dir recorded: key
+/// objects, another domain's objects or another sign-in key belong to another instance (or to
+/// a database kept elsewhere).
 fn check_nothing_foreign(
     cfg: &Config,
     survey: &hsm::Survey,
     own: Option<VersionId>,
+    identity: Option<VersionId>,
     raced: bool,
 ) -> Result<(), ProvisionError> {
-    let foreign = survey.not_of_domain(own);
+    let foreign = survey.not_ours(own, identity);
     if foreign.is_empty() {
         return Ok(());
     }

@@ -565,7 +565,13 @@ fn half_made_first_start_finishes_with_its_recorded_domain(
     let recorded = domains(&half);
 
     let svc = Service::start_with(&dir, env).expect("the restart finishes the first start");
-    let done = tokens.objects("prov-alone", &pins);
+    let (sign_in, done): (Vec<_>, Vec<_>) = tokens
+        .objects("prov-alone", &pins)
+        .into_iter()
+        .partition(|(l, _)| l.starts_with("p11vault-id/"));
+    // Beside the domain, the sign-in's own HMAC key, under an id of its own.
+    assert_eq!(sign_in.len(), 1, "{sign_in:?}");
+    assert_ne!(sign_in[0].1, done[0].1, "{sign_in:?}");
     assert_eq!(domains(&done), recorded, "the recorded domain, no other");
     let roles: Vec<_> = done.iter().map(|(l, _)| l.rsplit('/').next()).collect();
     assert_eq!(

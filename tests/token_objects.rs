@@ -30,7 +30,12 @@ fn bool_attr(s: &Session, h: ObjectHandle, t: AttributeType) -> bool {
         | Some(Attribute::Modifiable(b))
         | Some(Attribute::Trusted(b))
         | Some(Attribute::Wrap(b))
-        | Some(Attribute::Unwrap(b)) => b,
+        | Some(Attribute::Unwrap(b))
+        | Some(Attribute::Sign(b))
+        | Some(Attribute::Verify(b))
+        | Some(Attribute::Encrypt(b))
+        | Some(Attribute::Decrypt(b))
+        | Some(Attribute::Derive(b)) => b,
         other => panic!("{t:?}: unexpected {other:?}"),
     }
 }
@@ -258,6 +263,50 @@ fn the_token_itself_keeps_every_key_sensitive_and_uncopyable() {
         }
     }
     assert_eq!(halves, 3, "the wrap half, the unwrap half and the MAC key");
+
+    // The sign-in's HMAC key (identity headers, the tokens of `az login --identity`), apart
+    // from the domain: private, sensitive, never leaves the token, sign and verify only.
+    let mut sign_in = 0;
+    for h in session
+        .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY)])
+        .expect("find")
+    {
+        let label = label_of(&session, h);
+        if !label.starts_with("p11vault-id/") {
+            continue;
+        }
+        sign_in += 1;
+        assert!(label.ends_with("/mac"), "{label}");
+        for (attr, want) in [
+            (AttributeType::Private, true),
+            (AttributeType::Sensitive, true),
+            (AttributeType::Sign, true),
+            (AttributeType::Verify, true),
+            (AttributeType::Extractable, false),
+            (AttributeType::Modifiable, false),
+            (AttributeType::Copyable, false),
+            (AttributeType::Trusted, false),
+            (AttributeType::Wrap, false),
+            (AttributeType::Unwrap, false),
+            (AttributeType::Encrypt, false),
+            (AttributeType::Decrypt, false),
+            (AttributeType::Derive, false),
+        ] {
+            assert_eq!(bool_attr(&session, h, attr), want, "{label}: {attr:?}");
+        }
+        let info = session
+            .get_attribute_info(h, &[AttributeType::Value])
+            .expect("attribute info");
+        assert!(
+            matches!(info.as_slice(), [AttributeInfo::Sensitive]),
+            "{label}: value readable"
+        );
+        assert!(
+            session.wrap_key(&key_wrap, user_kek, h).is_err(),
+            "{label}: wrapped out"
+        );
+    }
+    assert_eq!(sign_in, 1, "one sign-in key, whatever the domain");
 
     // A forged key backup: a holder of the user PIN wraps a content key and a key they know
     // under the domain's wrap half, and seals the payload themselves. Only the MAC, made with

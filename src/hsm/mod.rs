@@ -4,6 +4,7 @@
 
 pub mod backup;
 pub mod domain;
+mod identity;
 pub mod oaep;
 mod objects;
 pub mod ops;
@@ -346,6 +347,7 @@ impl Module {
                 templates::LIVE_PREFIX,
                 templates::DELETED_PREFIX,
                 templates::DOMAIN_PREFIX,
+                templates::IDENTITY_PREFIX,
             ]
             .iter()
             .any(|p| label.starts_with(p))
@@ -398,6 +400,7 @@ impl Module {
             }),
             cache: RwLock::new(HashMap::new()),
             domain: RwLock::new(None),
+            identity: RwLock::new(None),
             permits: Arc::new(Semaphore::new(settings.sessions)),
             mechanisms,
             profile,
@@ -495,6 +498,13 @@ impl TokenObject {
         (id.as_bytes().as_slice() == self.id.as_slice()).then_some(id)
     }
 
+    /// The sign-in key this object is, when its label and its `CKA_ID` both say so.
+    pub fn identity_key(&self) -> Option<VersionId> {
+        let rest = self.label.strip_prefix(templates::IDENTITY_PREFIX)?;
+        let id = VersionId::parse_hex(rest.strip_suffix("/mac")?)?;
+        (id.as_bytes().as_slice() == self.id.as_slice()).then_some(id)
+    }
+
     /// Whether this is the `role` object (`wrap`, `unwrap`, `mac`) of `domain`.
     pub fn is_domain_object(&self, domain: VersionId, role: &str) -> bool {
         self.label.as_bytes() == templates::domain_label(domain, role).as_slice()
@@ -520,20 +530,32 @@ impl Survey {
         })
     }
 
-    /// The objects that are not `own`'s domain objects: key objects, and objects of any other
-    /// domain (or with a domain label whose `CKA_ID` does not match it).
-    pub fn not_of_domain(&self, own: Option<VersionId>) -> Vec<&TokenObject> {
+    /// The objects that are neither `own`'s domain objects nor the data dir's own sign-in key
+    /// `identity`: key objects, objects of any other domain, other sign-in keys (or objects
+    /// whose label and `CKA_ID` disagree).
+    pub fn not_ours(
+        &self,
+        own: Option<VersionId>,
+        identity: Option<VersionId>,
+    ) -> Vec<&TokenObject> {
         self.objects
             .iter()
             .filter(|o| own.is_none() || o.domain() != own)
+            .filter(|o| identity.is_none() || o.identity_key() != identity)
             .collect()
     }
 
-    /// The objects that belong to none of the domain (or transfer key) ids `own`.
-    pub fn not_of_domains(&self, own: &[VersionId]) -> Vec<&TokenObject> {
+    /// The objects that belong to none of the domain (or transfer key) ids `own`, other than
+    /// the data dir's own sign-in key `identity`.
+    pub fn not_of_domains(
+        &self,
+        own: &[VersionId],
+        identity: Option<VersionId>,
+    ) -> Vec<&TokenObject> {
         self.objects
             .iter()
             .filter(|o| o.domain().is_none_or(|d| !own.contains(&d)))
+            .filter(|o| identity.is_none() || o.identity_key() != identity)
             .collect()
     }
 
@@ -541,7 +563,14 @@ impl Survey {
     pub fn describe(objects: &[&TokenObject]) -> String {
         let keys = objects
             .iter()
-            .filter(|o| !o.label.starts_with(templates::DOMAIN_PREFIX))
+            .filter(|o| {
+                !o.label.starts_with(templates::DOMAIN_PREFIX)
+                    && !o.label.starts_with(templates::IDENTITY_PREFIX)
+            })
+            .count();
+        let sign_in = objects
+            .iter()
+            .filter(|o| o.label.starts_with(templates::IDENTITY_PREFIX))
             .count();
         let mut domains: Vec<String> = objects
             .iter()
@@ -553,10 +582,14 @@ impl Survey {
             .collect();
         domains.sort();
         domains.dedup();
-        match (keys, domains.is_empty()) {
-            (0, true) => "no p11vault object".to_owned(),
+        let what = match (keys, domains.is_empty()) {
+            (0, true) if sign_in == 0 => return "no p11vault object".to_owned(),
             (k, true) => format!("{k} key objects and no security domain"),
             (k, false) => format!("{k} key objects and security domain {}", domains.join(", ")),
+        };
+        match sign_in {
+            0 => what,
+            n => format!("{what}, and {n} sign-in keys"),
         }
     }
 }
@@ -705,5 +738,42 @@ mod tests {
             None
         );
         assert_eq!(decode_ec_point(&[], Curve::P256), None);
+    }
+
+    #[test]
+    fn a_survey_counts_only_the_data_dirs_own_domain_and_sign_in_key_as_its_own() {
+        let (domain, identity, other) = (
+            VersionId::random(),
+            VersionId::random(),
+            VersionId::random(),
+        );
+        let object = |label: Vec<u8>, id: VersionId| TokenObject {
+            label: String::from_utf8(label).expect("utf-8"),
+            id: id.as_bytes().to_vec(),
+        };
+        let survey = Survey {
+            objects: vec![
+                object(templates::domain_label(domain, "wrap"), domain),
+                object(templates::domain_label(domain, "unwrap"), domain),
+                object(templates::identity_label(identity), identity),
+            ],
+            user_pin_set: true,
+        };
+        assert!(survey.not_ours(Some(domain), Some(identity)).is_empty());
+        // Before this data dir recorded a sign-in key, any sign-in key is another's.
+        let foreign = survey.not_ours(Some(domain), None);
+        assert_eq!(foreign.len(), 1);
+        assert_eq!(
+            Survey::describe(&foreign),
+            "0 key objects and no security domain, and 1 sign-in keys"
+        );
+        assert_eq!(survey.not_ours(Some(domain), Some(other)).len(), 1);
+        // A sign-in label whose CKA_ID disagrees is not the data dir's.
+        let forged = Survey {
+            objects: vec![object(templates::identity_label(identity), other)],
+            user_pin_set: true,
+        };
+        assert_eq!(forged.not_ours(None, Some(identity)).len(), 1);
+        assert_eq!(Survey::describe(&[]), "no p11vault object");
     }
 }

@@ -38,6 +38,8 @@ pub struct Hsm {
     pub(super) cache: RwLock<HashMap<VersionId, KeyHandles>>,
     /// The security domain's halves, once [`Hsm::set_domain`] has found them.
     pub(super) domain: RwLock<Option<backup::DomainHandles>>,
+    /// The sign-in's HMAC key, once [`Hsm::set_identity_key`] has found (or made) it.
+    pub(super) identity: RwLock<Option<super::identity::IdentityKey>>,
     pub(super) permits: Arc<Semaphore>,
     pub(super) mechanisms: Vec<MechanismType>,
     /// What the data dir's first start learnt of the token (recorded in its database).
@@ -244,6 +246,7 @@ impl Hsm {
     pub fn rebuild_cache(&self) -> Result<()> {
         let objects = self.call_blocking(|hsm, s| {
             hsm.refresh_domain(s)?;
+            hsm.refresh_identity_key(s)?;
             hsm.scan(s)
         })?;
         let mut pairs: HashMap<VersionId, (Option<ObjectHandle>, Option<ObjectHandle>)> =

@@ -8,10 +8,12 @@ use crate::model::{KeyFamily, KeyOp, KeyOps, VersionId};
 
 /// Label prefixes. A live version's objects are `p11vault/{name}/{version}`; a soft-deleted
 /// version's objects are relabelled `p11vault-deleted/{name}/{version}`; the security domain's
-/// objects are `p11vault-sd/{domain}/wrap|unwrap|mac`.
+/// objects are `p11vault-sd/{domain}/wrap|unwrap|mac`; the sign-in's HMAC key (independent of
+/// the security domain, which a fresh HSM may not have yet) is `p11vault-id/{id}/mac`.
 pub const LIVE_PREFIX: &str = "p11vault/";
 pub const DELETED_PREFIX: &str = "p11vault-deleted/";
 pub const DOMAIN_PREFIX: &str = "p11vault-sd/";
+pub const IDENTITY_PREFIX: &str = "p11vault-id/";
 
 pub fn live_label(name: &str, version: VersionId) -> Vec<u8> {
     format!("{LIVE_PREFIX}{name}/{version}").into_bytes()
@@ -24,6 +26,11 @@ pub fn deleted_label(name: &str, version: VersionId) -> Vec<u8> {
 /// The label of one of a security domain's objects: `role` is `wrap`, `unwrap` or `mac`.
 pub fn domain_label(domain: VersionId, role: &str) -> Vec<u8> {
     format!("{DOMAIN_PREFIX}{domain}/{role}").into_bytes()
+}
+
+/// The label of the sign-in's HMAC key `id` (`hsm::identity`).
+pub fn identity_label(id: VersionId) -> Vec<u8> {
+    format!("{IDENTITY_PREFIX}{id}/mac").into_bytes()
 }
 
 /// How key material may leave the token.
@@ -265,6 +272,19 @@ pub fn domain_unwrap_half(domain: VersionId, value: &[u8]) -> Vec<Attribute> {
 /// The security domain's MAC key: private, login-protected, sign and verify only, never
 /// leaves the token. It authenticates backups.
 pub fn domain_mac(domain: VersionId, label: Vec<u8>) -> Vec<Attribute> {
+    hmac_key(domain, label)
+}
+
+/// The sign-in's HMAC key (identity headers and the tokens the identity endpoint issues): the
+/// same template as the domain's MAC key, under its own id and label, so that it exists
+/// whether or not the HSM holds a security domain.
+pub fn identity_mac(id: VersionId) -> Vec<Attribute> {
+    hmac_key(id, identity_label(id))
+}
+
+/// A private, sensitive, non-extractable, non-modifiable generic secret of 32 bytes that can
+/// only sign and verify.
+fn hmac_key(id: VersionId, label: Vec<u8>) -> Vec<Attribute> {
     vec![
         Attribute::Class(ObjectClass::SECRET_KEY),
         Attribute::KeyType(KeyType::GENERIC_SECRET),
@@ -283,7 +303,7 @@ pub fn domain_mac(domain: VersionId, label: Vec<u8>) -> Vec<Attribute> {
         Attribute::Wrap(false),
         Attribute::Unwrap(false),
         Attribute::Derive(false),
-        Attribute::Id(domain.as_bytes().to_vec()),
+        Attribute::Id(id.as_bytes().to_vec()),
         Attribute::Label(label),
     ]
 }

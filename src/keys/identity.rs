@@ -1,7 +1,7 @@
 //! The token's part of p11vault's managed-identity sign-in (`auth::identity`): the HMAC that
 //! authenticates identity headers and issued tokens, made and checked in the token with the
-//! security domain's private MAC key. The inputs carry a context string of their own
-//! (`auth::identity`), so no tag made here is ever a valid backup tag, nor the reverse.
+//! sign-in's own private HMAC key (`hsm::identity`), which exists whether or not the HSM holds
+//! a security domain. The inputs carry a context string of their own (`auth::identity`).
 
 use std::sync::Arc;
 
@@ -13,7 +13,7 @@ impl KeyService {
     /// HMAC-SHA-256 of `input` in the token.
     pub async fn identity_mac(self: &Arc<Self>, input: Vec<u8>) -> Result<Vec<u8>, Error> {
         self.hsm
-            .call(move |hsm, s| hsm.backup_mac(s, &input))
+            .call(move |hsm, s| hsm.identity_mac(s, &input))
             .await
             .map_err(Error::from)
     }
@@ -27,7 +27,7 @@ impl KeyService {
     ) -> Result<bool, Error> {
         match self
             .hsm
-            .call(move |hsm, s| hsm.check_backup_mac(s, &input, &tag))
+            .call(move |hsm, s| hsm.check_identity_mac(s, &input, &tag))
             .await
         {
             Ok(()) => Ok(true),
