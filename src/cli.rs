@@ -611,11 +611,19 @@ pub fn az_setup(args: &AzSetupArgs) -> Result<(), Box<dyn std::error::Error>> {
         .next()
         .unwrap_or_default()
         .to_owned();
-    let host = authority
-        .rsplit_once(':')
-        .filter(|(h, p)| !h.ends_with(']') || p.is_empty() || h.starts_with('['))
-        .map_or(authority.as_str(), |(h, _)| h)
-        .to_owned();
+    let (host, port) = split_authority(&authority);
+    // `--hsm-name NAME` makes az call `https://NAME{mhsmDns}`: under the URL's host name, or
+    // under `localhost` when the URL names an IP address (NAME.localhost is in the generated
+    // certificate; making it resolve is the operator's: README, "Using the Azure CLI").
+    let parent = if host.parse::<std::net::IpAddr>().is_ok() || host.starts_with('[') {
+        "localhost"
+    } else {
+        host.as_str()
+    };
+    let mhsm_suffix = match port {
+        Some(port) => format!(".{parent}:{port}"),
+        None => format!(".{parent}"),
+    };
     let dir = std::path::absolute(&args.config_dir)?;
     crate::fsutil::create_private_dir(&dir)?;
     let cloud = [
@@ -624,10 +632,18 @@ pub fn az_setup(args: &AzSetupArgs) -> Result<(), Box<dyn std::error::Error>> {
         ("endpoint_management", format!("{base}/")),
         ("endpoint_active_directory", base.clone()),
         ("endpoint_active_directory_resource_id", format!("{base}/")),
+        // az looks role assignments' principals up in Microsoft Graph (`http/graph.rs`).
+        (
+            "endpoint_microsoft_graph_resource_id",
+            format!("{base}/graph/"),
+        ),
         // az refuses `--id` forms without a vault suffix; this service is an HSM, so the
         // vault suffix is a name that never resolves.
         ("suffix_keyvault_dns", ".vault.p11vault.invalid".to_owned()),
-        ("suffix_mhsm_dns", format!(".{authority}")),
+        ("suffix_mhsm_dns", mhsm_suffix.clone()),
+        // `backup start` / `restore start` build `https://{account}.blob.{suffix}/{container}`;
+        // the service reads the container from it and never calls it.
+        ("suffix_storage_endpoint", mhsm_suffix.trim_start_matches('.').to_owned()),
     ];
     set_ini_section(&dir.join("clouds.config"), AZ_CLOUD, &cloud)?;
     set_ini_section(
@@ -649,17 +665,30 @@ pub fn az_setup(args: &AzSetupArgs) -> Result<(), Box<dyn std::error::Error>> {
         ("IDENTITY_ENDPOINT", endpoint.to_owned()),
         ("IDENTITY_HEADER", header.to_owned()),
         ("AZURE_CORE_COLLECT_TELEMETRY", "no".to_owned()),
-        ("NO_PROXY", format!("{host},localhost,127.0.0.1")),
+        ("NO_PROXY", format!("{host},localhost,.localhost,127.0.0.1")),
     ];
     if let Some(name) = &args.hsm_name {
         exports.push(("P11VAULT_HSM_NAME", name.clone()));
-        exports.push(("P11VAULT_HSM_URL", format!("https://{name}.{authority}")));
+        exports.push(("P11VAULT_HSM_URL", format!("https://{name}{mhsm_suffix}")));
     }
     let mut out = std::io::stdout().lock();
     for (name, value) in exports {
         writeln!(out, "export {name}={}", shell_quote(&value))?;
     }
     Ok(())
+}
+
+/// The host (IPv6 with its brackets) and port of `host[:port]`.
+fn split_authority(authority: &str) -> (String, Option<String>) {
+    if let Some(rest) = authority.strip_prefix('[') {
+        let (inside, after) = rest.split_once(']').unwrap_or((rest, ""));
+        let port = after.strip_prefix(':').map(str::to_owned);
+        return (format!("[{inside}]"), port);
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) => (host.to_owned(), Some(port.to_owned())),
+        None => (authority.to_owned(), None),
+    }
 }
 
 /// POSIX single quotes: safe for any value.

@@ -96,6 +96,8 @@ struct FileConfig {
     backup: FileBackup,
     #[serde(default)]
     security_domain: FileSecurityDomain,
+    #[serde(default)]
+    tls: FileTls,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -105,6 +107,14 @@ struct FileSecurityDomain {
     /// generated wrapping keys under `{data_dir}/security-domain/`. Default `true` only for the
     /// embedded SoftHSM2 token; a vendor HSM never auto-activates.
     auto_activate: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileTls {
+    /// More names the generated server certificate covers: host names, or a wildcard
+    /// `*.suffix` for `az … --hsm-name NAME` (`https://NAME{mhsmDns}`).
+    names: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -215,6 +225,9 @@ pub struct Config {
     /// Where full backups are written: `{backup_root}/{container}/{folder}`.
     pub backup_root: PathBuf,
     pub hsm_name: String,
+    /// Names the generated certificate covers beyond loopback and the public URL's host:
+    /// `{hsm_name}.localhost` and `tls.names`.
+    pub tls_names: Vec<String>,
     pub restore_requires_backup_within_secs: i64,
     /// TEST-ONLY crash points (see `failpoint`), from `P11VAULT_TEST_FAILPOINTS`.
     pub test_failpoints: Vec<String>,
@@ -363,6 +376,32 @@ impl Config {
                 message: "1 to 64 letters, digits and '-' (it names backup folders)".into(),
             });
         }
+        let mut tls_names = vec![format!("{}.localhost", hsm_name.to_ascii_lowercase())];
+        for name in file.tls.names.unwrap_or_default() {
+            let bare = name.strip_prefix("*.").unwrap_or(&name);
+            let ok = !bare.is_empty()
+                && bare.len() <= 253
+                && bare.split('.').all(|label| {
+                    !label.is_empty()
+                        && label.len() <= 63
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                        && !label.starts_with('-')
+                        && !label.ends_with('-')
+                });
+            // OpenSSL (Python's ssl, so az) accepts a wildcard only over two labels or more.
+            let wildcard_ok = !name.starts_with("*.") || bare.contains('.');
+            if !ok || !wildcard_ok {
+                return Err(ConfigError::Invalid {
+                    setting: "tls.names",
+                    message: format!(
+                        "'{name}' is not a DNS name or a wildcard '*.a.b' (a wildcard needs two labels after it)"
+                    ),
+                });
+            }
+            tls_names.push(name.to_ascii_lowercase());
+        }
         let window = file
             .backup
             .restore_requires_backup_within_minutes
@@ -394,6 +433,7 @@ impl Config {
                 .unwrap_or_else(|| "https://managedhsm.azure.net".to_owned()),
             oidc,
             backup_root,
+            tls_names,
             hsm_name,
             restore_requires_backup_within_secs: i64::from(window) * 60,
             test_failpoints: std::env::var("P11VAULT_TEST_FAILPOINTS")

@@ -89,6 +89,8 @@ pub enum Reason {
     HsmNotActivated,
     /// The HSM has its security domain; a download or an upload would replace it.
     HsmAlreadyActivated,
+    /// The whole HSM is soft-deleted.
+    HsmDeleted,
 }
 
 /// What, other than a key, does not exist.
@@ -99,6 +101,8 @@ pub enum Missing {
     RoleAssignment,
     /// No security-domain download or upload whose status could be given.
     SecurityDomainOperation,
+    /// An Azure Resource Manager resource (the HSM itself, a deleted HSM, a subscription).
+    Resource,
 }
 
 impl Error {

@@ -270,6 +270,7 @@ pub fn open(cfg: &Config, hosts: &[String]) -> Result<Ready, ProvisionError> {
 
     failpoint::hit("provision.after_tls");
     let admin_token_created = ensure_administrator(&store, &cfg.data_dir)?;
+    record_operator(&store)?;
     if !initialized {
         store.set_meta(
             meta::INITIALIZED,
@@ -761,6 +762,25 @@ fn read_or_create_pin(path: &Path) -> Result<Pin, ProvisionError> {
 /// exists. The token is written to
 /// `DATA_DIR/admin.token` (0600) before its hash is stored, so a crash in between is finished
 /// on the next start from the file.
+/// The HSM's operator, who alone may do what Azure Resource Manager does to a Managed HSM
+/// (show, update, delete, recover, purge it): the bootstrap administrator, recorded once. A
+/// data dir made before the operator was recorded gets its first principal named
+/// `administrator` (the one its first start made).
+fn record_operator(store: &Store) -> Result<(), ProvisionError> {
+    if store.operator()?.is_some() {
+        return Ok(());
+    }
+    let principals = store.principals()?;
+    if let Some(first) = principals
+        .iter()
+        .filter(|p| p.name == "administrator")
+        .min_by_key(|p| p.created)
+    {
+        store.set_meta(store::OPERATOR, &first.id)?;
+    }
+    Ok(())
+}
+
 fn ensure_administrator(store: &Store, data_dir: &Path) -> Result<bool, ProvisionError> {
     if !store.principals()?.is_empty() {
         return Ok(false);

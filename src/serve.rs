@@ -38,7 +38,7 @@ pub fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
         .clone()
         .map(|u| u.trim_end_matches('/').to_owned())
         .unwrap_or_else(|| default_public_url(bound));
-    let ready = provision::open(&cfg, &tls_hosts(bound, &public_url))?;
+    let ready = provision::open(&cfg, &tls_hosts(bound, &public_url, &cfg.tls_names))?;
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -92,6 +92,11 @@ pub fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
         domain.recover().await?;
         // A full restore a crash interrupted is finished before anything else looks at keys.
         backups.recover().await?;
+        // So is a purge of the whole HSM.
+        let hsm_state = keys.load_hsm_state().await?;
+        if !hsm_state.is_active() {
+            tracing::warn!(?hsm_state, "the HSM is not live: the data plane refuses every request");
+        }
         let report = keys.reconcile().await?;
         tracing::info!(?report, "reconciled the token with the database");
         let mechanisms: Vec<String> = keys.hsm().mechanisms().iter().map(|m| m.to_string()).collect();
@@ -113,6 +118,7 @@ pub fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
             public_url: public_url.as_str().into(),
             challenge: AppState::challenge_for(&authority, &cfg.challenge_resource),
             max_body_bytes: cfg.max_body_bytes,
+            hsm_name: cfg.hsm_name.as_str().into(),
         };
         let tls_config = axum_server::tls_rustls::RustlsConfig::from_config(tls::server_config(&ready.tls)?);
         let handle = axum_server::Handle::new();
@@ -184,14 +190,15 @@ fn default_public_url(bound: SocketAddr) -> String {
     }
 }
 
-/// Names the generated certificate is valid for: loopback, the bound address, and the host
-/// of the public URL.
-fn tls_hosts(bound: SocketAddr, public_url: &str) -> Vec<String> {
+/// Names the generated certificate is valid for: loopback, the bound address, the host of
+/// the public URL, and the configured names (`{hsm_name}.localhost`, `tls.names`).
+fn tls_hosts(bound: SocketAddr, public_url: &str, names: &[String]) -> Vec<String> {
     let mut hosts = vec![
         "localhost".to_owned(),
         "127.0.0.1".to_owned(),
         "::1".to_owned(),
     ];
+    hosts.extend(names.iter().cloned());
     if !bound.ip().is_unspecified() {
         hosts.push(bound.ip().to_string());
     }

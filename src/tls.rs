@@ -29,6 +29,10 @@ pub struct TlsPaths {
     pub ca: PathBuf,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The names a generated certificate covers, one a line: written beside it, so that a
+    /// change of the configured names makes a new one, and an operator's own certificate
+    /// (which has no such file) is never replaced.
+    pub names: PathBuf,
 }
 
 impl TlsPaths {
@@ -37,15 +41,27 @@ impl TlsPaths {
             ca: data_dir.join("ca.pem"),
             cert: data_dir.join("tls").join("server.pem"),
             key: data_dir.join("tls").join("server.key"),
+            names: data_dir.join("tls").join("generated-names"),
         }
     }
 }
 
-/// Creates the CA and server certificate unless both already exist. `hosts` become the
-/// certificate's subject alternative names (names and IP addresses).
+/// Creates the CA and server certificate unless both already exist; makes them again when
+/// the service generated them for other names than `hosts` (a new CA too: its key was thrown
+/// away, so clients must trust the new `ca.pem`). `hosts` become the certificate's subject
+/// alternative names (names and IP addresses).
 pub fn ensure_certificate(paths: &TlsPaths, hosts: &[String]) -> Result<bool, TlsError> {
+    let wanted = hosts.join("\n") + "\n";
     if paths.cert.exists() && paths.key.exists() {
-        return Ok(false);
+        match std::fs::read_to_string(&paths.names) {
+            Ok(made_for) if made_for == wanted => return Ok(false),
+            Ok(_) => tracing::warn!(
+                ca = %paths.ca.display(),
+                "the certificate names changed: making a new CA and server certificate; clients must trust the new CA file"
+            ),
+            // Not made by this release, or the operator's own: kept as it is.
+            Err(_) => return Ok(false),
+        }
     }
     let year = 1970 + (crate::clock::Clock::now(&crate::clock::SystemClock) / 31_556_952) as i32;
 
@@ -90,6 +106,7 @@ pub fn ensure_certificate(paths: &TlsPaths, hosts: &[String]) -> Result<bool, Tl
     let chain = format!("{}{}", server_cert.pem(), ca_cert.pem());
     write(&paths.cert, chain.as_bytes(), 0o644)?;
     write(&paths.ca, ca_cert.pem().as_bytes(), 0o644)?;
+    write(&paths.names, wanted.as_bytes(), 0o644)?;
     Ok(true)
 }
 

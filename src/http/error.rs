@@ -26,6 +26,7 @@ fn reason_code(reason: Reason) -> &'static str {
         Reason::KeyAttestationNotSupported => "KeyAttestationNotSupported",
         Reason::HsmNotActivated => "HSMNotActivated",
         Reason::HsmAlreadyActivated => "HSMAlreadyActivated",
+        Reason::HsmDeleted => "ManagedHsmDeleted",
     }
 }
 
@@ -36,6 +37,7 @@ fn missing_code(what: Missing) -> &'static str {
         Missing::RoleDefinition => "RoleDefinitionNotFound",
         Missing::RoleAssignment => "RoleAssignmentNotFound",
         Missing::SecurityDomainOperation => "OperationNotFound",
+        Missing::Resource => "ResourceNotFound",
     }
 }
 

@@ -203,20 +203,29 @@ async fn token(
     }
 }
 
-async fn subscriptions(State(state): State<AppState>, req: Request) -> Response {
-    let Some(token) = bearer(req.headers()).map(str::to_owned) else {
-        return unauthorized(&state, "The request carries no bearer token.");
+/// Who is calling an ARM-style route: a p11vault bearer token, a JWT of the configured OpenID
+/// Connect issuer, or a token the identity endpoint issued. Anything else is a 401 with the
+/// challenge.
+pub async fn caller(state: &AppState, headers: &HeaderMap) -> Result<Principal, Response> {
+    let Some(token) = bearer(headers).map(str::to_owned) else {
+        return Err(unauthorized(state, "The request carries no bearer token."));
     };
     let found = match state.access.authenticate(&token) {
         Ok(Some((p, _))) => Some(p),
-        Ok(None) => match authenticate_issued(&state, &token).await {
+        Ok(None) => match authenticate_issued(state, &token).await {
             Ok(found) => found.map(|(p, _)| p),
-            Err(e) => return e.into_response(),
+            Err(e) => return Err(e.into_response()),
         },
-        Err(e) => return e.into_response(),
+        Err(e) => return Err(e.into_response()),
     };
-    let Some(principal) = found else {
-        return unauthorized(&state, "The bearer token is not valid.");
+    found.ok_or_else(|| unauthorized(state, "The bearer token is not valid."))
+}
+
+async fn subscriptions(State(state): State<AppState>, req: Request) -> Response {
+    let headers = req.headers().clone();
+    let principal = match caller(&state, &headers).await {
+        Ok(p) => p,
+        Err(r) => return r,
     };
     AuditSlot::note(&req, |n| n.principal = Some(principal));
     Json(serde_json::json!({ "value": [] })).into_response()

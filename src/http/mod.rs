@@ -1,12 +1,14 @@
 //! The HTTP adapter: axum routes in Azure's shapes over the key service. Authentication and the
 //! `api-version` check run as middleware before any handler reads a body.
 
+mod arm;
 mod audit;
 mod backup;
 mod crypto;
 mod deleted;
 pub mod error;
 mod extract;
+mod graph;
 mod identity;
 mod keys;
 pub mod query;
@@ -63,6 +65,8 @@ pub struct AppState {
     /// The `WWW-Authenticate` value of every 401.
     pub challenge: HeaderValue,
     pub max_body_bytes: usize,
+    /// The HSM's name: in backup folder names and as the ARM resource's name.
+    pub hsm_name: Arc<str>,
 }
 
 impl AppState {
@@ -191,6 +195,7 @@ pub fn router(state: AppState) -> Router {
             next.run(req)
         }))
         .layer(middleware::from_fn_with_state(state.clone(), admit))
+        .layer(middleware::from_fn_with_state(state.clone(), hsm_gate))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn_with_state(state.clone(), audit_request))
         // Added after the layers, so none of them runs for it: no credential, no api-version,
@@ -199,7 +204,11 @@ pub fn router(state: AppState) -> Router {
         .route(HEALTH, get(health))
         // The managed-identity sign-in and ARM's answer to `az login`, beside the data plane:
         // recorded, but authenticated by their own handlers (`identity`).
-        .merge(identity::router(state.clone()));
+        .merge(identity::router(state.clone()))
+        // The HSM as an Azure Resource Manager resource, for its operator (`arm`).
+        .merge(arm::router(state.clone()))
+        // The Microsoft Graph lookup az makes after role-assignment commands (`graph`).
+        .merge(graph::router(state.clone()));
     // Percent-encoded unreserved characters of the path are decoded before routing
     // ([`query::normalize_path`]), so an encoded route or key name is the same request.
     let routed = router.with_state(state);
@@ -270,6 +279,18 @@ async fn admit(State(state): State<AppState>, req: Request, next: Next) -> Respo
                     .into(),
             )
             .into_response()
+        }
+    }
+}
+
+/// A soft-deleted (or purged) HSM answers no data-plane request, once the caller is
+/// authenticated; the sign-in and the ARM routes are outside this gate, so it can be recovered.
+async fn hsm_gate(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    match state.keys.gate(&state.hsm_name) {
+        Ok(()) => next.run(req).await,
+        Err(e) => {
+            drain(req).await;
+            e.into_response()
         }
     }
 }

@@ -10,6 +10,7 @@ mod cache;
 pub mod crypto;
 pub mod domain;
 mod executor;
+mod hsm_level;
 mod identity;
 pub mod import;
 pub mod lifecycle;
@@ -77,6 +78,8 @@ pub struct KeyService {
     /// exclusively by a full backup while it reads key material.
     purges: tokio::sync::RwLock<()>,
     versions: cache::VersionCache,
+    /// The HSM-level state (`hsm_level`), read at start-up and changed only by this process.
+    hsm_state: std::sync::RwLock<crate::model::HsmState>,
 }
 
 impl KeyService {
@@ -96,6 +99,7 @@ impl KeyService {
             changes: Arc::new(tokio::sync::RwLock::new(())),
             purges: tokio::sync::RwLock::new(()),
             versions: cache::VersionCache::default(),
+            hsm_state: std::sync::RwLock::new(crate::model::HsmState::Active),
         })
     }
 
@@ -469,6 +473,18 @@ impl KeyService {
                 }
                 if let Err(e) = this.refresh_purge_protection().await {
                     tracing::warn!(error = %e, "reading purge protection failed; will retry");
+                }
+                match this.purge_hsm_if_due().await {
+                    Ok(true) => tracing::info!("purged the HSM whose retention ended"),
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the scheduled purge of the HSM failed; will retry")
+                    }
+                }
+                // A deleted HSM changes nothing of its own: no key purges, no rotations.
+                if !this.hsm_state().is_active() {
+                    tokio::time::sleep(every).await;
+                    continue;
                 }
                 match this.purge_due().await {
                     Ok(0) => {}

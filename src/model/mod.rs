@@ -7,9 +7,11 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+mod hsm;
 mod intent;
 mod job;
 mod rotation;
+pub use hsm::{ActivationStatus, HsmState};
 pub use intent::{Intent, PurgeReason, UpdateTarget};
 pub use job::{FailureKind, Job, JobKind, JobStatus};
 pub use rotation::{IsoDuration, PolicyRecord, RotationPolicy, RotationTrigger};

@@ -7,6 +7,7 @@
 
 mod access;
 mod backup;
+mod hsm;
 mod intents;
 mod keys;
 mod rotation;
@@ -23,6 +24,7 @@ pub use access::RoleRemoval;
 pub use backup::{
     KeySnapshot, LastBackup, RestoreJournal, RoleAssignmentRow, RoleDefinitionRow, Snapshot,
 };
+pub use hsm::OPERATOR;
 pub use intents::OpenIntent;
 pub use keys::KeyRow;
 pub use rotation::RotationCandidate;

@@ -1,0 +1,488 @@
+//! The HSM as Azure Resource Manager has it: one `Microsoft.KeyVault/managedHSMs` resource for
+//! this p11vault, on the resource-manager endpoint `p11vault az-setup` registers, so that
+//! `az keyvault show | update-hsm | delete | list-deleted --resource-type hsm | recover | purge
+//! --hsm-name` work. The shapes are those of `azure-mgmt-keyvault` (api-version 2026-02-01 in
+//! az 2.91); the long-running operations complete before they answer (200, or the 202 of a
+//! purge without a status URL, which ARM clients read as done).
+//!
+//! Who may call these: the HSM's operator only (the bootstrap administrator, `store::OPERATOR`)
+//! — an operator-level credential, not a data-plane role, as ARM's `Managed HSM Contributor`
+//! is not one of the HSM's local roles. Everyone else gets 403 `AuthorizationFailed`.
+//!
+//! The resource lives in the one subscription az's tenant-level sign-in names
+//! ([`identity::TENANT`]), in resource group [`RESOURCE_GROUP`], at [`LOCATION`]; its name is
+//! the HSM name (`backup.hsm_name`).
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::http::request::Parts;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::extract::{AzPath, read_limited};
+use super::{AppState, AuditSlot};
+use crate::auth::Principal;
+use crate::auth::identity::TENANT;
+use crate::clock::rfc3339_millis;
+use crate::error::{Error, Missing, Reason};
+use crate::model::HsmState;
+
+/// The resource group the HSM is in.
+pub const RESOURCE_GROUP: &str = "p11vault";
+/// The HSM's location (`--location` of `recover` and `purge`).
+pub const LOCATION: &str = "local";
+
+const PROVIDER: &str = "providers/Microsoft.KeyVault";
+const HSM: &str = "/subscriptions/{subscription}/resourceGroups/{group}/providers/Microsoft.KeyVault/managedHSMs/{name}";
+
+pub fn router(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route(HSM, get(show).put(put).patch(put).delete(delete))
+        .route(
+            "/subscriptions/{subscription}/resourceGroups/{group}/providers/Microsoft.KeyVault/managedHSMs",
+            get(list_in_group),
+        )
+        .route(
+            "/subscriptions/{subscription}/providers/Microsoft.KeyVault/managedHSMs",
+            get(list),
+        )
+        .route(
+            "/subscriptions/{subscription}/providers/Microsoft.KeyVault/deletedManagedHSMs",
+            get(list_deleted),
+        )
+        .route(
+            "/subscriptions/{subscription}/providers/Microsoft.KeyVault/locations/{location}/deletedManagedHSMs/{name}",
+            get(show_deleted),
+        )
+        .route(
+            "/subscriptions/{subscription}/providers/Microsoft.KeyVault/locations/{location}/deletedManagedHSMs/{name}/purge",
+            post(purge),
+        )
+        .layer(axum::middleware::from_fn_with_state(
+            state,
+            super::audit_request,
+        ))
+}
+
+#[derive(Deserialize)]
+struct ApiVersion {
+    #[serde(rename = "api-version")]
+    api_version: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct HsmPath {
+    subscription: String,
+    group: String,
+    name: String,
+}
+
+#[derive(Deserialize)]
+struct SubscriptionPath {
+    subscription: String,
+}
+
+#[derive(Deserialize)]
+struct GroupPath {
+    subscription: String,
+    group: String,
+}
+
+#[derive(Deserialize)]
+struct DeletedPath {
+    subscription: String,
+    location: String,
+    name: String,
+}
+
+/// The checks every ARM request passes, in this order: a credential (401), the operator
+/// (403), an api-version (400), the subscription (404).
+async fn admit(
+    state: &AppState,
+    parts: &Parts,
+    query: &Result<Query<ApiVersion>, axum::extract::rejection::QueryRejection>,
+    subscription: &str,
+) -> Result<Principal, Response> {
+    let principal = super::identity::caller(state, &parts.headers).await?;
+    if let Some(slot) = parts.extensions.get::<AuditSlot>() {
+        slot.0.lock().unwrap_or_else(|p| p.into_inner()).principal = Some(principal.clone());
+    }
+    let operator = state
+        .keys
+        .operator()
+        .await
+        .map_err(IntoResponse::into_response)?;
+    if operator.as_deref().map(str::to_ascii_lowercase) != Some(principal.id.to_ascii_lowercase()) {
+        return Err(arm_error(
+            StatusCode::FORBIDDEN,
+            "AuthorizationFailed",
+            "Only the HSM's operator (its bootstrap administrator) may read or change the managed HSM resource; data-plane roles do not grant it.",
+        ));
+    }
+    let has_version = query
+        .as_ref()
+        .ok()
+        .and_then(|q| q.api_version.as_deref())
+        .is_some_and(|v| !v.is_empty());
+    if !has_version {
+        return Err(arm_error(
+            StatusCode::BAD_REQUEST,
+            "MissingApiVersionParameter",
+            "The api-version query parameter (?api-version=) is required for all requests.",
+        ));
+    }
+    if !subscription.eq_ignore_ascii_case(TENANT) {
+        return Err(arm_error(
+            StatusCode::NOT_FOUND,
+            "SubscriptionNotFound",
+            &format!(
+                "The subscription '{}' could not be found; this service's is '{TENANT}'.",
+                crate::model::truncate_for_message(subscription)
+            ),
+        ));
+    }
+    Ok(principal)
+}
+
+fn arm_error(status: StatusCode, code: &str, message: &str) -> Response {
+    super::error::error_response(status, code, message, None)
+}
+
+fn not_found(kind: &str, name: &str) -> Response {
+    Error::NotFound {
+        what: Missing::Resource,
+        message: format!(
+            "The Resource 'Microsoft.KeyVault/{kind}/{}' was not found.",
+            crate::model::truncate_for_message(name)
+        ),
+    }
+    .into_response()
+}
+
+fn resource_id(name: &str) -> String {
+    format!("/subscriptions/{TENANT}/resourceGroups/{RESOURCE_GROUP}/{PROVIDER}/managedHSMs/{name}")
+}
+
+/// Whether the path names this HSM (ARM names are case-insensitive).
+fn is_ours(state: &AppState, group: &str, name: &str) -> bool {
+    group.eq_ignore_ascii_case(RESOURCE_GROUP) && name.eq_ignore_ascii_case(&state.hsm_name)
+}
+
+async fn resource(state: &AppState) -> Result<Value, Error> {
+    let retention = state.keys.retention();
+    let purge_protection = state.keys.refresh_purge_protection().await?;
+    let activation = state.keys.activation_status().await?;
+    let operator = state.keys.operator().await?;
+    let name = state.hsm_name.as_ref();
+    Ok(json!({
+        "id": resource_id(name),
+        "name": name,
+        "type": "Microsoft.KeyVault/managedHSMs",
+        "location": LOCATION,
+        "sku": {"family": "B", "name": "Standard_B1"},
+        "tags": {},
+        "properties": {
+            "tenantId": TENANT,
+            "initialAdminObjectIds": operator.into_iter().collect::<Vec<_>>(),
+            "hsmUri": format!("{}/", state.public_url),
+            "enableSoftDelete": true,
+            "softDeleteRetentionInDays": retention.days,
+            "enablePurgeProtection": purge_protection,
+            "provisioningState": "Succeeded",
+            "statusMessage": "The Managed HSM is provisioned and ready to use.",
+            "publicNetworkAccess": "Enabled",
+            "networkAcls": {"bypass": "AzureServices", "defaultAction": "Allow"},
+            "regions": [],
+            "securityDomainProperties": {
+                "activationStatus": activation.as_str(),
+                "activationStatusMessage": match activation {
+                    crate::model::ActivationStatus::Active => "Your HSM has been activated and can be used for cryptographic operations.",
+                    crate::model::ActivationStatus::NotActivated => "Your HSM is provisioned, but cannot be used for cryptographic operations until it is activated. To activate the HSM, download the security domain.",
+                },
+            },
+        },
+    }))
+}
+
+fn deleted_resource(state: &AppState, deleted: i64, scheduled: i64, protected: bool) -> Value {
+    let name = state.hsm_name.as_ref();
+    json!({
+        "id": format!("/subscriptions/{TENANT}/{PROVIDER}/locations/{LOCATION}/deletedManagedHSMs/{name}"),
+        "name": name,
+        "type": "Microsoft.KeyVault/deletedManagedHSMs",
+        "properties": {
+            "mhsmId": resource_id(name),
+            "location": LOCATION,
+            "deletionDate": rfc3339_millis(deleted.saturating_mul(1000)),
+            "scheduledPurgeDate": rfc3339_millis(scheduled.saturating_mul(1000)),
+            "purgeProtectionEnabled": protected,
+            "tags": {},
+        },
+    })
+}
+
+fn respond(result: Result<Value, Error>) -> Response {
+    match result {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn show(
+    State(state): State<AppState>,
+    query: Result<Query<ApiVersion>, axum::extract::rejection::QueryRejection>,
+    AzPath(path): AzPath<HsmPath>,
+    req: axum::extract::Request,
+) -> Response {
+    let (parts, _) = req.into_parts();
+    if let Err(r) = admit(&state, &parts, &query, &path.subscription).await {
+        return r;
+    }
+    if !is_ours(&state, &path.group, &path.name) || !state.keys.hsm_state().is_active() {
+        return not_found("managedHSMs", &path.name);
+    }
+    respond(resource(&state).await)
+}
+
+async fn list_in_group(
+    State(state): State<AppState>,
+    query: Result<Query<ApiVersion>, axum::extract::rejection::QueryRejection>,
+    AzPath(path): AzPath<GroupPath>,
+    req: axum::extract::Request,
+) -> Response {
+    let (parts, _) = req.into_parts();
+    if let Err(r) = admit(&state, &parts, &query, &path.subscription).await {
+        return r;
+    }
+    let ours = path.group.eq_ignore_ascii_case(RESOURCE_GROUP);
+    listing(&state, ours).await
+}
+
+async fn list(
+    State(state): State<AppState>,
+    query: Result<Query<ApiVersion>, axum::extract::rejection::QueryRejection>,
+    AzPath(path): AzPath<SubscriptionPath>,
+    req: axum::extract::Request,
+) -> Response {
+    let (parts, _) = req.into_parts();
+    if let Err(r) = admit(&state, &parts, &query, &path.subscription).await {
+        return r;
+    }
+    listing(&state, true).await
+}
+
+async fn listing(state: &AppState, ours: bool) -> Response {
+    if !ours || !state.keys.hsm_state().is_active() {
+        return Json(json!({"value": []})).into_response();
+    }
+    respond(resource(state).await.map(|r| json!({"value": [r]})))
+}
+
+/// The properties of a PUT or PATCH that this service reads: the rest of what az sends back
+/// (the resource as `show` gave it) is accepted as it is.
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+struct Properties {
+    enable_purge_protection: Option<bool>,
+    enable_soft_delete: Option<bool>,
+    soft_delete_retention_in_days: Option<u32>,
+    create_mode: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+struct Body {
+    #[serde(default)]
+    properties: Properties,
+}
+
+/// `update-hsm` (az's generic update: GET, then PUT of the whole resource) and `recover`
+/// (PUT with `createMode: recover`). Purge protection can be switched on, never off;
+/// soft-delete and the retention period are fixed.
+async fn put(
+    State(state): State<AppState>,
+    query: Result<Query<ApiVersion>, axum::extract::rejection::QueryRejection>,
+    AzPath(path): AzPath<HsmPath>,
+    req: axum::extract::Request,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    if let Err(r) = admit(&state, &parts, &query, &path.subscription).await {
+        return r;
+    }
+    let raw = match read_limited(body, state.max_body_bytes).await {
+        Ok(raw) => raw,
+        Err(e) => return e.into_response(),
+    };
+    let body: Body = if raw.is_empty() {
+        Body::default()
+    } else {
+        match serde_json::from_slice(&raw) {
+            Ok(b) => b,
+            Err(e) => {
+                return Error::BadParameter(format!(
+                    "The request body is not a managed HSM resource: {e}."
+                ))
+                .into_response();
+            }
+        }
+    };
+    if !is_ours(&state, &path.group, &path.name) {
+        return Error::BadParameter(format!(
+            "This service is the one managed HSM '{}' in resource group '{RESOURCE_GROUP}'; it cannot create another.",
+            state.hsm_name
+        ))
+        .into_response();
+    }
+    let props = body.properties;
+    if props
+        .create_mode
+        .as_deref()
+        .is_some_and(|m| m.eq_ignore_ascii_case("recover"))
+    {
+        if let Err(e) = state.keys.recover_hsm().await {
+            return match e {
+                Error::Conflict { .. } => not_found("deletedManagedHSMs", &path.name),
+                e => e.into_response(),
+            };
+        }
+        return respond(resource(&state).await);
+    }
+    if !state.keys.hsm_state().is_active() {
+        return not_found("managedHSMs", &path.name);
+    }
+    if props.enable_soft_delete == Some(false) {
+        return Error::BadParameter(
+            "Soft-delete is always on for a managed HSM; enableSoftDelete cannot be false.".into(),
+        )
+        .into_response();
+    }
+    let days = state.keys.retention().days;
+    if props
+        .soft_delete_retention_in_days
+        .is_some_and(|d| d != days)
+    {
+        return Error::BadParameter(format!(
+            "The retention period is fixed when the HSM is initialised ({days} days); softDeleteRetentionInDays cannot change."
+        ))
+        .into_response();
+    }
+    match props.enable_purge_protection {
+        Some(true) => {
+            if let Err(e) = state.keys.enable_purge_protection().await {
+                return e.into_response();
+            }
+        }
+        Some(false) => match state.keys.refresh_purge_protection().await {
+            Ok(true) => {
+                return Error::Forbidden {
+                    message: "Purge protection cannot be disabled once it is enabled.".into(),
+                    inner: Some(Reason::PurgeProtectionCannotBeDisabled),
+                }
+                .into_response();
+            }
+            Ok(false) => {}
+            Err(e) => return e.into_response(),
+        },
+        None => {}
+    }
+    respond(resource(&state).await)
+}
+
+async fn delete(
+    State(state): State<AppState>,
+    query: Result<Query<ApiVersion>, axum::extract::rejection::QueryRejection>,
+    AzPath(path): AzPath<HsmPath>,
+    req: axum::extract::Request,
+) -> Response {
+    let (parts, _) = req.into_parts();
+    if let Err(r) = admit(&state, &parts, &query, &path.subscription).await {
+        return r;
+    }
+    if !is_ours(&state, &path.group, &path.name) || !state.keys.hsm_state().is_active() {
+        return not_found("managedHSMs", &path.name);
+    }
+    match state.keys.delete_hsm().await {
+        Ok(_) => StatusCode::OK.into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn deleted_value(state: &AppState) -> Result<Option<Value>, Error> {
+    match state.keys.hsm_state() {
+        HsmState::Deleted {
+            deleted,
+            scheduled_purge,
+        } => {
+            let protected = state.keys.refresh_purge_protection().await?;
+            Ok(Some(deleted_resource(
+                state,
+                deleted,
+                scheduled_purge,
+                protected,
+            )))
+        }
+        _ => Ok(None),
+    }
+}
+
+async fn list_deleted(
+    State(state): State<AppState>,
+    query: Result<Query<ApiVersion>, axum::extract::rejection::QueryRejection>,
+    AzPath(path): AzPath<SubscriptionPath>,
+    req: axum::extract::Request,
+) -> Response {
+    let (parts, _) = req.into_parts();
+    if let Err(r) = admit(&state, &parts, &query, &path.subscription).await {
+        return r;
+    }
+    respond(
+        deleted_value(&state)
+            .await
+            .map(|d| json!({"value": d.into_iter().collect::<Vec<_>>()})),
+    )
+}
+
+async fn show_deleted(
+    State(state): State<AppState>,
+    query: Result<Query<ApiVersion>, axum::extract::rejection::QueryRejection>,
+    AzPath(path): AzPath<DeletedPath>,
+    req: axum::extract::Request,
+) -> Response {
+    let (parts, _) = req.into_parts();
+    if let Err(r) = admit(&state, &parts, &query, &path.subscription).await {
+        return r;
+    }
+    match deleted_value(&state).await {
+        Ok(Some(v)) if is_ours_deleted(&state, &path.location, &path.name) => {
+            Json(v).into_response()
+        }
+        Ok(_) => not_found("deletedManagedHSMs", &path.name),
+        Err(e) => e.into_response(),
+    }
+}
+
+fn is_ours_deleted(state: &AppState, location: &str, name: &str) -> bool {
+    location.eq_ignore_ascii_case(LOCATION) && name.eq_ignore_ascii_case(&state.hsm_name)
+}
+
+async fn purge(
+    State(state): State<AppState>,
+    query: Result<Query<ApiVersion>, axum::extract::rejection::QueryRejection>,
+    AzPath(path): AzPath<DeletedPath>,
+    req: axum::extract::Request,
+) -> Response {
+    let (parts, _) = req.into_parts();
+    if let Err(r) = admit(&state, &parts, &query, &path.subscription).await {
+        return r;
+    }
+    let deleted = matches!(state.keys.hsm_state(), HsmState::Deleted { .. });
+    if !deleted || !is_ours_deleted(&state, &path.location, &path.name) {
+        return not_found("deletedManagedHSMs", &path.name);
+    }
+    match state.keys.purge_hsm().await {
+        Ok(()) => StatusCode::ACCEPTED.into_response(),
+        Err(e) => e.into_response(),
+    }
+}

@@ -1,0 +1,65 @@
+//! The HSM-level state of Azure Resource Manager's `managedHSMs` resource (`model::HsmState`),
+//! the principal allowed to change it, and the activation status `show` reports.
+
+use super::{Result, Store, meta_get, meta_set};
+use crate::model::{ActivationStatus, HsmState};
+
+const HSM_STATE: &str = "hsm_state";
+/// The principal id of the HSM's operator: the bootstrap administrator, recorded when it is
+/// made (`provision`).
+pub const OPERATOR: &str = "operator_principal";
+
+impl Store {
+    /// The HSM's state; a data dir that never recorded one is live.
+    pub fn hsm_state(&self) -> Result<HsmState> {
+        self.read(|c| {
+            meta_get(c, HSM_STATE)?
+                .map(|raw| super::from_json(&raw, HSM_STATE))
+                .transpose()
+                .map(|s| s.unwrap_or(HsmState::Active))
+        })
+    }
+
+    pub fn set_hsm_state(&self, state: HsmState) -> Result<()> {
+        self.write(|tx| meta_set(tx, HSM_STATE, &super::to_json(&state)?))
+    }
+
+    /// The end of an HSM purge, one transaction: every key (with its rotation policy), version,
+    /// open intent, role definition and assignment and job is removed and the HSM is
+    /// recorded as purged. Principals stay (they are the service's credentials, not the
+    /// HSM's content); so do purge protection and the audit chain.
+    pub fn commit_hsm_purge(&self, purged: i64) -> Result<()> {
+        self.write(|tx| {
+            for table in [
+                "intents",
+                "rotation_policies",
+                "versions",
+                "keys",
+                "role_assignments",
+                "role_definitions",
+                "jobs",
+            ] {
+                tx.execute(&format!("DELETE FROM {table}"), [])?;
+            }
+            meta_set(
+                tx,
+                HSM_STATE,
+                &super::to_json(&HsmState::Purged { purged })?,
+            )
+        })
+    }
+
+    /// `securityDomainProperties.activationStatus` of the HSM resource.
+    ///
+    /// PLACEHOLDER (issue 15): always `Active` for now. When the security domain becomes
+    /// something a fresh HSM lacks until it is downloaded or uploaded, this is the one
+    /// function to wire to that activation state; `az keyvault show` reads nothing else.
+    pub fn activation_status(&self) -> Result<ActivationStatus> {
+        Ok(ActivationStatus::Active)
+    }
+
+    /// The operator's principal id, if one is recorded.
+    pub fn operator(&self) -> Result<Option<String>> {
+        self.meta(OPERATOR)
+    }
+}
