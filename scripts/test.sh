@@ -47,12 +47,15 @@ P11VAULT_TEST_TOKEN=kryoptic P11VAULT_KRYOPTIC_MODULE="$kryoptic_module" \
     P11VAULT_BIN="$p11vault_bin" "$venv/bin/python" -m pytest -q tests/interop
 
 # The Azure CLI, pinned (scripts/install-az.sh: azure-cli 2.91.0 from PyPI in .venv-az), runs
-# seed 003's commands in the --id form after `p11vault az-setup` and `az login --identity`.
-echo "== az CLI suite (tests/az) on SoftHSM2"
+# every az command of seeds 000, 003 and 004 in both forms (--hsm-name and --id) after
+# `p11vault az-setup` and `az login --identity`; tests/az/conftest.py starts a service per
+# module (and per form), on each token.
+echo "== az CLI suite (tests/az) on SoftHSM2 and kryoptic"
 start=$SECONDS
 ./scripts/install-az.sh >/dev/null
-P11VAULT_BIN="$p11vault_bin" python3 tests/with_p11vault.py --bin "$p11vault_bin" -- \
-    .venv-az/bin/python -m pytest -q tests/az
+P11VAULT_BIN="$p11vault_bin" .venv-az/bin/python -m pytest -q tests/az
+P11VAULT_TEST_TOKEN=kryoptic P11VAULT_KRYOPTIC_MODULE="$kryoptic_module" \
+    P11VAULT_BIN="$p11vault_bin" .venv-az/bin/python -m pytest -q tests/az
 echo "== az CLI suite (install and run) took $((SECONDS - start)) s"
 
 # The released JavaScript and Rust clients, unmodified (versions pinned in

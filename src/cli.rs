@@ -643,7 +643,10 @@ pub fn az_setup(args: &AzSetupArgs) -> Result<(), Box<dyn std::error::Error>> {
         ("suffix_mhsm_dns", mhsm_suffix.clone()),
         // `backup start` / `restore start` build `https://{account}.blob.{suffix}/{container}`;
         // the service reads the container from it and never calls it.
-        ("suffix_storage_endpoint", mhsm_suffix.trim_start_matches('.').to_owned()),
+        (
+            "suffix_storage_endpoint",
+            mhsm_suffix.trim_start_matches('.').to_owned(),
+        ),
     ];
     set_ini_section(&dir.join("clouds.config"), AZ_CLOUD, &cloud)?;
     set_ini_section(

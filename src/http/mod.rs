@@ -165,7 +165,7 @@ pub fn router(state: AppState) -> Router {
             "/settings/{name}",
             get(settings::get_one).patch(settings::update),
         )
-        .route("/p11vault/audit", get(audit::read))
+        .route(AUDIT, get(audit::read))
         .route("/securitydomain/download", post(security_domain::download))
         .route(
             security_domain::DOWNLOAD_STATUS,
@@ -217,6 +217,9 @@ pub fn router(state: AppState) -> Router {
         query::normalize_path,
     ))
 }
+
+/// The audit log's route (`audit`).
+const AUDIT: &str = "/p11vault/audit";
 
 /// The health endpoint.
 pub const HEALTH: &str = "/healthz";
@@ -285,7 +288,13 @@ async fn admit(State(state): State<AppState>, req: Request, next: Next) -> Respo
 
 /// A soft-deleted (or purged) HSM answers no data-plane request, once the caller is
 /// authenticated; the sign-in and the ARM routes are outside this gate, so it can be recovered.
+///
+/// The audit log stays readable: it is the service's record of what happened, the HSM's
+/// deletion and purge included, not the HSM's content.
 async fn hsm_gate(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if matched_route(&req) == Some(AUDIT) {
+        return next.run(req).await;
+    }
     match state.keys.gate(&state.hsm_name) {
         Ok(()) => next.run(req).await,
         Err(e) => {
@@ -430,7 +439,7 @@ pub fn requirement(
             action: Action::SettingsWrite,
             key: None,
         }),
-        ("GET", "/p11vault/audit") => need(Action::AuditRead),
+        ("GET", AUDIT) => need(Action::AuditRead),
         ("POST", "/keys/{name}/backup") => need(Action::KeysBackup),
         ("POST", "/keys/restore") => need(Action::KeysRestore),
         // A selective restore reads a full backup: the HSM-wide restore right.

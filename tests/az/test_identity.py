@@ -1,0 +1,110 @@
+"""The managed-identity sign-in az uses (`az login --identity`): the endpoint never hands out a
+token without a valid identity header, a token it issued cannot be forged or turned into a
+lasting credential, a rotated p11vault token voids the header, and az-setup prints nothing of
+the p11vault token. Also the Graph lookup that lets `az keyvault role assignment create |
+list` exit 0.
+"""
+
+import base64
+import json
+import urllib.error
+import urllib.request
+
+import pytest
+
+from conftest import Az
+
+
+def get(svc, url, header=None):
+    req = urllib.request.Request(url)
+    if header is not None:
+        req.add_header("X-IDENTITY-HEADER", header)
+    try:
+        with urllib.request.urlopen(req, context=svc.tls, timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"null")
+
+
+def test_identity_endpoint_refuses_without_a_valid_header(service, tmp_path):
+    svc = service
+    az = Az(svc, "id", tmp_path)
+    assert az.env["IDENTITY_HEADER"].startswith("p11vid.")
+    assert svc.token not in az.setup_output
+    endpoint = az.env["IDENTITY_ENDPOINT"]
+    query = "?api-version=2019-08-01&resource=https://managedhsm.azure.net"
+    header = az.env["IDENTITY_HEADER"]
+    principal = header.split(".")[1]
+    for bad in (None, "", "p11vid.nobody.AAAA", header[:-4] + "AAAA",
+                f"p11vid.{principal}.{'A' * 43}", header.replace("p11vid.", "p11vid.x", 1),
+                svc.token):
+        status, body = get(svc, f"{endpoint}{query}", bad)
+        assert status == 401, (bad, body)
+        assert body["error"]["code"] == "Unauthorized"
+    status, body = get(svc, f"{endpoint}?api-version=2019-08-01", header)
+    assert status == 400 and body["error"]["code"] == "BadParameter"
+
+    # The header gets a token; that token works, and a tampered one does not.
+    status, issued = get(svc, f"{endpoint}{query}", header)
+    assert status == 200 and issued["token_type"] == "Bearer" and int(issued["expires_on"]) > 0
+    jwt = issued["access_token"]
+    claims = json.loads(base64.urlsafe_b64decode(jwt.split(".")[1] + "=="))
+    assert claims["tid"] == "p11vault" and claims["oid"] == svc.admin_id
+    assert claims["exp"] - claims["iat"] == 15 * 60
+    assert svc.rest("GET", "/keys", token=jwt)[0] == 200
+    parts = jwt.split(".")
+    for forged in (dict(claims, exp=claims["exp"] + 3600), dict(claims, oid="someone-else")):
+        payload = base64.urlsafe_b64encode(json.dumps(forged).encode()).rstrip(b"=").decode()
+        status, _ = svc.rest("GET", "/keys", token=f"{parts[0]}.{payload}.{parts[2]}")
+        assert status == 401
+    status, _ = svc.rest("GET", "/keys", token=f"{parts[0]}.{parts[1]}.{'A' * 43}")
+    assert status == 401
+    # A JWT cannot be turned into an identity header (a lasting credential).
+    status, _ = svc.rest("POST", "/p11vault/identity/header", token=jwt, api=None)
+    assert status == 401
+
+
+def test_a_rotated_token_voids_the_identity_header(tmp_path_factory):
+    from conftest import Service
+
+    svc = Service(tmp_path_factory.mktemp("rotate"))
+    try:
+        work = tmp_path_factory.mktemp("az-rotate")
+        az = Az(svc, "id", work)
+        endpoint = az.env["IDENTITY_ENDPOINT"] + "?api-version=2019-08-01&resource=https://x"
+        assert get(svc, endpoint, az.env["IDENTITY_HEADER"])[0] == 200
+        out = svc.cli("principal", "rotate", svc.admin_id)
+        new_token = next(l for l in out.splitlines() if l.startswith("token="))[6:]
+        assert get(svc, endpoint, az.env["IDENTITY_HEADER"])[0] == 401
+        # The new token gets a new header, which works.
+        token_file = work / "new.token"
+        token_file.write_text(new_token + "\n")
+        fresh = Az(svc, "id", tmp_path_factory.mktemp("az-rotated"), token_file=str(token_file))
+        assert fresh.env["IDENTITY_HEADER"] != az.env["IDENTITY_HEADER"]
+        assert get(svc, endpoint, fresh.env["IDENTITY_HEADER"])[0] == 200
+    finally:
+        svc.stop()
+
+
+def test_role_assignment_create_and_list_exit_zero(service, tmp_path):
+    """`az keyvault role assignment create | list` look the principals up in Microsoft Graph
+    (the endpoint az-setup registers); the service answers with its principals' names."""
+    svc = service
+    az = Az(svc, "id", tmp_path)
+    token = svc.cli("principal", "create", "--name", "reader-app")
+    app_id = next(l for l in token.splitlines() if l.startswith("id="))[3:]
+    made = az.run("keyvault", "role", "assignment", "create", *az.hsm(), "--role",
+                  "Managed HSM Crypto Auditor", "--assignee-object-id", app_id, "--scope", "/keys")
+    assert made["principalId"] == app_id and made["principalName"] == "reader-app"
+    assert made["roleName"] == "Managed HSM Crypto Auditor" and made["scope"] == "/keys"
+    _, state = svc.rest("GET", "/keys/providers/Microsoft.Authorization/roleAssignments")
+    assert made["name"] in {a["name"] for a in state["value"]}
+    listed = az.run("keyvault", "role", "assignment", "list", *az.hsm(), "--scope", "/keys")
+    assert {(a["principalName"], a["roleName"]) for a in listed} >= {("reader-app", "Managed HSM Crypto Auditor")}
+    # Graph answers only a signed-in caller, and only with ids it knows.
+    status, _ = svc.rest("POST", "/graph/v1.0/directoryObjects/getByIds", token="nope",
+                         body={"ids": [app_id]}, api=None)
+    assert status == 401
+    status, body = svc.rest("POST", "/graph/v1.0/directoryObjects/getByIds",
+                            body={"ids": [app_id, "unknown"]}, api=None)
+    assert status == 200 and [o["id"] for o in body["value"]] == [app_id]
