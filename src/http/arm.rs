@@ -176,8 +176,13 @@ async fn resource(state: &AppState) -> Result<Value, Error> {
     let purge_protection = state.keys.refresh_purge_protection().await?;
     let activation = state.keys.activation_status().await?;
     let operator = state.keys.operator().await?;
+    let identity = match state.keys.hsm_identity().await? {
+        Some(raw) => serde_json::from_str(&raw).unwrap_or(Value::Null),
+        None => Value::Null,
+    };
     let name = state.hsm_name.as_ref();
     Ok(json!({
+        "identity": identity,
         "id": resource_id(name),
         "name": name,
         "type": "Microsoft.KeyVault/managedHSMs",
@@ -286,16 +291,88 @@ async fn listing(state: &AppState, ours: bool) -> Response {
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
 struct Properties {
+    #[serde(default, deserialize_with = "lenient_bool")]
     enable_purge_protection: Option<bool>,
+    #[serde(default, deserialize_with = "lenient_bool")]
     enable_soft_delete: Option<bool>,
+    #[serde(default, deserialize_with = "lenient_days")]
     soft_delete_retention_in_days: Option<u32>,
     create_mode: Option<String>,
+}
+
+/// A boolean, or the string az sometimes sends for one (`"true"`).
+fn lenient_bool<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    match Option::<Value>::deserialize(d)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(b)),
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => Ok(Some(true)),
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => Ok(Some(false)),
+        Some(other) => Err(serde::de::Error::custom(format!(
+            "expected a boolean, not {other}"
+        ))),
+    }
+}
+
+/// A number of days, or the string az sends for one (`--retention-days 7` becomes `"7"`).
+fn lenient_days<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    match Option::<Value>::deserialize(d)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom(format!("expected a number of days, not {n}"))),
+        Some(Value::String(s)) => {
+            s.trim().parse().map(Some).map_err(|_| {
+                serde::de::Error::custom(format!("expected a number of days, not '{s}'"))
+            })
+        }
+        Some(other) => Err(serde::de::Error::custom(format!(
+            "expected a number of days, not {other}"
+        ))),
+    }
 }
 
 #[derive(Deserialize, Default)]
 struct Body {
     #[serde(default)]
     properties: Properties,
+    identity: Option<Identity>,
+}
+
+/// `identity` of a PUT: `None`, or `UserAssigned` with the identities' resource ids.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Identity {
+    #[serde(rename = "type")]
+    kind: String,
+    #[serde(default)]
+    user_assigned_identities: std::collections::BTreeMap<String, Value>,
+}
+
+impl Identity {
+    /// The identity as the resource shows it, or the reason it is refused.
+    fn shown(&self) -> Result<Value, Error> {
+        match self.kind.as_str() {
+            "None" if self.user_assigned_identities.is_empty() => Ok(Value::Null),
+            "UserAssigned" if !self.user_assigned_identities.is_empty()
+                && self.user_assigned_identities.len() <= 10
+                && self.user_assigned_identities.keys().all(|id| {
+                    id.len() <= 512 && id.to_ascii_lowercase().contains("/providers/microsoft.managedidentity/userassignedidentities/")
+                }) =>
+            {
+                let ids: serde_json::Map<String, Value> = self
+                    .user_assigned_identities
+                    .keys()
+                    .map(|id| (id.clone(), json!({})))
+                    .collect();
+                Ok(json!({"type": "UserAssigned", "userAssignedIdentities": ids}))
+            }
+            _ => Err(Error::BadParameter(
+                "identity: give type 'None', or 'UserAssigned' with 1 to 10 user-assigned identity resource ids.".into(),
+            )),
+        }
+    }
 }
 
 /// `update-hsm` (az's generic update: GET, then PUT of the whole resource) and `recover`
@@ -335,7 +412,7 @@ async fn put(
         ))
         .into_response();
     }
-    let props = body.properties;
+    let props = &body.properties;
     if props
         .create_mode
         .as_deref()
@@ -368,6 +445,10 @@ async fn put(
         ))
         .into_response();
     }
+    let identity = match body.identity.as_ref().map(Identity::shown).transpose() {
+        Ok(identity) => identity,
+        Err(e) => return e.into_response(),
+    };
     match props.enable_purge_protection {
         Some(true) => {
             if let Err(e) = state.keys.enable_purge_protection().await {
@@ -386,6 +467,11 @@ async fn put(
             Err(e) => return e.into_response(),
         },
         None => {}
+    }
+    if let Some(shown) = identity
+        && let Err(e) = state.keys.set_hsm_identity(shown.to_string()).await
+    {
+        return e.into_response();
     }
     respond(resource(&state).await)
 }

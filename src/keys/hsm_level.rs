@@ -50,6 +50,16 @@ impl KeyService {
         self.blocking_store(|s| s.operator()).await
     }
 
+    /// The resource's managed identity (`Store::hsm_identity`), as JSON.
+    pub async fn hsm_identity(&self) -> Result<Option<String>, Error> {
+        self.blocking_store(|s| s.hsm_identity()).await
+    }
+
+    pub async fn set_hsm_identity(&self, identity: String) -> Result<(), Error> {
+        self.blocking_store(move |s| s.set_hsm_identity(&identity))
+            .await
+    }
+
     /// At start-up: reads the HSM's state and finishes a purge a crash interrupted.
     pub async fn load_hsm_state(self: &Arc<Self>) -> Result<HsmState, Error> {
         let state = self.blocking_store(|s| s.hsm_state()).await?;

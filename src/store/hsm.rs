@@ -5,6 +5,7 @@ use super::{Result, Store, meta_get, meta_set};
 use crate::model::{ActivationStatus, HsmState};
 
 const HSM_STATE: &str = "hsm_state";
+const HSM_IDENTITY: &str = "hsm_identity";
 /// The principal id of the HSM's operator: the bootstrap administrator, recorded when it is
 /// made (`provision`).
 pub const OPERATOR: &str = "operator_principal";
@@ -56,6 +57,17 @@ impl Store {
     /// function to wire to that activation state; `az keyvault show` reads nothing else.
     pub fn activation_status(&self) -> Result<ActivationStatus> {
         Ok(ActivationStatus::Active)
+    }
+
+    /// The managed identity the HSM resource was given (`update-hsm --mi-user-assigned`), as
+    /// the JSON ARM shows it. Recorded and shown only: the backup location needs no
+    /// credential.
+    pub fn hsm_identity(&self) -> Result<Option<String>> {
+        self.meta(HSM_IDENTITY)
+    }
+
+    pub fn set_hsm_identity(&self, identity: &str) -> Result<()> {
+        self.set_meta(HSM_IDENTITY, identity)
     }
 
     /// The operator's principal id, if one is recorded.

@@ -195,6 +195,13 @@ class Az:
             return json.loads(done.stdout) if done.stdout.strip() else None
         return done
 
+    def text(self, *args):
+        """A command's stdout as it prints it (for `-o tsv`)."""
+        done = subprocess.run(self.command(list(args)), env=self.env, capture_output=True,
+                              text=True, timeout=180)
+        assert done.returncode == 0, f"az {' '.join(args)}: {done.stderr}"
+        return done.stdout.strip()
+
     def fails(self, *args):
         done = self.run(*args, expect_ok=False)
         assert done.returncode != 0, f"az {' '.join(args)} succeeded: {done.stdout}"

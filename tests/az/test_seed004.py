@@ -2,24 +2,70 @@
 both forms, through the pinned az; each result checked against the service's state over its
 REST API and in its backup location (the data dir's `backups/{container}/{folder}`).
 
-The seed's `-–key-name` (an en dash, which az refuses) runs as `--key-name`. The SAS token
-is one `az storage container generate-sas` would print; the service's backup location needs
-no credential, so a SAS token and `--use-managed-identity true` are accepted alike.
+The seed's `-–key-name` (an en dash, which az refuses) runs as `--key-name`. The SAS tokens
+are made as the seed makes them, by `az storage container generate-sas` (which computes them
+locally), from an account key: the seed reads that key with `az storage account keys list`,
+which asks Azure Storage's resource provider, and creates the container with `az storage
+container create`, which calls Azure Storage; p11vault has neither (its backup location is a
+directory, whose containers a backup makes), so those two do not run and the key is one of
+the test's own. The service's backup location needs no credential: a SAS token and
+`--use-managed-identity true` are accepted alike.
+
+The prerequisites' `az keyvault update-hsm --hsm-name … --mi-user-assigned …` runs as
+written: the identity is recorded on the HSM resource and shown. Their `az keyvault create`
+(whose text az refuses: `–l`, `-- retention-days`) runs corrected, and is refused with a 400:
+a p11vault HSM is made when the service is first started, with its retention fixed then.
 """
 
-import datetime
+import base64
+import os
+import subprocess
+import time
 
-from conftest import SUBSCRIPTION
+from conftest import GROUP, HSM, LOCATION, SUBSCRIPTION
 
 ACCOUNT = "mhsmdemobackup"
 CONTAINER = "mhsmdemobackupcontainer"
 STORAGE = ["--storage-account-name", ACCOUNT, "--blob-container-name", CONTAINER]
 
 
-def sas_token():
-    end = (datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=500))
-    return (f"se={end:%Y-%m-%dT%H:%MZ}&sp=crdw&sv=2022-11-02&sr=c"
-            "&sig=dGhpcyBpcyBub3QgY2hlY2tlZCBieSB0aGUgc2VydmljZQ%3D%3D")
+IDENTITY = ("/subscriptions/subid/resourcegroups/mhsmrgname/providers/Microsoft.ManagedIdentity/"
+            "userAssignedIdentities/userassignedidentitynamefromstep2")
+
+
+def sas_token(az, permissions):
+    """The seed's: `end=$(date -u -d "500 minutes" '+%Y-%m-%dT%H:%MZ')`, then `sas=$(az storage
+    container generate-sas -n … --account-name … --permissions … --expiry $end --account-key
+    $skey -o tsv --subscription …)`."""
+    end = subprocess.run(["date", "-u", "-d", "500 minutes", "+%Y-%m-%dT%H:%MZ"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    skey = base64.b64encode(os.urandom(64)).decode()
+    sas = az.text("storage", "container", "generate-sas", "-n", CONTAINER, "--account-name",
+                  ACCOUNT, "--permissions", permissions, "--expiry", end, "--account-key", skey,
+                  "-o", "tsv", "--subscription", SUBSCRIPTION)
+    fields = dict(f.split("=", 1) for f in sas.split("&"))
+    assert sorted(fields["sp"]) == sorted(permissions) and fields["sr"] == "c", sas
+    assert fields["sig"], sas
+    return sas
+
+
+def test_seed_004_prerequisites(form_service):
+    svc, az = form_service
+    shown = az.run("keyvault", "update-hsm", "--hsm-name", HSM, "--mi-user-assigned", IDENTITY)
+    assert list(shown["identity"]["userAssignedIdentities"]) == [IDENTITY]
+    assert shown["identity"]["type"] == "UserAssigned"
+    again = az.run("keyvault", "show", "--subscription", SUBSCRIPTION, "-g", GROUP, "--hsm-name", HSM)
+    assert list(again["identity"]["userAssignedIdentities"]) == [IDENTITY]
+    err = az.fails("keyvault", "create", "--hsm-name", HSM, "-g", GROUP, "-l", LOCATION,
+                   "--retention-days", "7", "--administrators", svc.admin_id,
+                   "--mi-user-assigned", IDENTITY)
+    assert "BadParameter" in err and "retention" in err, err
+    # Nothing changed: the retention of a deleted key is still the service's.
+    az.run("keyvault", "key", "create", *az.key("probe"), "--kty", "oct-HSM")
+    az.run("keyvault", "key", "delete", *az.key("probe"))
+    _, probe = svc.rest("GET", "/deletedkeys/probe")
+    assert probe["scheduledPurgeDate"] - probe["deletedDate"] == 90 * 86400
+    az.run("keyvault", "key", "purge", *az.key("probe", "deletedKeys"))
 
 
 def keys_of(svc):
@@ -44,7 +90,7 @@ def folder_of(svc, result):
 
 def test_seed_004_backup_and_restore(form_service):
     svc, az = form_service
-    sas = sas_token()
+    sas = sas_token(az, "crdw")
     # The key of the selective restore, and one more.
     rsa = az.run("keyvault", "key", "create", *az.key("rsa-key2"), "--kty", "RSA-HSM")
     az.run("keyvault", "key", "create", *az.key("ec-key"), "--kty", "EC-HSM", "--curve", "P-384")
@@ -56,7 +102,6 @@ def test_seed_004_backup_and_restore(form_service):
     mi_folder = folder_of(svc, mi)
 
     # Backup HSM using SAS token (a second after the first: folder names are to the second)
-    import time
     time.sleep(1.1)
     sas_backup = az.run("keyvault", "backup", "start", *az.hsm(), *STORAGE,
                         "--storage-container-SAS-token", sas, "--subscription", SUBSCRIPTION)
@@ -77,7 +122,8 @@ def test_seed_004_backup_and_restore(form_service):
     assert keys_of(svc) == before
     assert svc.rest("GET", "/deletedkeys/ec-key")[0] == 404
 
-    # Restore HSM using SAS token
+    # Restore HSM using SAS token (the seed makes a read-and-list one for restores)
+    sas = sas_token(az, "rl")
     az.run("keyvault", "key", "create", *az.key("after-restore"), "--kty", "oct-HSM")
     time.sleep(1.1)
     az.run("keyvault", "backup", "start", *az.hsm(), *STORAGE, "--storage-container-SAS-token", sas)
