@@ -138,6 +138,13 @@ fn the_hsm_resource_is_the_operators_and_its_purge_survives_a_kill() {
         Some(&json!({})),
     );
     assert_eq!((status, code(&body)), (400, "BadParameter"), "{body}");
+    // Another provider's resources (az storage's): 404 in ARM's shape.
+    let (status, body) = svc.call(
+        "GET",
+        "/subscriptions/p11vault/providers/Microsoft.Storage/storageAccounts?api-version=2025-08-01",
+        None,
+    );
+    assert_eq!((status, code(&body)), (404, "ResourceNotFound"), "{body}");
     // Recover or purge a live HSM: there is no deleted HSM of that name.
     let (status, body) = arm(
         &svc,

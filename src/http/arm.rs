@@ -61,10 +61,30 @@ pub fn router(state: AppState) -> Router<AppState> {
             "/subscriptions/{subscription}/providers/Microsoft.KeyVault/locations/{location}/deletedManagedHSMs/{name}/purge",
             post(purge),
         )
+        // Every other resource-manager path (another provider, such as az storage's
+        // Microsoft.Storage): a 404 in ARM's shape, after the same checks.
+        .route("/subscriptions/{subscription}/{*rest}", axum::routing::any(other))
         .layer(axum::middleware::from_fn_with_state(
             state,
             super::audit_request,
         ))
+}
+
+async fn other(
+    State(state): State<AppState>,
+    query: Result<Query<ApiVersion>, axum::extract::rejection::QueryRejection>,
+    AzPath(path): AzPath<SubscriptionPath>,
+    req: axum::extract::Request,
+) -> Response {
+    let (parts, _) = req.into_parts();
+    if let Err(r) = admit(&state, &parts, &query, &path.subscription).await {
+        return r;
+    }
+    arm_error(
+        StatusCode::NOT_FOUND,
+        "ResourceNotFound",
+        "This service has no such resource: its resource manager serves the one Microsoft.KeyVault/managedHSMs resource (and the deleted HSM) only.",
+    )
 }
 
 #[derive(Deserialize)]

@@ -66,6 +66,10 @@ def test_seed_004_prerequisites(form_service):
     _, probe = svc.rest("GET", "/deletedkeys/probe")
     assert probe["scheduledPurgeDate"] - probe["deletedDate"] == 90 * 86400
     az.run("keyvault", "key", "purge", *az.key("probe", "deletedKeys"))
+    # `skey=$(az storage account keys list …)`: the resource manager has no storage accounts.
+    err = az.fails("storage", "account", "keys", "list", "--query", "[0].value", "-o", "tsv",
+                   "--account-name", ACCOUNT, "--subscription", SUBSCRIPTION)
+    assert "ResourceNotFound" in err, err
 
 
 def keys_of(svc):
