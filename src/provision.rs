@@ -270,7 +270,7 @@ pub fn open(cfg: &Config, hosts: &[String]) -> Result<Ready, ProvisionError> {
 
     failpoint::hit("provision.after_tls");
     let admin_token_created = ensure_administrator(&store, &cfg.data_dir)?;
-    record_operator(&store)?;
+    record_operator(&store, &cfg.data_dir)?;
     if !initialized {
         store.set_meta(
             meta::INITIALIZED,
@@ -764,19 +764,30 @@ fn read_or_create_pin(path: &Path) -> Result<Pin, ProvisionError> {
 /// on the next start from the file.
 /// The HSM's operator, who alone may do what Azure Resource Manager does to a Managed HSM
 /// (show, update, delete, recover, purge it): the bootstrap administrator, recorded once. A
-/// data dir made before the operator was recorded gets its first principal named
-/// `administrator` (the one its first start made).
-fn record_operator(store: &Store) -> Result<(), ProvisionError> {
+/// data dir made before the operator was recorded gets the principal whose token is in
+/// `DIR/admin.token` (the one its first start made), or, if that file is gone, its oldest
+/// principal named `administrator` (ties by id).
+fn record_operator(store: &Store, data_dir: &Path) -> Result<(), ProvisionError> {
     if store.operator()?.is_some() {
         return Ok(());
     }
     let principals = store.principals()?;
-    if let Some(first) = principals
-        .iter()
-        .filter(|p| p.name == "administrator")
-        .min_by_key(|p| p.created)
-    {
-        store.set_meta(store::OPERATOR, &first.id)?;
+    let path = data_dir.join("admin.token");
+    let by_token = std::fs::read_to_string(&path).ok().and_then(|token| {
+        let hash = BearerToken::from_string(token.trim().to_owned()).hash();
+        principals
+            .iter()
+            .find(|p| p.token_hash.as_slice() == hash.as_bytes().as_slice())
+    });
+    let chosen = by_token.or_else(|| {
+        principals
+            .iter()
+            .filter(|p| p.name == "administrator")
+            .min_by(|a, b| (a.created, &a.id).cmp(&(b.created, &b.id)))
+    });
+    if let Some(operator) = chosen {
+        tracing::info!(principal = %operator.id, "recorded the HSM's operator (the bootstrap administrator)");
+        store.set_meta(store::OPERATOR, &operator.id)?;
     }
     Ok(())
 }

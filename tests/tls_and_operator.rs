@@ -103,6 +103,8 @@ fn a_data_dir_without_a_recorded_operator_takes_its_first_administrator() {
     let (_tmp, dir) = data_dir();
     let svc = Service::start(&dir);
     let admin = svc.admin_principal()["id"].as_str().expect("id").to_owned();
+    // A later principal of the same name (created a second later: `created` is in seconds).
+    std::thread::sleep(std::time::Duration::from_millis(1100));
     let (_, other) = svc.new_principal("administrator", &["Managed HSM Administrator"], "/");
     assert_eq!(
         svc.call("GET", HSM, None).0,
@@ -111,22 +113,29 @@ fn a_data_dir_without_a_recorded_operator_takes_its_first_administrator() {
     );
     assert_eq!(svc.call_as(Some(&other), "GET", HSM, None).0, 403);
     svc.stop();
-    // As a data dir made before the operator was recorded.
-    let db = rusqlite::Connection::open(dir.join("p11vault.db")).expect("db");
-    db.execute("DELETE FROM meta WHERE k = 'operator_principal'", [])
-        .expect("delete");
-    drop(db);
-    let svc = Service::start(&dir);
-    let (status, body) = svc.call("GET", HSM, None);
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(
-        body["properties"]["initialAdminObjectIds"][0],
-        admin.as_str()
-    );
-    assert_eq!(
-        svc.call_as(Some(&other), "GET", HSM, None).0,
-        403,
-        "not the later 'administrator'"
-    );
-    svc.stop();
+    // As a data dir made before the operator was recorded: the principal of admin.token;
+    // when that file names nobody (replaced, say), the oldest `administrator`.
+    let admin_token = std::fs::read_to_string(dir.join("admin.token")).expect("admin.token");
+    for replaced_token_file in [false, true] {
+        let db = rusqlite::Connection::open(dir.join("p11vault.db")).expect("db");
+        db.execute("DELETE FROM meta WHERE k = 'operator_principal'", [])
+            .expect("delete");
+        drop(db);
+        if replaced_token_file {
+            std::fs::write(dir.join("admin.token"), "p11v_nobody\n").expect("admin.token");
+        }
+        let svc = Service::start(&dir);
+        let (status, body) = svc.call_as(Some(admin_token.trim()), "GET", HSM, None);
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(
+            body["properties"]["initialAdminObjectIds"][0],
+            admin.as_str()
+        );
+        assert_eq!(
+            svc.call_as(Some(&other), "GET", HSM, None).0,
+            403,
+            "not the later 'administrator'"
+        );
+        svc.stop();
+    }
 }
