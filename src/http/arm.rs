@@ -36,7 +36,7 @@ pub const RESOURCE_GROUP: &str = "p11vault";
 pub const LOCATION: &str = "local";
 
 const PROVIDER: &str = "providers/Microsoft.KeyVault";
-const HSM: &str = "/subscriptions/{subscription}/resourceGroups/{group}/providers/Microsoft.KeyVault/managedHSMs/{name}";
+const HSM: &str = "/subscriptions/{subscription}/resourceGroups/{group}/providers/Microsoft.KeyVault/managedHSMs/{hsm}";
 
 pub fn router(state: AppState) -> Router<AppState> {
     Router::new()
@@ -54,11 +54,11 @@ pub fn router(state: AppState) -> Router<AppState> {
             get(list_deleted),
         )
         .route(
-            "/subscriptions/{subscription}/providers/Microsoft.KeyVault/locations/{location}/deletedManagedHSMs/{name}",
+            "/subscriptions/{subscription}/providers/Microsoft.KeyVault/locations/{location}/deletedManagedHSMs/{hsm}",
             get(show_deleted),
         )
         .route(
-            "/subscriptions/{subscription}/providers/Microsoft.KeyVault/locations/{location}/deletedManagedHSMs/{name}/purge",
+            "/subscriptions/{subscription}/providers/Microsoft.KeyVault/locations/{location}/deletedManagedHSMs/{hsm}/purge",
             post(purge),
         )
         // Every other resource-manager path (another provider, such as az storage's
@@ -77,7 +77,7 @@ async fn other(
     req: axum::extract::Request,
 ) -> Response {
     let (parts, _) = req.into_parts();
-    if let Err(r) = admit(&state, &parts, &query, &path.subscription).await {
+    if let Err(r) = admit(&state, &parts, &query, &path.subscription, READ).await {
         return r;
     }
     arm_error(
@@ -86,6 +86,34 @@ async fn other(
         "This service has no such resource: its resource manager serves the one Microsoft.KeyVault/managedHSMs resource (and the deleted HSM) only.",
     )
 }
+
+/// An ARM operation, as Azure names it in role definitions and activity logs.
+#[derive(Clone, Copy)]
+struct Op {
+    name: &'static str,
+    changes_state: bool,
+}
+
+const READ: Op = Op {
+    name: "Microsoft.KeyVault/managedHSMs/read",
+    changes_state: false,
+};
+const WRITE: Op = Op {
+    name: "Microsoft.KeyVault/managedHSMs/write",
+    changes_state: true,
+};
+const DELETE: Op = Op {
+    name: "Microsoft.KeyVault/managedHSMs/delete",
+    changes_state: true,
+};
+const DELETED_READ: Op = Op {
+    name: "Microsoft.KeyVault/locations/deletedManagedHsms/read",
+    changes_state: false,
+};
+const PURGE: Op = Op {
+    name: "Microsoft.KeyVault/locations/deletedManagedHsms/purge/action",
+    changes_state: true,
+};
 
 #[derive(Deserialize)]
 struct ApiVersion {
@@ -97,7 +125,7 @@ struct ApiVersion {
 struct HsmPath {
     subscription: String,
     group: String,
-    name: String,
+    hsm: String,
 }
 
 #[derive(Deserialize)]
@@ -115,7 +143,7 @@ struct GroupPath {
 struct DeletedPath {
     subscription: String,
     location: String,
-    name: String,
+    hsm: String,
 }
 
 /// The checks every ARM request passes, in this order: a credential (401), the operator
@@ -125,17 +153,28 @@ async fn admit(
     parts: &Parts,
     query: &Result<Query<ApiVersion>, axum::extract::rejection::QueryRejection>,
     subscription: &str,
+    operation: Op,
 ) -> Result<Principal, Response> {
     let principal = super::identity::caller(state, &parts.headers).await?;
-    if let Some(slot) = parts.extensions.get::<AuditSlot>() {
-        slot.0.lock().unwrap_or_else(|p| p.into_inner()).principal = Some(principal.clone());
-    }
     let operator = state
         .keys
         .operator()
         .await
         .map_err(IntoResponse::into_response)?;
-    if operator.as_deref().map(str::to_ascii_lowercase) != Some(principal.id.to_ascii_lowercase()) {
+    let granted =
+        operator.as_deref().map(str::to_ascii_lowercase) == Some(principal.id.to_ascii_lowercase());
+    // The audit record names the ARM operation and whether the operator asked for it; a
+    // change is on disk before it is answered, as a data-plane change is.
+    if let Some(slot) = parts.extensions.get::<AuditSlot>() {
+        let mut noted = slot.0.lock().unwrap_or_else(|p| p.into_inner());
+        noted.principal = Some(principal.clone());
+        noted.operator = Some(super::OperatorCheck {
+            operation: operation.name,
+            granted,
+            changes_state: operation.changes_state,
+        });
+    }
+    if !granted {
         return Err(arm_error(
             StatusCode::FORBIDDEN,
             "AuthorizationFailed",
@@ -263,11 +302,11 @@ async fn show(
     req: axum::extract::Request,
 ) -> Response {
     let (parts, _) = req.into_parts();
-    if let Err(r) = admit(&state, &parts, &query, &path.subscription).await {
+    if let Err(r) = admit(&state, &parts, &query, &path.subscription, READ).await {
         return r;
     }
-    if !is_ours(&state, &path.group, &path.name) || !state.keys.hsm_state().is_active() {
-        return not_found("managedHSMs", &path.name);
+    if !is_ours(&state, &path.group, &path.hsm) || !state.keys.hsm_state().is_active() {
+        return not_found("managedHSMs", &path.hsm);
     }
     respond(resource(&state).await)
 }
@@ -279,7 +318,7 @@ async fn list_in_group(
     req: axum::extract::Request,
 ) -> Response {
     let (parts, _) = req.into_parts();
-    if let Err(r) = admit(&state, &parts, &query, &path.subscription).await {
+    if let Err(r) = admit(&state, &parts, &query, &path.subscription, READ).await {
         return r;
     }
     let ours = path.group.eq_ignore_ascii_case(RESOURCE_GROUP);
@@ -293,7 +332,7 @@ async fn list(
     req: axum::extract::Request,
 ) -> Response {
     let (parts, _) = req.into_parts();
-    if let Err(r) = admit(&state, &parts, &query, &path.subscription).await {
+    if let Err(r) = admit(&state, &parts, &query, &path.subscription, READ).await {
         return r;
     }
     listing(&state, true).await
@@ -405,7 +444,7 @@ async fn put(
     req: axum::extract::Request,
 ) -> Response {
     let (parts, body) = req.into_parts();
-    if let Err(r) = admit(&state, &parts, &query, &path.subscription).await {
+    if let Err(r) = admit(&state, &parts, &query, &path.subscription, WRITE).await {
         return r;
     }
     let raw = match read_limited(body, state.max_body_bytes).await {
@@ -425,7 +464,7 @@ async fn put(
             }
         }
     };
-    if !is_ours(&state, &path.group, &path.name) {
+    if !is_ours(&state, &path.group, &path.hsm) {
         return Error::BadParameter(format!(
             "This service is the one managed HSM '{}' in resource group '{RESOURCE_GROUP}'; it cannot create another.",
             state.hsm_name
@@ -440,14 +479,14 @@ async fn put(
     {
         if let Err(e) = state.keys.recover_hsm().await {
             return match e {
-                Error::Conflict { .. } => not_found("deletedManagedHSMs", &path.name),
+                Error::Conflict { .. } => not_found("deletedManagedHSMs", &path.hsm),
                 e => e.into_response(),
             };
         }
         return respond(resource(&state).await);
     }
     if !state.keys.hsm_state().is_active() {
-        return not_found("managedHSMs", &path.name);
+        return not_found("managedHSMs", &path.hsm);
     }
     if props.enable_soft_delete == Some(false) {
         return Error::BadParameter(
@@ -503,11 +542,11 @@ async fn delete(
     req: axum::extract::Request,
 ) -> Response {
     let (parts, _) = req.into_parts();
-    if let Err(r) = admit(&state, &parts, &query, &path.subscription).await {
+    if let Err(r) = admit(&state, &parts, &query, &path.subscription, DELETE).await {
         return r;
     }
-    if !is_ours(&state, &path.group, &path.name) || !state.keys.hsm_state().is_active() {
-        return not_found("managedHSMs", &path.name);
+    if !is_ours(&state, &path.group, &path.hsm) || !state.keys.hsm_state().is_active() {
+        return not_found("managedHSMs", &path.hsm);
     }
     match state.keys.delete_hsm().await {
         Ok(_) => StatusCode::OK.into_response(),
@@ -540,7 +579,7 @@ async fn list_deleted(
     req: axum::extract::Request,
 ) -> Response {
     let (parts, _) = req.into_parts();
-    if let Err(r) = admit(&state, &parts, &query, &path.subscription).await {
+    if let Err(r) = admit(&state, &parts, &query, &path.subscription, DELETED_READ).await {
         return r;
     }
     respond(
@@ -557,14 +596,14 @@ async fn show_deleted(
     req: axum::extract::Request,
 ) -> Response {
     let (parts, _) = req.into_parts();
-    if let Err(r) = admit(&state, &parts, &query, &path.subscription).await {
+    if let Err(r) = admit(&state, &parts, &query, &path.subscription, DELETED_READ).await {
         return r;
     }
     match deleted_value(&state).await {
-        Ok(Some(v)) if is_ours_deleted(&state, &path.location, &path.name) => {
+        Ok(Some(v)) if is_ours_deleted(&state, &path.location, &path.hsm) => {
             Json(v).into_response()
         }
-        Ok(_) => not_found("deletedManagedHSMs", &path.name),
+        Ok(_) => not_found("deletedManagedHSMs", &path.hsm),
         Err(e) => e.into_response(),
     }
 }
@@ -580,12 +619,12 @@ async fn purge(
     req: axum::extract::Request,
 ) -> Response {
     let (parts, _) = req.into_parts();
-    if let Err(r) = admit(&state, &parts, &query, &path.subscription).await {
+    if let Err(r) = admit(&state, &parts, &query, &path.subscription, PURGE).await {
         return r;
     }
     let deleted = matches!(state.keys.hsm_state(), HsmState::Deleted { .. });
-    if !deleted || !is_ours_deleted(&state, &path.location, &path.name) {
-        return not_found("deletedManagedHSMs", &path.name);
+    if !deleted || !is_ours_deleted(&state, &path.location, &path.hsm) {
+        return not_found("deletedManagedHSMs", &path.hsm);
     }
     match state.keys.purge_hsm().await {
         Ok(()) => StatusCode::ACCEPTED.into_response(),

@@ -314,6 +314,17 @@ struct AuditSlot(Arc<std::sync::Mutex<Noted>>);
 struct Noted {
     principal: Option<Principal>,
     authorized: Option<Authorized>,
+    /// An operation on the HSM resource (`arm`), which no data action covers: its ARM
+    /// operation name and whether the caller is the operator.
+    operator: Option<OperatorCheck>,
+}
+
+/// What [`arm`] notes for the audit record of an HSM-level request.
+#[derive(Clone, Copy)]
+struct OperatorCheck {
+    operation: &'static str,
+    granted: bool,
+    changes_state: bool,
 }
 
 impl AuditSlot {
@@ -642,15 +653,20 @@ async fn audit_request(State(state): State<AppState>, req: Request, next: Next) 
         let Noted {
             principal,
             authorized,
+            operator,
         } = std::mem::take(&mut *slot.0.lock().unwrap_or_else(|p| p.into_inner()));
-        let outcome = match (&principal, authorized) {
+        let granted = authorized
+            .map(|a| a.granted)
+            .or(operator.map(|o| o.granted));
+        let outcome = match (&principal, granted) {
             (None, _) => Outcome::Unauthenticated,
-            (Some(_), Some(a)) if !a.granted => Outcome::Denied,
-            (Some(_), Some(_)) => Outcome::Allowed,
+            (Some(_), Some(false)) => Outcome::Denied,
+            (Some(_), Some(true)) => Outcome::Allowed,
             (Some(_), None) => Outcome::Rejected,
         };
-        let durable =
-            authorized.is_some_and(|a| a.granted && a.action.changes_state() && status < 400);
+        let durable = status < 400
+            && (authorized.is_some_and(|a| a.granted && a.action.changes_state())
+                || operator.is_some_and(|o| o.granted && o.changes_state));
         let event = Event {
             time,
             request_id: request_id.clone(),
@@ -660,7 +676,9 @@ async fn audit_request(State(state): State<AppState>, req: Request, next: Next) 
             principal: principal.map(|p| p.id),
             method,
             path,
-            action: authorized.map(|a| a.action.to_string()),
+            action: authorized
+                .map(|a| a.action.to_string())
+                .or(operator.map(|o| o.operation.to_owned())),
             key,
             version,
             outcome,
