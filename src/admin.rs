@@ -181,6 +181,14 @@ impl DataDir {
         Ok(token)
     }
 
+    /// Makes a principal the HSM's operator (`http/arm.rs`: the one who may show, update,
+    /// delete, recover and purge the HSM); the previous operator loses that at once.
+    pub fn set_operator(&self, id: &str) -> Result<()> {
+        let id = self.principal_id(id)?;
+        self.store.set_meta(crate::store::OPERATOR, &id)?;
+        self.audit("principal/operator", &id, "")
+    }
+
     /// Removes a principal and its role assignments.
     pub fn delete_principal(&self, id: &str) -> Result<()> {
         let id = self.principal_id(id)?;

@@ -128,6 +128,10 @@ pub enum PrincipalCommand {
     Rotate(PrincipalId),
     /// Remove the principal and its role assignments.
     Delete(PrincipalId),
+    /// Make the principal the HSM's operator, who alone may do the HSM-level operations
+    /// (`az keyvault show | update-hsm | delete | recover | purge`); the previous one no longer
+    /// may.
+    Operator(PrincipalId),
 }
 
 #[derive(Args)]
@@ -312,6 +316,10 @@ pub fn principal(cmd: PrincipalCommand) -> CliResult {
         PrincipalCommand::Delete(p) => {
             DataDir::open(&p.admin.data_dir)?.delete_principal(&p.id)?;
             println!("deleted {}", p.id);
+        }
+        PrincipalCommand::Operator(p) => {
+            DataDir::open(&p.admin.data_dir)?.set_operator(&p.id)?;
+            println!("operator={}", p.id);
         }
     }
     Ok(())

@@ -139,3 +139,33 @@ fn a_data_dir_without_a_recorded_operator_takes_its_first_administrator() {
         svc.stop();
     }
 }
+
+#[test]
+fn the_operator_can_be_handed_over() {
+    let (_tmp, dir) = data_dir();
+    let svc = Service::start(&dir);
+    let (id, token) = svc.new_principal("ops", &[], "/");
+    assert_eq!(svc.call_as(Some(&token), "GET", HSM, None).0, 403);
+    let (ok, _, err) = common::cli(&dir, &["principal", "operator", "no-such-id"]);
+    assert!(!ok && err.contains("no principal"), "{err}");
+    assert_eq!(
+        svc.cli(&["principal", "operator", &id]).trim(),
+        format!("operator={id}")
+    );
+    let (status, body) = svc.call_as(Some(&token), "GET", HSM, None);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["properties"]["initialAdminObjectIds"][0], id.as_str());
+    let (status, body) = svc.call("GET", HSM, None);
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("AuthorizationFailed"))
+    );
+    svc.stop();
+    let audit = std::fs::read_to_string(dir.join("audit.log")).expect("audit log");
+    assert!(
+        audit.contains("principal/operator"),
+        "the hand-over is audited"
+    );
+    let (ok, out, err) = common::cli(&dir, &["audit", "verify"]);
+    assert!(ok, "{out}{err}");
+}
