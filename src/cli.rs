@@ -619,19 +619,8 @@ pub fn az_setup(args: &AzSetupArgs) -> Result<(), Box<dyn std::error::Error>> {
         .next()
         .unwrap_or_default()
         .to_owned();
-    let (host, port) = split_authority(&authority);
-    // `--hsm-name NAME` makes az call `https://NAME{mhsmDns}`: under the URL's host name, or
-    // under `localhost` when the URL names an IP address (NAME.localhost is in the generated
-    // certificate; making it resolve is the operator's: README, "Using the Azure CLI").
-    let parent = if host.parse::<std::net::IpAddr>().is_ok() || host.starts_with('[') {
-        "localhost"
-    } else {
-        host.as_str()
-    };
-    let mhsm_suffix = match port {
-        Some(port) => format!(".{parent}:{port}"),
-        None => format!(".{parent}"),
-    };
+    let (host, _) = split_authority(&authority);
+    let mhsm_suffix = mhsm_suffix(&authority);
     let dir = std::path::absolute(&args.config_dir)?;
     crate::fsutil::create_private_dir(&dir)?;
     let cloud = [
@@ -689,6 +678,23 @@ pub fn az_setup(args: &AzSetupArgs) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
+/// The `mhsmDns` suffix for a service at `host[:port]`: `--hsm-name NAME` makes az call
+/// `https://NAME{suffix}`, under the URL's host name, or under `localhost` when the URL names
+/// an IP address (NAME.localhost is in the generated certificate; making it resolve is the
+/// operator's: README, "Using the Azure CLI").
+fn mhsm_suffix(authority: &str) -> String {
+    let (host, port) = split_authority(authority);
+    let parent = if host.parse::<std::net::IpAddr>().is_ok() || host.starts_with('[') {
+        "localhost"
+    } else {
+        host.as_str()
+    };
+    match port {
+        Some(port) => format!(".{parent}:{port}"),
+        None => format!(".{parent}"),
+    }
+}
+
 /// The host (IPv6 with its brackets) and port of `host[:port]`.
 fn split_authority(authority: &str) -> (String, Option<String>) {
     if let Some(rest) = authority.strip_prefix('[') {
@@ -739,4 +745,24 @@ fn set_ini_section(
     }
     crate::fsutil::write_atomic(path, kept.as_bytes(), 0o600)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mhsm_suffix_is_under_the_host_name_or_localhost() {
+        assert_eq!(mhsm_suffix("127.0.0.1:8443"), ".localhost:8443");
+        assert_eq!(mhsm_suffix("[::1]:8443"), ".localhost:8443");
+        assert_eq!(
+            mhsm_suffix("hsm.example.internal:8443"),
+            ".hsm.example.internal:8443"
+        );
+        assert_eq!(mhsm_suffix("hsm.example.internal"), ".hsm.example.internal");
+        assert_eq!(
+            split_authority("[::1]:8443"),
+            ("[::1]".to_owned(), Some("8443".to_owned()))
+        );
+    }
 }

@@ -8,6 +8,7 @@ az-setup registers, with the seed's placeholders filled as the README says: subs
 
 import datetime
 import time
+import urllib.request
 
 import pytest
 
@@ -116,6 +117,13 @@ def test_seed_000_hsm_level_with_purge_protection(protected, tmp_path):
     # az keyvault delete: the whole HSM soft-deleted, every data-plane request refused.
     az.run("keyvault", "delete", *SUB, "-g", GROUP, "--hsm-name", HSM)
     data_plane_refused(svc)
+    # The sign-in still answers (so the operator can recover it), and signing in again works.
+    req = urllib.request.Request(az.env["IDENTITY_ENDPOINT"]
+                                 + "?api-version=2019-08-01&resource=https://x")
+    req.add_header("X-IDENTITY-HEADER", az.env["IDENTITY_HEADER"])
+    with urllib.request.urlopen(req, context=svc.tls, timeout=30) as r:
+        assert r.status == 200
+    az.run("login", "--identity", "--allow-no-subscriptions")
     assert az.fails("keyvault", "key", "show", *az.key("kept"))
     assert "ResourceNotFound" in az.fails("keyvault", "show", *SUB, "-g", GROUP, "--hsm-name", HSM)
 
