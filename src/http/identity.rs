@@ -33,6 +33,8 @@ use crate::error::Error;
 
 pub const TOKEN_PATH: &str = "/p11vault/identity/token";
 pub const HEADER_PATH: &str = "/p11vault/identity/header";
+/// The longest `resource` a token is issued for.
+const MAX_RESOURCE: usize = 512;
 
 /// The routes, with the audit layer only (each authenticates its own caller).
 pub fn router(state: AppState) -> Router<AppState> {
@@ -152,6 +154,13 @@ async fn token(
         return Error::BadParameter("The query parameter 'resource' is required.".into())
             .into_response();
     };
+    // It becomes the token's `aud`: a URI, not an essay.
+    if resource.len() > MAX_RESOURCE {
+        return Error::BadParameter(format!(
+            "The query parameter 'resource' is longer than {MAX_RESOURCE} characters."
+        ))
+        .into_response();
+    }
     let Some((id, tag)) = req
         .headers()
         .get("x-identity-header")

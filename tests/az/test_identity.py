@@ -43,6 +43,8 @@ def test_identity_endpoint_refuses_without_a_valid_header(service, tmp_path):
         assert body["error"]["code"] == "Unauthorized"
     status, body = get(svc, f"{endpoint}?api-version=2019-08-01", header)
     assert status == 400 and body["error"]["code"] == "BadParameter"
+    status, body = get(svc, f"{endpoint}?api-version=2019-08-01&resource={'x' * 513}", header)
+    assert status == 400 and body["error"]["code"] == "BadParameter"
 
     # The header gets a token; that token works, and a tampered one does not.
     status, issued = get(svc, f"{endpoint}{query}", header)
