@@ -123,6 +123,12 @@ async fn header_for(State(state): State<AppState>, req: Request) -> Response {
     }
 }
 
+/// Whether the peer is on this host: a loopback address, IPv4 ones also as a dual-stack
+/// listener sees them (`::ffff:127.0.0.1`). A request whose peer is unknown is not.
+fn is_local_peer(peer: Option<SocketAddr>) -> bool {
+    peer.is_some_and(|p| p.ip().to_canonical().is_loopback())
+}
+
 #[derive(Deserialize)]
 struct TokenQuery {
     resource: Option<String>,
@@ -136,11 +142,11 @@ async fn token(
     // The managed-identity endpoint is local to its client. Behind a reverse proxy on the
     // same host every peer is loopback: the header is the credential, this only narrows who
     // can present a leaked one.
-    let loopback = req
+    let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .is_some_and(|c| c.0.ip().is_loopback());
-    if !loopback {
+        .map(|c| c.0);
+    if !is_local_peer(peer) {
         return Error::AccessDenied(
             "The identity endpoint serves clients on this host only.".into(),
         )
@@ -238,4 +244,32 @@ async fn subscriptions(State(state): State<AppState>, req: Request) -> Response 
     };
     AuditSlot::note(&req, |n| n.principal = Some(principal));
     Json(serde_json::json!({ "value": [] })).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_peers_are_local() {
+        let peer = |s: &str| Some(s.parse::<SocketAddr>().expect("an address"));
+        for local in [
+            "127.0.0.1:1",
+            "127.1.2.3:1",
+            "[::1]:1",
+            "[::ffff:127.0.0.1]:1",
+        ] {
+            assert!(is_local_peer(peer(local)), "{local}");
+        }
+        for remote in [
+            "10.0.0.1:1",
+            "0.0.0.0:1",
+            "[::]:1",
+            "[::ffff:10.0.0.1]:1",
+            "[fe80::1]:1",
+        ] {
+            assert!(!is_local_peer(peer(remote)), "{remote}");
+        }
+        assert!(!is_local_peer(None), "no ConnectInfo: refused");
+    }
 }
