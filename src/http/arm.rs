@@ -28,7 +28,8 @@ use crate::auth::Principal;
 use crate::auth::identity::TENANT;
 use crate::clock::rfc3339_millis;
 use crate::error::{Error, Missing, Reason};
-use crate::model::HsmState;
+use crate::keys::domain::Activation;
+use crate::model::{ActivationStatus, HsmState};
 
 /// The resource group the HSM is in.
 pub const RESOURCE_GROUP: &str = "p11vault";
@@ -233,7 +234,14 @@ fn is_ours(state: &AppState, group: &str, name: &str) -> bool {
 async fn resource(state: &AppState) -> Result<Value, Error> {
     let retention = state.keys.retention();
     let purge_protection = state.keys.refresh_purge_protection().await?;
-    let activation = state.keys.activation_status().await?;
+    // Managed HSM's two states: activated, or not yet (a download awaiting its confirming
+    // status poll is not yet).
+    let activation = match state.domain.activation() {
+        Activation::Active => ActivationStatus::Active,
+        Activation::NotActivated | Activation::AwaitingConfirmation => {
+            ActivationStatus::NotActivated
+        }
+    };
     let operator = state.keys.operator().await?;
     let identity = match state.keys.hsm_identity().await? {
         Some(raw) => serde_json::from_str(&raw).unwrap_or(Value::Null),
@@ -263,8 +271,8 @@ async fn resource(state: &AppState) -> Result<Value, Error> {
             "securityDomainProperties": {
                 "activationStatus": activation.as_str(),
                 "activationStatusMessage": match activation {
-                    crate::model::ActivationStatus::Active => "Your HSM has been activated and can be used for cryptographic operations.",
-                    crate::model::ActivationStatus::NotActivated => "Your HSM is provisioned, but cannot be used for cryptographic operations until it is activated. To activate the HSM, download the security domain.",
+                    ActivationStatus::Active => "Your HSM has been activated and can be used for cryptographic operations.",
+                    ActivationStatus::NotActivated => "Your HSM is provisioned, but cannot be used for cryptographic operations until it is activated. To activate the HSM, download the security domain.",
                 },
             },
         },

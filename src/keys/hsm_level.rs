@@ -10,7 +10,7 @@ use std::sync::Arc;
 use super::{KeyService, SECONDS_PER_DAY, detached};
 use crate::error::{Error, Missing, Reason};
 use crate::failpoint;
-use crate::model::{ActivationStatus, HsmState};
+use crate::model::HsmState;
 
 impl KeyService {
     /// The HSM's state as last read or changed by this process (only this process changes it:
@@ -38,11 +38,6 @@ impl KeyService {
                 message: format!("The managed HSM '{hsm_name}' was purged."),
             }),
         }
-    }
-
-    /// `securityDomainProperties.activationStatus` (see `Store::activation_status`).
-    pub async fn activation_status(&self) -> Result<ActivationStatus, Error> {
-        self.blocking_store(|s| s.activation_status()).await
     }
 
     /// The principal id of the HSM's operator (`store::OPERATOR`).

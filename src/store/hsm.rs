@@ -1,8 +1,8 @@
 //! The HSM-level state of Azure Resource Manager's `managedHSMs` resource (`model::HsmState`),
-//! the principal allowed to change it, and the activation status `show` reports.
+//! the principal allowed to change it, and the managed identity it was given.
 
 use super::{Result, Store, meta_get, meta_set};
-use crate::model::{ActivationStatus, HsmState};
+use crate::model::HsmState;
 
 const HSM_STATE: &str = "hsm_state";
 const HSM_IDENTITY: &str = "hsm_identity";
@@ -48,15 +48,6 @@ impl Store {
                 &super::to_json(&HsmState::Purged { purged })?,
             )
         })
-    }
-
-    /// `securityDomainProperties.activationStatus` of the HSM resource.
-    ///
-    /// PLACEHOLDER (issue 15): always `Active` for now. When the security domain becomes
-    /// something a fresh HSM lacks until it is downloaded or uploaded, this is the one
-    /// function to wire to that activation state; `az keyvault show` reads nothing else.
-    pub fn activation_status(&self) -> Result<ActivationStatus> {
-        Ok(ActivationStatus::Active)
     }
 
     /// The managed identity the HSM resource was given (`update-hsm --mi-user-assigned`), as

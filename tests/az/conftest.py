@@ -67,12 +67,22 @@ def b64(value):
 class Service:
     """One p11vault on a port-0 loopback listener, with a fresh data dir."""
 
-    def __init__(self, base: Path, clock_file: Path | None = None):
+    def __init__(self, base: Path, clock_file: Path | None = None, activate: bool = True):
         self.base = base
         self.data = base / "data"
         self.data.mkdir(parents=True)
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("P11VAULT_")}
         self.env.update(with_p11vault.prepare_token(self.data, TEST_TOKEN))
+        if not activate:
+            # A data dir that waits for its security domain (as tests/common's
+            # not_activated_data_dir makes one).
+            toml = self.data / "p11vault.toml"
+            text = toml.read_text() if toml.exists() else ""
+            if "auto_activate = true" in text:
+                text = text.replace("auto_activate = true", "auto_activate = false")
+            else:
+                text += "\n[security_domain]\nauto_activate = false\n"
+            toml.write_text(text)
         if clock_file is not None:
             clock_file.write_text("0\n")
             self.env["P11VAULT_TEST_CLOCK_FILE"] = str(clock_file)

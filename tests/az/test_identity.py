@@ -110,3 +110,63 @@ def test_role_assignment_create_and_list_exit_zero(service, tmp_path):
     status, body = svc.rest("POST", "/graph/v1.0/directoryObjects/getByIds",
                             body={"ids": [app_id, "unknown"]}, api=None)
     assert status == 200 and [o["id"] for o in body["value"]] == [app_id]
+
+
+def test_az_signs_in_before_the_hsm_is_activated(tmp_path_factory):
+    """The sign-in's key is its own, not the security domain's: on an HSM that has no domain
+    yet (security_domain.auto_activate = false), az logs in, sees the HSM not activated, is
+    refused key operations, and downloads the domain (`az keyvault security-domain
+    download`), which activates the HSM."""
+    from conftest import GROUP, HSM, SUBSCRIPTION, Service
+
+    svc = Service(tmp_path_factory.mktemp("not-activated"), activate=False)
+    try:
+        az = Az(svc, "id", tmp_path_factory.mktemp("az-not-activated"))
+        shown = az.run("keyvault", "show", "--subscription", SUBSCRIPTION, "-g", GROUP,
+                       "--hsm-name", HSM)
+        assert shown["properties"]["securityDomainProperties"]["activationStatus"] == "NotActivated"
+        err = az.fails("keyvault", "key", "list", *az.hsm())
+        assert "HSMNotActivated" in err, err
+        status, body = svc.rest("GET", "/keys")
+        assert status == 409 and body["error"]["innererror"]["code"] == "HSMNotActivated", body
+
+        # Signed in before activation, az downloads the domain, which activates the HSM.
+        work = tmp_path_factory.mktemp("sd")
+        certs = [str(_wrapping_certificate(work, i)) for i in (1, 2, 3)]
+        sd_file = work / "SD.json"
+        done = az.run("keyvault", "security-domain", "download", *az.hsm(), "--sd-wrapping-keys",
+                      *certs, "--sd-quorum", "2", "--security-domain-file", str(sd_file))
+        assert done["status"] == "Success", done
+        assert sd_file.stat().st_size > 0
+        shown = az.run("keyvault", "show", "--subscription", SUBSCRIPTION, "-g", GROUP,
+                       "--hsm-name", HSM)
+        assert shown["properties"]["securityDomainProperties"]["activationStatus"] == "Active"
+        assert svc.rest("GET", "/keys")[0] == 200
+        assert az.run("keyvault", "key", "list", *az.hsm()) == []
+    finally:
+        svc.stop()
+
+
+def _wrapping_certificate(work, n):
+    """An RSA key and its self-signed certificate, as an administrator holds them."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"sd{n}")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=30))
+            .sign(key, hashes.SHA256()))
+    (work / f"cert_{n}.key").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    path = work / f"cert_{n}.cer"
+    path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return path
