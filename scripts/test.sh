@@ -47,9 +47,10 @@ P11VAULT_TEST_TOKEN=kryoptic P11VAULT_KRYOPTIC_MODULE="$kryoptic_module" \
     P11VAULT_BIN="$p11vault_bin" "$venv/bin/python" -m pytest -q tests/interop
 
 # The Azure CLI, pinned (scripts/install-az.sh: azure-cli 2.91.0 from PyPI in .venv-az), runs
-# every az command of seeds 000, 003 and 004 in both forms (--hsm-name and --id) after
-# `p11vault az-setup` and `az login --identity`; tests/az/conftest.py starts a service per
-# module (and per form), on each token.
+# every az keyvault command of seeds 000, 003 and 004, in both forms (--hsm-name and --id)
+# wherever a command has two, after `p11vault az-setup` and `az login --identity`;
+# tests/az/conftest.py starts a service per module (and per form), on each token. The
+# --hsm-name form needs `unshare -rm` (user and mount namespaces) for az's hosts file.
 echo "== az CLI suite (tests/az) on SoftHSM2 and kryoptic"
 start=$SECONDS
 ./scripts/install-az.sh >/dev/null
