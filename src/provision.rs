@@ -121,6 +121,9 @@ pub fn open(cfg: &Config, hosts: &[String]) -> Result<Ready, ProvisionError> {
 
     let (module_path, user_pin, so_pin) = pins(cfg)?;
     let module = Module::load(&module_path)?;
+    if !initialized && cfg.auto_activate {
+        refuse_vendor_auto_activation(cfg, &module)?;
+    }
     let slot = match module.find_token(&cfg.token_label)? {
         Some(slot) => slot,
         None if initialized => {
@@ -175,14 +178,12 @@ pub fn open(cfg: &Config, hosts: &[String]) -> Result<Ready, ProvisionError> {
     let survey = module.survey(slot, &user_pin)?;
     // An initialised data dir always has its domain recorded (checked when it was read).
     let own = recorded.filter(|_| initialized);
+    prune_discarded(&store, &survey)?;
     match own {
         Some(own) => check_own_domain(cfg, &survey, own)?,
         // Not activated: only the objects of its own half-made domain or transfer key.
         None if initialized => check_only_own_pending(cfg, &store, &survey, identity)?,
         None => check_nothing_foreign(cfg, &survey, recorded, identity, false)?,
-    }
-    if !initialized && recorded.is_none() && cfg.auto_activate {
-        refuse_vendor_auto_activation(cfg, &module, slot)?;
     }
     if let Some(so) = &so_pin {
         module.ensure_user_pin(slot, so, &user_pin)?;
@@ -200,8 +201,9 @@ pub fn open(cfg: &Config, hosts: &[String]) -> Result<Ready, ProvisionError> {
     let domain = match own {
         Some(own) => Some(own),
         None if initialized => None,
-        // Automatic activation, or the first start it began that a crash interrupted.
-        None if cfg.auto_activate || recorded.is_some() => Some(first_start_domain(
+        // Automatic activation (also finishing the first start it began that a crash
+        // interrupted).
+        None if cfg.auto_activate => Some(first_start_domain(
             cfg,
             &store,
             &module,
@@ -213,7 +215,21 @@ pub fn open(cfg: &Config, hosts: &[String]) -> Result<Ready, ProvisionError> {
             &user_pin,
         )?),
         None => {
-            store.set_metas(&[(domain_meta::ACTIVATION, Some(domain_meta::NOT_ACTIVATED))])?;
+            if let Some(leftover) = recorded {
+                // A first start that began an automatic activation and died, started again
+                // without it: its domain (which served nothing) is taken away.
+                let so = so_pin.as_ref().ok_or_else(|| {
+                    ProvisionError::Refused(format!(
+                        "an interrupted first start left security domain {leftover} on the token; taking it away needs the SO PIN (pkcs11.so_pin_file)"
+                    ))
+                })?;
+                module.destroy_security_domain(slot, leftover, so, &user_pin)?;
+                tracing::info!(domain = %leftover, "took away the domain of an interrupted automatic activation: this start leaves the HSM not activated");
+            }
+            store.set_metas(&[
+                (domain_meta::ACTIVATION, Some(domain_meta::NOT_ACTIVATED)),
+                (meta::DOMAIN, None),
+            ])?;
             tracing::warn!(
                 "this HSM is NOT ACTIVATED (security_domain.auto_activate = false): it serves only the security \
                  domain's endpoints until its security domain is downloaded (az keyvault security-domain download) \
@@ -409,22 +425,19 @@ fn secret_bytes(module: &Module, slot: hsm::Slot) -> Result<Zeroizing<[u8; 32]>,
 
 /// A vendor HSM never activates itself: `security_domain.auto_activate = true` on an external
 /// token is honoured only for the software tokens this service is developed and tested with
-/// (SoftHSM2, kryoptic), whose domain would be no better kept than the files anyway.
-fn refuse_vendor_auto_activation(
-    cfg: &Config,
-    module: &Module,
-    slot: hsm::Slot,
-) -> Result<(), ProvisionError> {
+/// (SoftHSM2, kryoptic), whose domain would be no better kept than the files anyway. Told by
+/// the module's manufacturer (`C_GetInfo`), before any token is initialised or written.
+fn refuse_vendor_auto_activation(cfg: &Config, module: &Module) -> Result<(), ProvisionError> {
     if matches!(cfg.token, TokenSource::Embedded { .. }) {
         return Ok(());
     }
-    let manufacturer = module.token_manufacturer(slot)?;
+    let manufacturer = module.library_manufacturer()?;
     if is_software_token(&manufacturer) {
         tracing::warn!(%manufacturer, "security_domain.auto_activate = true on a software token: activating automatically");
         return Ok(());
     }
     Err(ProvisionError::Refused(format!(
-        "security_domain.auto_activate = true, but the token '{}' is a vendor HSM (made by '{manufacturer}'): \
+        "security_domain.auto_activate = true, but the module of the token '{}' is a vendor HSM's (made by '{manufacturer}'): \
          a vendor HSM never activates itself, since that would write its security domain and every key that \
          opens it to the data dir. Set auto_activate = false and download the domain to your administrators' \
          keys (az keyvault security-domain download). Nothing was written to the token.",
@@ -437,6 +450,36 @@ const SOFTWARE_TOKENS: &[&str] = &["SoftHSM", "Kryoptic"];
 
 fn is_software_token(manufacturer: &str) -> bool {
     SOFTWARE_TOKENS.iter().any(|m| manufacturer.starts_with(m))
+}
+
+fn discarded(store: &Store) -> Result<Vec<VersionId>, ProvisionError> {
+    Ok(
+        crate::keys::domain::discarded_ids(store.meta(domain_meta::DISCARDED)?.as_deref())
+            .ok_or_else(|| store::Error::Corrupt(domain_meta::DISCARDED.into()))?,
+    )
+}
+
+/// Forgets the discarded ids (domains and transfer keys being taken away) of which this
+/// start's survey finds no object left: only a survey at start-up, from a freshly initialised
+/// module, shows what the token kept.
+fn prune_discarded(store: &Store, survey: &hsm::Survey) -> Result<(), ProvisionError> {
+    let ids = discarded(store)?;
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let left: Vec<VersionId> = ids
+        .iter()
+        .copied()
+        .filter(|id| survey.objects.iter().any(|o| o.domain() == Some(*id)))
+        .collect();
+    if left.len() != ids.len() {
+        let json = crate::keys::domain::discarded_json(&left);
+        store.set_metas(&[(
+            domain_meta::DISCARDED,
+            if left.is_empty() { None } else { Some(&json) },
+        )])?;
+    }
+    Ok(())
 }
 
 /// A data dir that is initialised but not activated may find on its token only the objects of
@@ -454,6 +497,7 @@ fn check_only_own_pending(
             own.push(VersionId::parse_hex(&hex).ok_or_else(|| store::Error::Corrupt(key.into()))?);
         }
     }
+    own.extend(discarded(store)?);
     if let Some(json) = store.meta(domain_meta::TRANSFER)? {
         let id = serde_json::from_str::<serde_json::Value>(&json)
             .ok()

@@ -139,7 +139,7 @@ fn a_crash_at_any_point_of_an_upload_leaves_the_old_state_or_the_recovered_domai
     let exchange_c = common::transfer_certificate_pem(&c);
     let restore_c =
         p11vault::secdomain::restore_blob_offline(&sd_file, &exchange_c, &two).expect("blob");
-    let started = Instant::now();
+
     let (status, _) = c.call("GET", &format!("/keys?{API}"), None);
     assert_eq!(status, 409);
     c.stop();
@@ -158,7 +158,6 @@ fn a_crash_at_any_point_of_an_upload_leaves_the_old_state_or_the_recovered_domai
     assert_eq!(status, 202);
     let upload_time = t0.elapsed();
     m.stop();
-    let _ = started;
     let mut recovered = false;
     let mut seed = std::process::id() as u64;
     for round in 0..6 {

@@ -42,11 +42,11 @@ impl Hsm {
                 Attribute::Modifiable(false),
                 Attribute::Copyable(false),
             ]);
-            s.create_object(&half)?;
+            create_wiped(s, half)?;
             crate::failpoint::hit("domain.after_wrap_half");
-            s.create_object(&templates::domain_unwrap_half(id, wrap))?;
+            create_wiped(s, templates::domain_unwrap_half(id, wrap))?;
             crate::failpoint::hit("domain.after_unwrap_half");
-            s.create_object(&templates::domain_mac_import(id, mac))?;
+            create_wiped(s, templates::domain_mac_import(id, mac))?;
             Ok(())
         })
     }
@@ -115,6 +115,15 @@ impl Hsm {
             )
         })
     }
+}
+
+/// Creates an object from a template holding a secret value, and wipes the template's copy of
+/// it whether the token took it or not.
+pub(super) fn create_wiped(session: &Session, mut template: Vec<Attribute>) -> Result<()> {
+    let made = session.create_object(&template);
+    super::objects::wipe_template(&mut template);
+    made?;
+    Ok(())
 }
 
 /// Destroys the objects of any class whose `CKA_ID` is `id` and whose label is

@@ -251,17 +251,18 @@ impl Module {
         self.destroy_security_domain(slot, domain, so_pin, user_pin)?;
         let trusted = profile.domain == DomainModel::Trusted && profile.trust != Trust::Nobody;
         let make_wrap_half = |session: &Session, private: bool| -> Result<()> {
-            let base = templates::domain_wrap_half(domain, values.wrap, private);
+            let mut base = templates::domain_wrap_half(domain, values.wrap, private);
             if trusted {
-                profile::create_trusted(session, &base, true, profile.trusted_via)?;
+                let made = profile::create_trusted(session, &base, true, profile.trusted_via);
+                objects::wipe_template(&mut base);
+                made?;
             } else {
-                let mut template = base;
-                template.extend([
+                base.extend([
                     Attribute::Token(true),
                     Attribute::Modifiable(false),
                     Attribute::Copyable(false),
                 ]);
-                session.create_object(&template)?;
+                domain::create_wiped(session, base)?;
             }
             Ok(())
         };
@@ -281,8 +282,8 @@ impl Module {
             make_wrap_half(&user, true)?;
             crate::failpoint::hit("provision.after_wrap_half");
         }
-        user.create_object(&templates::domain_unwrap_half(domain, values.wrap))?;
-        user.create_object(&templates::domain_mac_import(domain, values.mac))?;
+        domain::create_wiped(&user, templates::domain_unwrap_half(domain, values.wrap))?;
+        domain::create_wiped(&user, templates::domain_mac_import(domain, values.mac))?;
         user.logout()?;
         Ok(())
     }
@@ -293,11 +294,12 @@ impl Module {
         Ok(Zeroizing::new(session.generate_random_vec(n)?))
     }
 
-    /// The token's `manufacturerID`, trimmed.
-    pub fn token_manufacturer(&self, slot: Slot) -> Result<String> {
+    /// The module's `manufacturerID` (`C_GetInfo`), trimmed: known before any token is
+    /// touched.
+    pub fn library_manufacturer(&self) -> Result<String> {
         Ok(self
             .ctx
-            .get_token_info(slot)?
+            .get_library_info()?
             .manufacturer_id()
             .trim()
             .to_owned())

@@ -208,7 +208,7 @@ impl Hsm {
 }
 
 /// Overwrites the byte-valued attributes of a template that held key material.
-fn wipe_template(tmpl: &mut [Attribute]) {
+pub(super) fn wipe_template(tmpl: &mut [Attribute]) {
     use zeroize::Zeroize;
     for attr in tmpl.iter_mut() {
         match attr {

@@ -42,6 +42,10 @@ pub mod meta {
     pub const TRANSFER: &str = "security_domain_transfer";
     /// The id of a transfer key whose objects are being made.
     pub const TRANSFER_CANDIDATE: &str = "security_domain_transfer_candidate";
+    /// JSON array of hex ids whose objects are being taken away: recorded before the first
+    /// destroy, and dropped only by a start whose survey of the token finds none of them (a
+    /// token may report a destroy it did not keep: kryoptic with a store it cannot write).
+    pub const DISCARDED: &str = "security_domain_discarded";
 
     pub const NOT_ACTIVATED: &str = "not_activated";
     pub const AWAITING: &str = "awaiting_confirmation";
@@ -144,32 +148,44 @@ impl SecurityDomain {
     pub async fn recover(self: &Arc<Self>) -> Result<()> {
         let this = Arc::clone(self);
         blocking(move || {
-            if let Some(candidate) = this.recorded_id(meta::CANDIDATE)? {
-                let current = this.recorded_id(meta::DOMAIN)?;
-                if current != Some(candidate) {
-                    tracing::info!(domain = %candidate, "taking away the objects of a security domain a crash left half-made");
-                    this.hsm.remove_domain_objects(candidate)?;
+            for id in this.discarded()? {
+                if let Err(e) = this.hsm.remove_domain_objects(id) {
+                    tracing::warn!(%id, error = %e, "could not take away the objects of a discarded security domain or transfer key; trying again at the next start");
                 }
-                this.store.set_metas(&[(meta::CANDIDATE, None)])?;
             }
-            if let Some(candidate) = this.recorded_id(meta::TRANSFER_CANDIDATE)? {
-                let current = this.transfer()?.map(|(id, _)| id);
-                if current != Some(candidate) {
-                    tracing::info!(transfer_key = %candidate, "taking away a transfer key a crash left half-made");
-                    this.hsm.remove_domain_objects(candidate)?;
-                }
-                this.store.set_metas(&[(meta::TRANSFER_CANDIDATE, None)])?;
-            }
+            this.settle_candidate(meta::CANDIDATE)?;
+            this.settle_candidate(meta::TRANSFER_CANDIDATE)?;
             if this.activation() == Activation::Active
                 && let Some((id, _)) = this.transfer()?
             {
                 tracing::info!(transfer_key = %id, "destroying the transfer key of a completed recovery");
-                this.hsm.remove_domain_objects(id)?;
-                this.store.set_metas(&[(meta::TRANSFER, None)])?;
+                this.discard(id, &[(meta::TRANSFER, None)])?;
             }
             Ok(())
         })
         .await
+    }
+
+    /// The ids recorded as being taken away.
+    fn discarded(&self) -> Result<Vec<VersionId>> {
+        discarded_ids(self.store.meta(meta::DISCARDED)?.as_deref())
+            .ok_or_else(|| Error::Internal("the database's discarded ids are unreadable".into()))
+    }
+
+    /// Takes away the objects of `id`, recorded first (with `changes`, in one transaction) as
+    /// discarded, so no crash or failure leaves them recorded nowhere.
+    fn discard(&self, id: VersionId, changes: &[(&str, Option<&str>)]) -> Result<()> {
+        let mut ids = self.discarded()?;
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+        let list = discarded_json(&ids);
+        let mut all: Vec<(&str, Option<&str>)> = changes.to_vec();
+        all.push((meta::DISCARDED, Some(&list)));
+        self.store.set_metas(&all)?;
+        failpoint("domain.discard.after_record");
+        self.hsm.remove_domain_objects(id)?;
+        Ok(())
     }
 
     fn recorded_id(&self, key: &str) -> Result<Option<VersionId>> {
@@ -263,8 +279,30 @@ impl SecurityDomain {
         Ok(contents)
     }
 
+    /// Takes away the objects of a candidate an earlier step left recorded (one that failed
+    /// with an error rather than a crash) unless the committed state names it, so that
+    /// recording a new candidate never leaves the old one's objects recorded nowhere.
+    fn settle_candidate(&self, key: &str) -> Result<()> {
+        let Some(candidate) = self.recorded_id(key)? else {
+            return Ok(());
+        };
+        let named = if key == meta::CANDIDATE {
+            self.recorded_id(meta::DOMAIN)? == Some(candidate)
+        } else {
+            self.transfer()?.map(|(id, _)| id) == Some(candidate)
+        };
+        if named {
+            self.store.set_metas(&[(key, None)])?;
+        } else {
+            tracing::info!(id = %candidate, "taking away the objects a crash or a failed security-domain step left");
+            self.discard(candidate, &[(key, None)])?;
+        }
+        Ok(())
+    }
+
     /// Makes `contents`' objects, its id committed first as the candidate.
     fn install(&self, contents: &DomainContents) -> Result<()> {
+        self.settle_candidate(meta::CANDIDATE)?;
         self.store
             .set_metas(&[(meta::CANDIDATE, Some(&contents.id.to_string()))])?;
         failpoint("domain.after_candidate");
@@ -283,16 +321,20 @@ impl SecurityDomain {
         let Some(pending) = self.recorded_id(meta::DOMAIN)? else {
             return Ok(());
         };
-        self.store.set_metas(&[
-            (meta::ACTIVATION, Some(meta::NOT_ACTIVATED)),
-            (meta::DOMAIN, None),
-            (meta::SOURCE, None),
-            (meta::CANDIDATE, Some(&pending.to_string())),
-        ])?;
-        self.set_state(Activation::NotActivated);
-        failpoint("domain.discard.after_record");
-        self.hsm.remove_domain_objects(pending)?;
-        self.store.set_metas(&[(meta::CANDIDATE, None)])?;
+        self.settle_candidate(meta::CANDIDATE)?;
+        let result = self.discard(
+            pending,
+            &[
+                (meta::ACTIVATION, Some(meta::NOT_ACTIVATED)),
+                (meta::DOMAIN, None),
+                (meta::SOURCE, None),
+            ],
+        );
+        // Given up as soon as that commits, whether the objects went or not.
+        if self.store.meta(meta::ACTIVATION)?.as_deref() == Some(meta::NOT_ACTIVATED) {
+            self.set_state(Activation::NotActivated);
+        }
+        result?;
         tracing::info!(domain = %pending, "gave up a security domain whose download was never confirmed");
         Ok(())
     }
@@ -331,6 +373,11 @@ impl SecurityDomain {
                         .set_metas(&[(meta::ACTIVATION, Some(meta::ACTIVE))])?;
                     this.set_state(Activation::Active);
                     tracing::warn!(%domain, "the security domain's download is confirmed: the HSM is active");
+                    // A transfer key issued meanwhile serves no recovery now (a crash before
+                    // this is finished at the next start).
+                    if let Some((transfer, _)) = this.transfer()? {
+                        this.discard(transfer, &[(meta::TRANSFER, None)])?;
+                    }
                     Ok(success())
                 })
                 .await
@@ -350,6 +397,11 @@ impl SecurityDomain {
                     return secdomain::transfer_key_body(&der).map_err(internal);
                 }
                 tracing::warn!(transfer_key = %id, "the recorded transfer key is gone from the token; making a new one");
+            }
+            this.settle_candidate(meta::TRANSFER_CANDIDATE)?;
+            if let Some((stale, _)) = this.transfer()? {
+                // Recorded, but its pair is not (all) on the token: what is left of it goes.
+                this.discard(stale, &[(meta::TRANSFER, None)])?;
             }
             let id = VersionId::random();
             this.store
@@ -421,8 +473,7 @@ impl SecurityDomain {
             this.set_state(Activation::Active);
             tracing::warn!(domain = %contents.id, "recovered the security domain by upload: the HSM is active");
             // The recovery is complete; a crash before this is finished at the next start.
-            this.hsm.remove_domain_objects(transfer)?;
-            this.store.set_metas(&[(meta::TRANSFER, None)])?;
+            this.discard(transfer, &[(meta::TRANSFER, None)])?;
             Ok(())
         })
         .await;
@@ -460,6 +511,21 @@ impl SecurityDomain {
             }),
         }
     }
+}
+
+/// The ids of [`meta::DISCARDED`] (`None`: unreadable).
+pub fn discarded_ids(json: Option<&str>) -> Option<Vec<VersionId>> {
+    let Some(json) = json else {
+        return Some(Vec::new());
+    };
+    let hex: Vec<String> = serde_json::from_str(json).ok()?;
+    hex.iter().map(|h| VersionId::parse_hex(h)).collect()
+}
+
+/// [`meta::DISCARDED`]'s text for `ids`.
+pub fn discarded_json(ids: &[VersionId]) -> String {
+    serde_json::to_string(&ids.iter().map(|i| i.to_string()).collect::<Vec<_>>())
+        .unwrap_or_else(|_| "[]".into())
 }
 
 fn success() -> OperationStatus {

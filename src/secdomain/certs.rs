@@ -24,6 +24,8 @@ use super::{Error, Result};
 
 /// The smallest RSA key a share or a transfer may be encrypted to.
 pub const MIN_RSA_BITS: u32 = 2048;
+/// The largest RSA key a wrapping certificate may carry (OpenSSL encrypts to no larger).
+pub const MAX_RSA_BITS: u32 = 16384;
 /// How many certificates a download takes (§2.2).
 pub const CERTIFICATES: std::ops::RangeInclusive<usize> = 3..=10;
 /// The largest quorum (§8); the smallest is 2.
@@ -78,6 +80,23 @@ impl WrappingCert {
                 "its RSA key has {} bits; at least {MIN_RSA_BITS} are needed",
                 key.bits()
             ));
+        }
+        if key.bits() > MAX_RSA_BITS {
+            return Err(format!(
+                "its RSA key has {} bits; at most {MAX_RSA_BITS} are taken",
+                key.bits()
+            ));
+        }
+        // An exponent OpenSSL will not encrypt with (even, 1, or past 64 bits) would only show
+        // as a failure to make the share, after the checks: refused here with the others.
+        let e = key
+            .rsa()
+            .map_err(|_| "its RSA key cannot be read")?
+            .e()
+            .to_owned()
+            .map_err(|_| "its RSA key cannot be read")?;
+        if !e.is_bit_set(0) || e.num_bits() < 2 || e.num_bits() > 64 {
+            return Err("its RSA public exponent is not an odd number from 3 to 2^64 - 1".into());
         }
         Ok(WrappingCert {
             x5t_256: x5t_256(der),
@@ -467,6 +486,40 @@ pub(super) mod tests {
         b.set_pubkey(key).expect("pubkey");
         b.sign(key, MessageDigest::sha256()).expect("sign");
         b.build()
+    }
+
+    #[test]
+    fn an_exponent_openssl_cannot_encrypt_with_is_refused_up_front() {
+        // A certificate (signed by another key) for a public key with e = 2^80 + 1, and one
+        // with an even e: OpenSSL refuses to encrypt a share to either.
+        let signer = PKey::from_rsa(Rsa::generate(2048).expect("rsa")).expect("pkey");
+        let n = signer.rsa().expect("rsa").n().to_owned().expect("n");
+        for e_hex in ["0100000000000000000001", "010000"] {
+            let e = openssl::bn::BigNum::from_hex_str(e_hex).expect("e");
+            let public = PKey::from_rsa(
+                Rsa::from_public_components(n.to_owned().expect("n"), e).expect("components"),
+            )
+            .expect("pkey");
+            let mut name = X509NameBuilder::new().expect("name");
+            name.append_entry_by_nid(Nid::COMMONNAME, "odd")
+                .expect("cn");
+            let name = name.build();
+            let mut b = X509::builder().expect("builder");
+            b.set_version(2).expect("version");
+            b.set_subject_name(&name).expect("subject");
+            b.set_issuer_name(&name).expect("issuer");
+            b.set_not_before(&Asn1Time::days_from_now(0).expect("t"))
+                .expect("nb");
+            b.set_not_after(&Asn1Time::days_from_now(1).expect("t"))
+                .expect("na");
+            b.set_pubkey(&public).expect("pubkey");
+            b.sign(&signer, MessageDigest::sha256()).expect("sign");
+            let cert = b.build();
+            let refused = WrappingCert::from_der(&cert.to_der().expect("der"))
+                .err()
+                .unwrap_or_default();
+            assert!(refused.contains("public exponent"), "{e_hex}: {refused}");
+        }
     }
 
     fn rsa_cert(bits: u32) -> X509 {

@@ -243,7 +243,7 @@ impl Store {
                     params![a.name, a.scope, a.principal_id, a.role_definition, a.created],
                 )?;
             }
-            keep_first_administrator(tx, now)?;
+            keep_first_administrator(tx, &state.role_assignments, now)?;
             if state.purge_protection {
                 meta_set(tx, "purge_protection", "true")?;
             }
@@ -453,35 +453,48 @@ fn job_row(r: &rusqlite::Row) -> rusqlite::Result<Result<Job>> {
     }))
 }
 
-/// A full restore never locks out the HSM's own first administrator (the principal its first
-/// start made): when the backup gives that principal no role — a backup of another HSM, whose
-/// principals this HSM does not have, as in a disaster recovery — it keeps the Administrator
-/// role at `/` it was made with, and can assign the rest.
-fn keep_first_administrator(tx: &Transaction, now: i64) -> Result<()> {
+/// A full restore of another HSM's backup never locks this one out: when the backup's role
+/// assignments name none of this data dir's principals (a backup of another HSM, whose
+/// principals this one does not have, as in a disaster recovery), the HSM's operator (its
+/// first administrator unless handed on), if enabled, keeps the Administrator role at `/`,
+/// and can assign the rest. A backup of this HSM is restored as
+/// it is, even one in which that principal has no role.
+fn keep_first_administrator(
+    tx: &Transaction,
+    restored: &[RoleAssignmentRow],
+    now: i64,
+) -> Result<()> {
+    for a in restored {
+        let ours: bool = tx.query_row(
+            "SELECT EXISTS(SELECT 1 FROM principals WHERE id = ?1)",
+            [&a.principal_id],
+            |r| r.get(0),
+        )?;
+        if ours {
+            return Ok(());
+        }
+    }
+    // The HSM's operator (recorded at provisioning, handed on with `principal operator`), or
+    // on a data dir that has none recorded, its first administrator.
     let first: Option<String> = tx
         .query_row(
-            "SELECT id FROM principals WHERE name = 'administrator' ORDER BY created, id LIMIT 1",
-            [],
+            "SELECT id FROM principals WHERE enabled AND (id = (SELECT v FROM meta WHERE k = ?1)
+               OR (NOT EXISTS (SELECT 1 FROM meta WHERE k = ?1) AND name = 'administrator'))
+             ORDER BY created, id LIMIT 1",
+            [super::OPERATOR],
             |r| r.get(0),
         )
         .optional()?;
     let Some(id) = first else { return Ok(()) };
-    let named: bool = tx.query_row(
-        "SELECT EXISTS(SELECT 1 FROM role_assignments WHERE principal_id = ?1)",
-        [&id],
-        |r| r.get(0),
+    tx.execute(
+        "INSERT INTO role_assignments(name, scope, principal_id, role_definition, created)
+         VALUES (?1, '/', ?2, ?3, ?4)",
+        params![
+            uuid::Uuid::new_v4().to_string(),
+            id,
+            crate::auth::roles::ADMINISTRATOR,
+            now
+        ],
     )?;
-    if !named {
-        tx.execute(
-            "INSERT INTO role_assignments(name, scope, principal_id, role_definition, created)
-             VALUES (?1, '/', ?2, ?3, ?4)",
-            params![
-                uuid::Uuid::new_v4().to_string(),
-                id,
-                crate::auth::roles::ADMINISTRATOR,
-                now
-            ],
-        )?;
-    }
     Ok(())
 }
