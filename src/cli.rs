@@ -638,8 +638,9 @@ pub fn az_setup(args: &AzSetupArgs) -> Result<(), Box<dyn std::error::Error>> {
         // vault suffix is a name that never resolves.
         ("suffix_keyvault_dns", ".vault.p11vault.invalid".to_owned()),
         ("suffix_mhsm_dns", mhsm_suffix.clone()),
-        // `backup start` / `restore start` build `https://{account}.blob.{suffix}/{container}`;
-        // the service reads the container from it and never calls it.
+        // `backup start` / `restore start` build `https://{account}.blob.{suffix}/{container}`
+        // (the service reads the container from it); `az storage container create` calls it,
+        // and the service answers on that host (`http/storage.rs`).
         (
             "suffix_storage_endpoint",
             mhsm_suffix.trim_start_matches('.').to_owned(),

@@ -124,6 +124,9 @@ struct FileBackup {
     root: Option<PathBuf>,
     /// The name in backup folder names, `mhsm-{name}-{YYYYMMDDHHmmSS}`.
     hsm_name: Option<String>,
+    /// The one storage account name the service answers for its backup location (`az storage
+    /// account keys list`, `az storage container create`).
+    storage_account: Option<String>,
     /// A full restore needs a full backup of the current state at most this many minutes old.
     restore_requires_backup_within_minutes: Option<u32>,
 }
@@ -225,8 +228,11 @@ pub struct Config {
     /// Where full backups are written: `{backup_root}/{container}/{folder}`.
     pub backup_root: PathBuf,
     pub hsm_name: String,
+    /// The storage account name of the backup location (`http/storage.rs`): 3 to 24 lowercase
+    /// letters and digits, as Azure Storage's; default `{hsm_name}backup` made so.
+    pub storage_account: String,
     /// Names the generated certificate covers beyond loopback and the public URL's host:
-    /// `{hsm_name}.localhost` and `tls.names`.
+    /// `{hsm_name}.localhost`, `{storage_account}.blob.localhost` and `tls.names`.
     pub tls_names: Vec<String>,
     pub restore_requires_backup_within_secs: i64,
     /// TEST-ONLY crash points (see `failpoint`), from `P11VAULT_TEST_FAILPOINTS`.
@@ -376,7 +382,31 @@ impl Config {
                 message: "1 to 64 letters, digits and '-' (it names backup folders)".into(),
             });
         }
-        let mut tls_names = vec![format!("{}.localhost", hsm_name.to_ascii_lowercase())];
+        let storage_account = file.backup.storage_account.unwrap_or_else(|| {
+            let mut name: String = hsm_name
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .map(|c| c.to_ascii_lowercase())
+                .take(18)
+                .collect();
+            name.push_str("backup");
+            name
+        });
+        let account_ok = (3..=24).contains(&storage_account.len())
+            && storage_account
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        if !account_ok {
+            return Err(ConfigError::Invalid {
+                setting: "backup.storage_account",
+                message: "3 to 24 lowercase letters and digits, as an Azure storage account name"
+                    .into(),
+            });
+        }
+        let mut tls_names = vec![
+            format!("{}.localhost", hsm_name.to_ascii_lowercase()),
+            format!("{storage_account}.blob.localhost"),
+        ];
         for name in file.tls.names.unwrap_or_default() {
             let bare = name.strip_prefix("*.").unwrap_or(&name);
             let ok = !bare.is_empty()
@@ -435,6 +465,7 @@ impl Config {
             backup_root,
             tls_names,
             hsm_name,
+            storage_account,
             restore_requires_backup_within_secs: i64::from(window) * 60,
             test_failpoints: std::env::var("P11VAULT_TEST_FAILPOINTS")
                 .map(|v| {
@@ -572,6 +603,46 @@ mod tests {
         assert_eq!(cfg.retention_days, 14);
         assert!(!cfg.backups && cfg.backups_chosen);
         assert!(matches!(cfg.token, TokenSource::External { .. }));
+    }
+
+    #[test]
+    fn the_storage_account_is_named_from_the_hsm_or_configured_and_checked() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let load = |backup: &str| {
+            let file = dir.path().join("c.toml");
+            std::fs::write(&file, format!("[backup]\n{backup}\n")).expect("write config");
+            Config::load(&ServeArgs {
+                data_dir: Some(dir.path().to_owned()),
+                config: Some(file),
+                pkcs11_module: Some("/x/module.so".into()),
+                pin_file: Some("/x/pin".into()),
+                ..ServeArgs::default()
+            })
+        };
+        let cfg = load("hsm_name = \"Hsm-1\"").expect("valid config");
+        assert_eq!(cfg.storage_account, "hsm1backup");
+        assert!(
+            cfg.tls_names
+                .contains(&"hsm1backup.blob.localhost".to_owned())
+        );
+        let cfg = load("storage_account = \"mhsmdemobackup\"").expect("valid config");
+        assert_eq!(cfg.storage_account, "mhsmdemobackup");
+        assert!(
+            cfg.tls_names
+                .contains(&"mhsmdemobackup.blob.localhost".to_owned())
+        );
+        for bad in ["ab", "Upper", "with-dash", "a2345678901234567890123456"] {
+            assert!(
+                matches!(
+                    load(&format!("storage_account = \"{bad}\"")),
+                    Err(ConfigError::Invalid {
+                        setting: "backup.storage_account",
+                        ..
+                    })
+                ),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

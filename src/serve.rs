@@ -119,6 +119,7 @@ pub fn run(cfg: Config) -> Result<(), Box<dyn std::error::Error>> {
             challenge: AppState::challenge_for(&authority, &cfg.challenge_resource),
             max_body_bytes: cfg.max_body_bytes,
             hsm_name: cfg.hsm_name.as_str().into(),
+            storage_account: cfg.storage_account.as_str().into(),
         };
         let tls_config = axum_server::tls_rustls::RustlsConfig::from_config(tls::server_config(&ready.tls)?);
         let handle = axum_server::Handle::new();

@@ -138,13 +138,36 @@ fn the_hsm_resource_is_the_operators_and_its_purge_survives_a_kill() {
         Some(&json!({})),
     );
     assert_eq!((status, code(&body)), (400, "BadParameter"), "{body}");
-    // Another provider's resources (az storage's): 404 in ARM's shape.
+    // Another provider's resources: 404 in ARM's shape.
+    let (status, body) = svc.call(
+        "GET",
+        "/subscriptions/p11vault/providers/Microsoft.Network/virtualNetworks?api-version=2024-05-01",
+        None,
+    );
+    assert_eq!((status, code(&body)), (404, "ResourceNotFound"), "{body}");
+    // The backup location is the one storage account (`http/storage.rs`), named from the HSM;
+    // another account name is not found.
     let (status, body) = svc.call(
         "GET",
         "/subscriptions/p11vault/providers/Microsoft.Storage/storageAccounts?api-version=2025-08-01",
         None,
     );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["value"][0]["name"], "p11vaultbackup", "{body}");
+    let (status, body) = svc.call(
+        "POST",
+        "/subscriptions/p11vault/resourceGroups/p11vault/providers/Microsoft.Storage/storageAccounts/otheraccount/listKeys?api-version=2025-08-01",
+        None,
+    );
     assert_eq!((status, code(&body)), (404, "ResourceNotFound"), "{body}");
+    let (status, body) = svc.call(
+        "POST",
+        "/subscriptions/p11vault/resourceGroups/p11vault/providers/Microsoft.Storage/storageAccounts/p11vaultbackup/listKeys?api-version=2025-08-01",
+        None,
+    );
+    assert_eq!(status, 200, "{body}");
+    let key = body["keys"][0]["value"].as_str().unwrap_or_default();
+    assert_eq!(key.len(), 88, "64 bytes in base64: {body}");
     // Recover or purge a live HSM: there is no deleted HSM of that name.
     let (status, body) = arm(
         &svc,

@@ -35,6 +35,9 @@ pub trait BackupLocation: Send + Sync {
     /// Whether a backup could write a new folder into the container now, found out without
     /// leaving anything behind (`POST /prebackup`).
     fn check_writable(&self, container: &Container) -> Result<(), Error>;
+    /// Makes the container `name` (`az storage container create`): `true` if it was made,
+    /// `false` if it existed already. The name is one checked path segment.
+    fn create_container(&self, name: &str) -> Result<bool, Error>;
 }
 
 /// The default store: one directory per container under `root`.
@@ -144,6 +147,10 @@ impl BackupLocation for DirLocation {
         self.probe(container)
     }
 
+    fn create_container(&self, name: &str) -> Result<bool, Error> {
+        self.make_container(name)
+    }
+
     fn read(&self, container: &Container, folder: &str, file: &str) -> Result<Vec<u8>, Error> {
         check_folder(folder)?;
         let path = self.dir(container).join(folder).join(file);
@@ -199,6 +206,37 @@ impl DirLocation {
                 probe.display()
             ))
         })
+    }
+}
+
+impl DirLocation {
+    fn make_container(&self, name: &str) -> Result<bool, Error> {
+        check_segment(name).map_err(|why| {
+            Error::BadParameter(format!(
+                "The container name '{}' is invalid: {why}.",
+                crate::model::truncate_for_message(name)
+            ))
+        })?;
+        let io = |what: &str, e: std::io::Error| {
+            Error::Internal(format!(
+                "backup location {}: {what}: {e}",
+                self.root.display()
+            ))
+        };
+        crate::fsutil::create_private_dir(&self.root).map_err(|e| io("create the root", e))?;
+        let dir = self.root.join(name);
+        // `create_dir` itself decides, so two creates at once make one container.
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
+            Err(e) => return Err(io("create the container", e)),
+        }
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(|e| io("set the container's permissions", e))?;
+        std::fs::File::open(&self.root)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| io("sync the root", e))?;
+        Ok(true)
     }
 }
 

@@ -62,6 +62,13 @@ pub struct RestoreSource {
 }
 
 impl Backups {
+    /// Makes a container of the backup location (`http/storage.rs`, for `az storage container
+    /// create`): `true` if made, `false` if it existed.
+    pub async fn create_container(&self, name: String) -> Result<bool, Error> {
+        let location = Arc::clone(&self.location);
+        blocking_io(move || location.create_container(&name)).await
+    }
+
     pub fn new(
         keys: Arc<KeyService>,
         store: Arc<Store>,

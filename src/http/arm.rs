@@ -40,7 +40,7 @@ const PROVIDER: &str = "providers/Microsoft.KeyVault";
 const HSM: &str = "/subscriptions/{subscription}/resourceGroups/{group}/providers/Microsoft.KeyVault/managedHSMs/{hsm}";
 
 pub fn router(state: AppState) -> Router<AppState> {
-    Router::new()
+    let router = Router::new()
         .route(HSM, get(show).put(put).patch(put).delete(delete))
         .route(
             "/subscriptions/{subscription}/resourceGroups/{group}/providers/Microsoft.KeyVault/managedHSMs",
@@ -61,10 +61,15 @@ pub fn router(state: AppState) -> Router<AppState> {
         .route(
             "/subscriptions/{subscription}/providers/Microsoft.KeyVault/locations/{location}/deletedManagedHSMs/{hsm}/purge",
             post(purge),
+        );
+    // The backup location as the HSM's one storage account (`storage`).
+    super::storage::arm_routes(router)
+        // Every other resource-manager path (another provider, or Microsoft.Storage's other
+        // resources): a 404 in ARM's shape, after the same checks.
+        .route(
+            "/subscriptions/{subscription}/{*rest}",
+            axum::routing::any(other),
         )
-        // Every other resource-manager path (another provider, such as az storage's
-        // Microsoft.Storage): a 404 in ARM's shape, after the same checks.
-        .route("/subscriptions/{subscription}/{*rest}", axum::routing::any(other))
         .layer(axum::middleware::from_fn_with_state(
             state,
             super::audit_request,
@@ -84,15 +89,15 @@ async fn other(
     arm_error(
         StatusCode::NOT_FOUND,
         "ResourceNotFound",
-        "This service has no such resource: its resource manager serves the one Microsoft.KeyVault/managedHSMs resource (and the deleted HSM) only.",
+        "This service has no such resource: its resource manager serves the one Microsoft.KeyVault/managedHSMs resource (and the deleted HSM) and its backup location as one Microsoft.Storage/storageAccounts resource only.",
     )
 }
 
 /// An ARM operation, as Azure names it in role definitions and activity logs.
 #[derive(Clone, Copy)]
-struct Op {
-    name: &'static str,
-    changes_state: bool,
+pub(super) struct Op {
+    pub(super) name: &'static str,
+    pub(super) changes_state: bool,
 }
 
 const READ: Op = Op {
@@ -117,7 +122,7 @@ const PURGE: Op = Op {
 };
 
 #[derive(Deserialize)]
-struct ApiVersion {
+pub(super) struct ApiVersion {
     #[serde(rename = "api-version")]
     api_version: Option<String>,
 }
@@ -149,7 +154,7 @@ struct DeletedPath {
 
 /// The checks every ARM request passes, in this order: a credential (401), the operator
 /// (403), an api-version (400), the subscription (404).
-async fn admit(
+pub(super) async fn admit(
     state: &AppState,
     parts: &Parts,
     query: &Result<Query<ApiVersion>, axum::extract::rejection::QueryRejection>,
@@ -207,7 +212,7 @@ async fn admit(
     Ok(principal)
 }
 
-fn arm_error(status: StatusCode, code: &str, message: &str) -> Response {
+pub(super) fn arm_error(status: StatusCode, code: &str, message: &str) -> Response {
     super::error::error_response(status, code, message, None)
 }
 

@@ -16,6 +16,7 @@ mod rbac;
 mod rotation;
 mod security_domain;
 mod settings;
+mod storage;
 pub mod version;
 
 use std::net::SocketAddr;
@@ -67,6 +68,8 @@ pub struct AppState {
     pub max_body_bytes: usize,
     /// The HSM's name: in backup folder names and as the ARM resource's name.
     pub hsm_name: Arc<str>,
+    /// The name of the backup location's storage account (`storage`).
+    pub storage_account: Arc<str>,
 }
 
 impl AppState {
@@ -211,11 +214,33 @@ pub fn router(state: AppState) -> Router {
         .merge(graph::router(state.clone()));
     // Percent-encoded unreserved characters of the path are decoded before routing
     // ([`query::normalize_path`]), so an encoded route or key name is the same request.
+    let blob = storage::blob_router(state.clone());
+    let account = Arc::clone(&state.storage_account);
     let routed = router.with_state(state);
-    Router::new().fallback_service(tower::ServiceExt::map_request(
-        routed,
-        query::normalize_path,
-    ))
+    // Requests to `{account}.blob.…` of the one storage account are the Blob service's
+    // (`storage`), whatever their path; they are read as sent, since their signature covers
+    // the path as sent. Every other host is the data plane's, so a public URL that happens to
+    // look like a blob host is still served as one.
+    Router::new()
+        .fallback_service(tower::ServiceExt::map_request(
+            routed,
+            query::normalize_path,
+        ))
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            let blob = blob.clone();
+            let ours = storage::blob_account(&req).as_deref() == Some(&*account);
+            async move {
+                if ours {
+                    use tower::ServiceExt as _;
+                    match blob.oneshot(req).await {
+                        Ok(response) => response,
+                        Err(never) => match never {},
+                    }
+                } else {
+                    next.run(req).await
+                }
+            }
+        }))
 }
 
 /// The audit log's route (`audit`).

@@ -12,6 +12,9 @@ use crate::error::{Error, Missing, Reason};
 use crate::failpoint;
 use crate::model::HsmState;
 
+/// The `meta` row holding the storage account key.
+const STORAGE_ACCOUNT_KEY: &str = "storage_account_key";
+
 impl KeyService {
     /// The HSM's state as last read or changed by this process (only this process changes it:
     /// every HSM-level change comes through the service's own API).
@@ -48,6 +51,24 @@ impl KeyService {
     /// The resource's managed identity (`Store::hsm_identity`), as JSON.
     pub async fn hsm_identity(&self) -> Result<Option<String>, Error> {
         self.blocking_store(|s| s.hsm_identity()).await
+    }
+
+    /// The key of the backup location's storage account (`http/storage.rs`): 64 random bytes
+    /// in base64, made at the first call and kept in the database (`meta`), so one per data
+    /// dir. Two first calls at once keep one key: the store inserts only if none is there.
+    pub async fn storage_account_key(&self) -> Result<zeroize::Zeroizing<String>, Error> {
+        use base64::Engine as _;
+        let mut raw = zeroize::Zeroizing::new([0u8; 64]);
+        getrandom::fill(raw.as_mut()).expect("the OS random number generator is available");
+        let fresh = zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(*raw));
+        // Read first: only the first call writes.
+        let kept = self
+            .blocking_store(move |s| match s.meta(STORAGE_ACCOUNT_KEY)? {
+                Some(kept) => Ok(kept),
+                None => s.init_meta(STORAGE_ACCOUNT_KEY, &fresh),
+            })
+            .await?;
+        Ok(zeroize::Zeroizing::new(kept))
     }
 
     pub async fn set_hsm_identity(&self, identity: String) -> Result<(), Error> {

@@ -7,7 +7,9 @@ Both forms of every data-plane command are run: ``--id https://127.0.0.1:PORT/..
 suffix az-setup registers). Making ``p11vault.localhost`` resolve is the operator's part (the
 README: an /etc/hosts line); here each az process of the ``--hsm-name`` form runs in a mount
 namespace of its own (``unshare -rm``) in which a copy of /etc/hosts with that line is
-mounted over /etc/hosts, so the machine's own file is never touched.
+mounted over /etc/hosts, so the machine's own file is never touched. The copy also names the
+Blob service of the backup location's storage account (``{account}.blob.localhost``), which
+the ``az storage container`` commands call in either form (``resolve=True``).
 
 Environment:
     P11VAULT_BIN              the binary (default: target/debug/p11vault under CARGO_TARGET_DIR)
@@ -67,7 +69,8 @@ def b64(value):
 class Service:
     """One p11vault on a port-0 loopback listener, with a fresh data dir."""
 
-    def __init__(self, base: Path, clock_file: Path | None = None, activate: bool = True):
+    def __init__(self, base: Path, clock_file: Path | None = None, activate: bool = True,
+                 storage_account: str | None = None):
         self.base = base
         self.data = base / "data"
         self.data.mkdir(parents=True)
@@ -83,6 +86,12 @@ class Service:
             else:
                 text += "\n[security_domain]\nauto_activate = false\n"
             toml.write_text(text)
+        if storage_account is not None:
+            # The backup location's storage account, under the name the seed gives it.
+            toml = self.data / "p11vault.toml"
+            text = toml.read_text() if toml.exists() else ""
+            toml.write_text(text + f'\n[backup]\nstorage_account = "{storage_account}"\n')
+        self.storage_account = storage_account or "p11vaultbackup"
         if clock_file is not None:
             clock_file.write_text("0\n")
             self.env["P11VAULT_TEST_CLOCK_FILE"] = str(clock_file)
@@ -185,35 +194,40 @@ class Az:
         self.hsm_url = self.env["P11VAULT_HSM_URL"]
         assert self.hsm_url == f"https://{HSM}.localhost:{self.port}"
         hosts = workdir / "hosts"
-        hosts.write_text(Path("/etc/hosts").read_text() + f"\n127.0.0.1 {HSM}.localhost\n")
+        # The HSM's name, and the Blob service's name of its storage account
+        # (`https://{account}.blob.localhost:PORT`, the storage suffix az-setup registers).
+        hosts.write_text(Path("/etc/hosts").read_text() + f"\n127.0.0.1 {HSM}.localhost\n"
+                         f"127.0.0.1 {svc.storage_account}.blob.localhost\n")
         self.hosts = hosts
         login = self.run("login", "--identity", "--allow-no-subscriptions")
         assert login[0]["tenantId"] == "p11vault"
 
-    def command(self, args):
-        if self.form != "hsm-name":
+    def command(self, args, resolve=False):
+        """az with `args`; in the hosts file's namespace for the --hsm-name form, and for
+        `resolve` (the Blob service's `{account}.blob.localhost`, in either form)."""
+        if self.form != "hsm-name" and not resolve:
             return [AZ, *args]
         # NAME.localhost resolves as an /etc/hosts line makes it, in this process only.
         return ["unshare", "-rm", "sh", "-c", 'mount --bind "$0" /etc/hosts && exec "$@"',
                 str(self.hosts), AZ, *args]
 
-    def run(self, *args, expect_ok=True):
-        done = subprocess.run(self.command([*args, "-o", "json"]), env=self.env,
+    def run(self, *args, expect_ok=True, resolve=False):
+        done = subprocess.run(self.command([*args, "-o", "json"], resolve), env=self.env,
                               capture_output=True, text=True, timeout=180)
         if expect_ok:
             assert done.returncode == 0, f"az {' '.join(args)}: {done.stderr}"
             return json.loads(done.stdout) if done.stdout.strip() else None
         return done
 
-    def text(self, *args):
+    def text(self, *args, resolve=False):
         """A command's stdout as it prints it (for `-o tsv`)."""
-        done = subprocess.run(self.command(list(args)), env=self.env, capture_output=True,
+        done = subprocess.run(self.command(list(args), resolve), env=self.env, capture_output=True,
                               text=True, timeout=180)
         assert done.returncode == 0, f"az {' '.join(args)}: {done.stderr}"
         return done.stdout.strip()
 
-    def fails(self, *args):
-        done = self.run(*args, expect_ok=False)
+    def fails(self, *args, resolve=False):
+        done = self.run(*args, expect_ok=False, resolve=resolve)
         assert done.returncode != 0, f"az {' '.join(args)} succeeded: {done.stdout}"
         return done.stderr
 
@@ -253,8 +267,10 @@ def service(tmp_path_factory):
 
 @pytest.fixture(scope="module", params=["id", "hsm-name"])
 def form_service(request, tmp_path_factory):
-    """A service of its own for each form, so that each form runs the seed from the start."""
-    svc = Service(tmp_path_factory.mktemp(f"p11vault-{request.param}"))
+    """A service of its own for each form, so that each form runs the seed from the start; a
+    module may name its storage account with `STORAGE_ACCOUNT`."""
+    svc = Service(tmp_path_factory.mktemp(f"p11vault-{request.param}"),
+                  storage_account=getattr(request.module, "STORAGE_ACCOUNT", None))
     az = Az(svc, request.param, tmp_path_factory.mktemp(f"az-{request.param}"))
     yield svc, az
     rc = svc.stop()
