@@ -49,8 +49,9 @@ P11VAULT_TEST_TOKEN=kryoptic P11VAULT_KRYOPTIC_MODULE="$kryoptic_module" \
 # The Azure CLI, pinned (scripts/install-az.sh: azure-cli 2.91.0 from PyPI in .venv-az), runs
 # every az keyvault command of seeds 000, 003 and 004, in both forms (--hsm-name and --id)
 # wherever a command has two, after `p11vault az-setup` and `az login --identity`;
-# tests/az/conftest.py starts a service per module (and per form), on each token. The
-# --hsm-name form needs `unshare -rm` (user and mount namespaces) for az's hosts file.
+# tests/az/conftest.py starts a service per module (and per form), on each token; seed 004's
+# az storage account keys list and az storage container create run too. The --hsm-name form
+# and az storage container need `unshare -rm` (user and mount namespaces) for az's hosts file.
 echo "== az CLI suite (tests/az) on SoftHSM2 and kryoptic"
 start=$SECONDS
 ./scripts/install-az.sh >/dev/null
