@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use common::{API, Service};
-use cryptoki::object::{Attribute, AttributeType};
 use openssl::x509::X509;
 use serde_json::{Value, json};
 
@@ -201,23 +200,8 @@ fn a_crash_at_any_point_of_an_upload_leaves_the_old_state_or_the_recovered_domai
     }
 
     // The token holds exactly one domain's three objects, and no transfer key.
-    let (_ctx, session) = common::open_token_as_user(&dir_c);
-    let mut labels: Vec<String> = session
-        .find_objects(&[])
-        .expect("find")
-        .into_iter()
-        .filter_map(|h| {
-            session
-                .get_attributes(h, &[AttributeType::Label])
-                .ok()
-                .and_then(|a| match a.first() {
-                    Some(Attribute::Label(l)) => Some(String::from_utf8_lossy(l).into_owned()),
-                    _ => None,
-                })
-        })
-        .filter(|l| l.starts_with("p11vault-sd/"))
-        .collect();
-    labels.sort();
-    let roles: Vec<&str> = labels.iter().filter_map(|l| l.rsplit('/').next()).collect();
-    assert_eq!(roles, ["mac", "unwrap", "wrap"], "{labels:?}");
+    assert_eq!(
+        common::domain_object_roles(&dir_c),
+        ["mac", "unwrap", "wrap"]
+    );
 }

@@ -14,7 +14,6 @@ use std::process::Command;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use common::{API, Service};
-use cryptoki::object::{Attribute, AttributeType};
 use openssl::x509::X509;
 use serde_json::{Value, json};
 
@@ -165,23 +164,5 @@ fn downloads_and_transfer_keys_leave_the_old_state_or_the_new_after_kills_and_to
     svc.stop();
 
     // Exactly one domain's three objects, no transfer key, nothing else of the domain's.
-    let (_ctx, session) = common::open_token_as_user(&dir);
-    let mut labels: Vec<String> = session
-        .find_objects(&[])
-        .expect("find")
-        .into_iter()
-        .filter_map(|h| {
-            session
-                .get_attributes(h, &[AttributeType::Label])
-                .ok()
-                .and_then(|a| match a.first() {
-                    Some(Attribute::Label(l)) => Some(String::from_utf8_lossy(l).into_owned()),
-                    _ => None,
-                })
-        })
-        .filter(|l| l.starts_with("p11vault-sd/"))
-        .collect();
-    labels.sort();
-    let roles: Vec<&str> = labels.iter().filter_map(|l| l.rsplit('/').next()).collect();
-    assert_eq!(roles, ["mac", "unwrap", "wrap"], "{labels:?}");
+    assert_eq!(common::domain_object_roles(&dir), ["mac", "unwrap", "wrap"]);
 }

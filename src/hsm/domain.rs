@@ -59,17 +59,26 @@ impl Hsm {
         if domain.is_some_and(|d| d.id == id) {
             *domain = None;
         }
+        let mut transfer = self.transfer.write().unwrap_or_else(|p| p.into_inner());
+        if transfer.is_some_and(|t| t.id == id) {
+            *transfer = None;
+        }
         Ok(())
     }
 
     /// Makes a transfer key pair with id `id` (after taking away a half-made one of that id)
-    /// and gives back its public key.
+    /// and gives back its public key. Its handles are kept for the calls that use it.
     pub fn make_transfer_key(&self, id: VersionId) -> Result<TransferPublic> {
-        self.call_blocking(|_, s| {
+        self.call_blocking(|hsm, s| {
             destroy_objects_of(s, id, None)?;
             let (public_t, private_t) = templates::transfer_pair(id, TRANSFER_KEY_BITS);
-            let (public, _) =
+            let (public, private) =
                 s.generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &public_t, &private_t)?;
+            *hsm.transfer.write().unwrap_or_else(|p| p.into_inner()) = Some(TransferHandles {
+                id,
+                public,
+                private,
+            });
             Ok(TransferPublic {
                 spki_der: rsa_spki(s, public)?,
             })
@@ -77,25 +86,33 @@ impl Hsm {
     }
 
     /// The public key of transfer key `id`, or `None` when the token holds no complete pair.
+    /// Searches the token only the first time after a start or a reconnect.
     pub fn transfer_public(&self, id: VersionId) -> Result<Option<TransferPublic>> {
-        self.call_blocking(|_, s| {
-            let (Some(public), Some(_)) = (
-                find_transfer(s, id, templates::TRANSFER_PUBLIC)?,
-                find_transfer(s, id, templates::TRANSFER_PRIVATE)?,
-            ) else {
+        self.call_blocking(|hsm, s| {
+            let Some(handles) = hsm.transfer_handles(s, id)? else {
                 return Ok(None);
             };
-            Ok(Some(TransferPublic {
-                spki_der: rsa_spki(s, public)?,
-            }))
+            match rsa_spki(s, handles.public) {
+                Ok(spki_der) => Ok(Some(TransferPublic { spki_der })),
+                // Destroyed behind the service's back: looked for once more.
+                Err(e) if e.is_stale_object() => {
+                    *hsm.transfer.write().unwrap_or_else(|p| p.into_inner()) = None;
+                    match hsm.transfer_handles(s, id)? {
+                        Some(h) => Ok(Some(TransferPublic {
+                            spki_der: rsa_spki(s, h.public)?,
+                        })),
+                        None => Ok(None),
+                    }
+                }
+                Err(e) => Err(e),
+            }
         })
     }
 
     /// RSASSA-PKCS1-v1_5 with SHA-256 by transfer key `id`: its certificate's signature.
     pub fn transfer_sign(&self, id: VersionId, data: &[u8]) -> Result<Vec<u8>> {
-        self.call_blocking(|_, s| {
-            let key = find_transfer(s, id, templates::TRANSFER_PRIVATE)?
-                .ok_or_else(|| Error::Unexpected("the transfer key is missing".into()))?;
+        self.call_blocking(|hsm, s| {
+            let key = hsm.transfer_private(s, id)?;
             Ok(s.sign(&Mechanism::Sha256RsaPkcs, key, data)?)
         })
     }
@@ -104,8 +121,7 @@ impl Hsm {
     /// constant-time OAEP decode, as for keys). Malformed input is [`Error::Rejected`].
     pub fn transfer_decrypt(&self, id: VersionId, data: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
         self.call_blocking(|hsm, s| {
-            let key = find_transfer(s, id, templates::TRANSFER_PRIVATE)?
-                .ok_or_else(|| Error::Unexpected("the transfer key is missing".into()))?;
+            let key = hsm.transfer_private(s, id)?;
             hsm.rsa_decrypt(
                 s,
                 key,
@@ -115,6 +131,47 @@ impl Hsm {
             )
         })
     }
+
+    fn transfer_private(&self, session: &Session, id: VersionId) -> Result<ObjectHandle> {
+        self.transfer_handles(session, id)?
+            .map(|h| h.private)
+            .ok_or_else(|| Error::Unexpected("the transfer key is missing".into()))
+    }
+
+    /// The handles of transfer key `id`: cached, or (first use after a start or a reconnect)
+    /// found by label.
+    fn transfer_handles(
+        &self,
+        session: &Session,
+        id: VersionId,
+    ) -> Result<Option<TransferHandles>> {
+        if let Some(h) = *self.transfer.read().unwrap_or_else(|p| p.into_inner())
+            && h.id == id
+        {
+            return Ok(Some(h));
+        }
+        let (Some(public), Some(private)) = (
+            find_transfer(session, id, templates::TRANSFER_PUBLIC)?,
+            find_transfer(session, id, templates::TRANSFER_PRIVATE)?,
+        ) else {
+            return Ok(None);
+        };
+        let handles = TransferHandles {
+            id,
+            public,
+            private,
+        };
+        *self.transfer.write().unwrap_or_else(|p| p.into_inner()) = Some(handles);
+        Ok(Some(handles))
+    }
+}
+
+/// A transfer key's two objects.
+#[derive(Clone, Copy, Debug)]
+pub struct TransferHandles {
+    id: VersionId,
+    public: ObjectHandle,
+    private: ObjectHandle,
 }
 
 /// Creates an object from a template holding a secret value, and wipes the template's copy of

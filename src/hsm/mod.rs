@@ -402,6 +402,7 @@ impl Module {
             }),
             cache: RwLock::new(HashMap::new()),
             domain: RwLock::new(None),
+            transfer: RwLock::new(None),
             identity: RwLock::new(None),
             permits: Arc::new(Semaphore::new(settings.sessions)),
             mechanisms,

@@ -38,6 +38,9 @@ pub struct Hsm {
     pub(super) cache: RwLock<HashMap<VersionId, KeyHandles>>,
     /// The security domain's halves, once [`Hsm::set_domain`] has found them.
     pub(super) domain: RwLock<Option<backup::DomainHandles>>,
+    /// The transfer key of a recovery, once made or first found (dropped on a reconnect,
+    /// which renumbers handles).
+    pub(super) transfer: RwLock<Option<super::domain::TransferHandles>>,
     /// The sign-in's HMAC key, once [`Hsm::set_identity_key`] has found (or made) it.
     pub(super) identity: RwLock<Option<super::identity::IdentityKey>>,
     pub(super) permits: Arc<Semaphore>,
@@ -247,6 +250,7 @@ impl Hsm {
         let objects = self.call_blocking(|hsm, s| {
             hsm.refresh_domain(s)?;
             hsm.refresh_identity_key(s)?;
+            *hsm.transfer.write().unwrap_or_else(|p| p.into_inner()) = None;
             hsm.scan(s)
         })?;
         let mut pairs: HashMap<VersionId, (Option<ObjectHandle>, Option<ObjectHandle>)> =

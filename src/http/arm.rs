@@ -135,14 +135,14 @@ struct HsmPath {
 }
 
 #[derive(Deserialize)]
-struct SubscriptionPath {
-    subscription: String,
+pub(super) struct SubscriptionPath {
+    pub(super) subscription: String,
 }
 
 #[derive(Deserialize)]
-struct GroupPath {
-    subscription: String,
-    group: String,
+pub(super) struct GroupPath {
+    pub(super) subscription: String,
+    pub(super) group: String,
 }
 
 #[derive(Deserialize)]

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
-use super::arm::{self, ApiVersion, Op};
+use super::arm::{self, ApiVersion, GroupPath, Op, SubscriptionPath};
 use super::extract::AzPath;
 use super::{AppState, AuditSlot, OperatorCheck};
 use crate::auth::Principal;
@@ -66,17 +66,6 @@ pub fn arm_routes(router: Router<AppState>) -> Router<AppState> {
             "/subscriptions/{subscription}/resourceGroups/{group}/providers/Microsoft.Storage/storageAccounts/{account}/listKeys",
             post(list_keys),
         )
-}
-
-#[derive(Deserialize)]
-struct SubscriptionPath {
-    subscription: String,
-}
-
-#[derive(Deserialize)]
-struct GroupPath {
-    subscription: String,
-    group: String,
 }
 
 #[derive(Deserialize)]

@@ -726,3 +726,31 @@ pub fn transfer_certificate_pem(svc: &Service) -> Vec<u8> {
         .to_pem()
         .expect("PEM")
 }
+
+/// The roles (`wrap`, `unwrap`, `mac`, `transfer-…`) of every security-domain object
+/// (`p11vault-sd/…`) on the data dir's token, sorted by label, read by going around the
+/// service. For test binaries that hold a single test (see [`open_token_as_user`]).
+pub fn domain_object_roles(dir: &Path) -> Vec<String> {
+    use cryptoki::object::{Attribute, AttributeType};
+    let (_ctx, session) = open_token_as_user(dir);
+    let mut labels: Vec<String> = session
+        .find_objects(&[])
+        .expect("find")
+        .into_iter()
+        .filter_map(|h| {
+            session
+                .get_attributes(h, &[AttributeType::Label])
+                .ok()
+                .and_then(|a| match a.first() {
+                    Some(Attribute::Label(l)) => Some(String::from_utf8_lossy(l).into_owned()),
+                    _ => None,
+                })
+        })
+        .filter(|l| l.starts_with("p11vault-sd/"))
+        .collect();
+    labels.sort();
+    labels
+        .iter()
+        .filter_map(|l| l.rsplit('/').next().map(str::to_owned))
+        .collect()
+}
